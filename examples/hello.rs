@@ -1,0 +1,71 @@
+//! The original Go demo server, in baton: `GET /` waits `--delay` (5 s by default, to show
+//! that restarts cut nothing) and answers `hello world!`.
+//!
+//! ```text
+//! cargo run --release --example hello                      # foreground on 0.0.0.0:1234
+//! target/release/examples/hello start -l x.log -p x.pid    # daemon
+//! kill -USR2 $(cat x.pid)                                  # zero-downtime reload
+//! kill $(cat x.pid)                                        # graceful stop
+//! ```
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+#[derive(clap::Args, Debug)]
+struct Args {
+    /// How long `GET /` waits before answering.
+    #[arg(long, default_value = "5s", value_parser = baton::parse_duration)]
+    delay: Duration,
+    /// Also serve `/panic` (a handler that panics) and `POST /echo` (returns the body size),
+    /// for trying the production defaults.
+    #[arg(long)]
+    debug_routes: bool,
+}
+
+/// Serves the app (`pub` so that tests/support/hello_next.rs can reuse this file).
+pub fn main() -> std::process::ExitCode {
+    baton::App::new()
+        .default_listen("0.0.0.0:1234")
+        .serve(|args: Args| async move {
+            let delay = args.delay;
+            let app = Router::new()
+                .route(
+                    "/",
+                    get(move || async move {
+                        tokio::time::sleep(delay).await;
+                        "hello world!"
+                    }),
+                )
+                .route("/pid", get(|| async { std::process::id().to_string() }))
+                .route("/version", get(|| async { version() }));
+            if !args.debug_routes {
+                return app;
+            }
+            app.route(
+                "/panic",
+                get(|| async {
+                    if true {
+                        panic!("the /panic route panics");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/echo",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            )
+        })
+}
+
+/// The package version plus a build label (`HELLO_BUILD` at compile time, or the name of a
+/// differently named build of this file), so two builds can be told apart.
+fn version() -> String {
+    let label =
+        option_env!("HELLO_BUILD").or(Some(env!("CARGO_CRATE_NAME")).filter(|n| *n != "hello"));
+    match label {
+        Some(l) => format!("{}+{l}", env!("CARGO_PKG_VERSION")),
+        None => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}

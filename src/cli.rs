@@ -1,0 +1,199 @@
+//! The command line every baton app gets: `run`, `start`, `stop`, `reload`, `status`,
+//! `reopen-logs`, and the serving options.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::listen::ListenSpec;
+
+/// The parsed command line of an app with its own flags `A`.
+#[derive(Debug, Parser)]
+#[command(version, about = None, long_about = None)]
+pub(crate) struct Cli<A: Args> {
+    #[command(subcommand)]
+    pub(crate) command: Command<A>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command<A: Args> {
+    /// Serve in the foreground (terminal, systemd Type=notify, containers). The default.
+    Run(ServeArgs<A>),
+    /// Daemonize; returns once the server serves (exit 0) or with the reason (exit 1).
+    Start(ServeArgs<A>),
+    /// Graceful shutdown of a running daemon; waits until it exited.
+    Stop(ControlArgs),
+    /// Zero-downtime reload; exits 0 only once the new worker serves.
+    Reload(ControlArgs),
+    /// Show pid, uptime, generation, workers, listeners (LSB exit codes: 0 running, 1 dead with
+    /// pid file, 3 not running).
+    Status(ControlArgs),
+    /// Reopen the log file (after logrotate moved it).
+    ReopenLogs(ControlArgs),
+}
+
+/// `run` and `start`: the serving options plus the app's own flags.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs<A: Args> {
+    #[command(flatten)]
+    pub(crate) opts: ServeOpts,
+    #[command(flatten)]
+    pub(crate) app: A,
+}
+
+/// Options of `stop`, `reload`, `status` and `reopen-logs`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ControlArgs {
+    /// Pid file of the running instance. Default is `<app>.pid` in the current directory.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) pid: Option<PathBuf>,
+    /// How long to wait for the outcome.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+}
+
+/// Options shared by `run` and `start`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServeOpts {
+    /// Address to serve on: `[NAME=]IP:PORT` or `[NAME=]unix:/path`; repeatable.
+    /// Default is the app's (`0.0.0.0:1234` for hello).
+    #[arg(long, value_name = "[NAME=]ADDR")]
+    pub(crate) listen: Vec<ListenSpec>,
+    /// Log file (master, workers, access log). `run` logs to stderr without it;
+    /// `start` defaults to `<app>.log` in the current directory.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) log: Option<PathBuf>,
+    /// Pid file, locked while the master lives. `start` defaults to `<app>.pid`.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) pid: Option<PathBuf>,
+    /// Run workers as this user (the master keeps its privileges to bind and reload).
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// Run workers with this group. Default is the user's primary group.
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<String>,
+    /// How long a shutdown or reload lets in-flight requests finish before cutting them.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// How long a new worker may take to report ready before the reload is rolled back.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) ready_timeout: Duration,
+    /// On TERM, first answer 503 on the health route and keep serving this long, then drain.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) shutdown_delay: Duration,
+    /// At most this many old generations draining at once; further reloads wait for a slot.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_draining: u32,
+    /// One process, no master: no reload, graceful shutdown only.
+    #[arg(long)]
+    pub(crate) no_master: bool,
+    /// Access log format: `combined`, `json` or `off`.
+    #[arg(long, value_name = "FORMAT", default_value = "combined")]
+    pub(crate) access_log: crate::AccessLog,
+    /// Cut a request whose response has not started after this long (503); `0` disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) request_timeout: Duration,
+    /// Close an HTTP/1 connection whose request head has not arrived after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) header_timeout: Duration,
+    /// Largest request head (request line + headers) in bytes; larger gets 431. Minimum 8192.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub(crate) max_header_bytes: u32,
+    /// Largest request body in bytes; larger gets 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub(crate) max_body_bytes: u64,
+    /// Health route answering 200, and 503 once shutting down (e.g. `/healthz`). Off by default.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) health_path: Option<String>,
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!("invalid duration {s:?}: too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "start",
+    "stop",
+    "reload",
+    "status",
+    "reopen-logs",
+    "help",
+];
+
+/// Without a subcommand the app serves in the foreground: `hello --delay 0` is `hello run --delay 0`.
+pub(crate) fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let first = argv.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+    let insert = match first.as_deref() {
+        None => true,
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(a) => !SUBCOMMANDS.contains(&a),
+    };
+    if insert {
+        argv.insert(1.min(argv.len()), "run".into());
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5x").unwrap_err().contains("5x"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e99h").is_err());
+    }
+
+    #[test]
+    fn default_subcommand_is_run() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(with_default_subcommand(v(&["app"])), v(&["app", "run"]));
+        assert_eq!(
+            with_default_subcommand(v(&["app", "--delay", "0"])),
+            v(&["app", "run", "--delay", "0"])
+        );
+        assert_eq!(
+            with_default_subcommand(v(&["app", "stop"])),
+            v(&["app", "stop"])
+        );
+        assert_eq!(
+            with_default_subcommand(v(&["app", "--help"])),
+            v(&["app", "--help"])
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Listening addresses (`--listen [NAME=]ADDR`), binding them, and adopting sockets passed with
+//! systemd's `LISTEN_FDS` protocol.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+/// The name a listener gets when `--listen` names none.
+pub(crate) const DEFAULT_NAME: &str = "http";
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// TCP on an IPv4 or IPv6 address. `[::]` is IPv6 only (`IPV6_V6ONLY`), as in nginx, so
+    /// `0.0.0.0:P` and `[::]:P` can both be given.
+    Tcp(SocketAddr),
+    /// A unix stream socket at this path. A stale socket file (nobody accepts on it) is
+    /// replaced; any other existing file is an error. The socket file gets mode 0660.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => a.fmt(f),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One `--listen` value: an optional name (for `LISTEN_FDNAMES`) and an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// The name passed in `LISTEN_FDNAMES`; default `http`.
+    pub name: String,
+    /// The address.
+    pub addr: ListenAddr,
+}
+
+impl FromStr for ListenSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, addr) = match s.split_once('=') {
+            Some((n, a)) => {
+                if n.is_empty()
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(format!(
+                        "invalid listener name {n:?} in {s:?}: use letters, digits, - _ ."
+                    ));
+                }
+                (n.to_owned(), a)
+            }
+            None => (DEFAULT_NAME.to_owned(), s),
+        };
+        let addr = if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("invalid address {s:?}: unix: needs a path"));
+            }
+            let path =
+                std::path::absolute(path).map_err(|e| format!("invalid address {s:?}: {e}"))?;
+            ListenAddr::Unix(path)
+        } else if let Some(port) = addr.strip_prefix(':') {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid address {s:?}: bad port"))?;
+            ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
+        } else {
+            ListenAddr::Tcp(addr.parse().map_err(|_| {
+                format!("invalid address {s:?}: expected IP:PORT, [IPv6]:PORT, :PORT or unix:/path")
+            })?)
+        };
+        Ok(ListenSpec { name, addr })
+    }
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.addr)
+    }
+}
+
+/// A bound, listening socket with its name. Owned by the master for its whole life.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    /// The unix socket file this process created and removes on exit.
+    pub(crate) unix_path: Option<PathBuf>,
+}
+
+impl Bound {
+    /// What the socket is bound to, for logs and `status`.
+    pub(crate) fn describe(&self) -> String {
+        let sock = socket2::SockRef::from(&self.fd);
+        match sock.local_addr() {
+            Ok(a) => match a.as_socket() {
+                Some(sa) => format!("{}={}", self.name, sa),
+                None => match a.as_pathname() {
+                    Some(p) => format!("{}=unix:{}", self.name, p.display()),
+                    None => format!("{}=unix", self.name),
+                },
+            },
+            Err(_) => format!("{}=?", self.name),
+        }
+    }
+
+    /// Removes a unix socket file this process created.
+    pub(crate) fn remove_socket_file(&mut self) {
+        if let Some(p) = self.unix_path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+const BACKLOG: i32 = 1024;
+
+/// Binds every spec; nothing is left bound if one fails.
+pub(crate) fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
+    let mut out: Vec<Bound> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match bind(spec) {
+            Ok(b) => out.push(b),
+            Err(e) => {
+                for mut b in out {
+                    b.remove_socket_file();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bind(spec: &ListenSpec) -> Result<Bound> {
+    let fail = |e: io::Error| Error::io(ErrorKind::Listen, format!("cannot bind {}", spec.addr), e);
+    match &spec.addr {
+        ListenAddr::Tcp(addr) => {
+            let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
+            sock.set_reuse_address(true).map_err(fail)?;
+            if addr.is_ipv6() {
+                sock.set_only_v6(true).map_err(fail)?;
+            }
+            sock.bind(&(*addr).into()).map_err(fail)?;
+            sock.listen(BACKLOG).map_err(fail)?;
+            sock.set_nonblocking(true).map_err(fail)?;
+            Ok(Bound {
+                name: spec.name.clone(),
+                fd: sock.into(),
+                unix_path: None,
+            })
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path).map_err(fail)?;
+            let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
+            let sa = socket2::SockAddr::unix(path).map_err(fail)?;
+            sock.bind(&sa).map_err(fail)?;
+            let created = path.clone();
+            let undo = |e| {
+                let _ = std::fs::remove_file(&created);
+                fail(e)
+            };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(undo)?;
+            sock.listen(BACKLOG).map_err(undo)?;
+            sock.set_nonblocking(true).map_err(undo)?;
+            Ok(Bound {
+                name: spec.name.clone(),
+                fd: sock.into(),
+                unix_path: Some(path.clone()),
+            })
+        }
+    }
+}
+
+/// A socket file left by a dead server is removed; a live one (connect succeeds) is
+/// "address in use"; a file that is not a socket is never touched.
+fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_socket() => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Sockets passed with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, if they are for this
+/// process. Removes the variables from the environment (must run before threads exist).
+pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let pid = std::env::var("LISTEN_PID").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    sys::remove_env(&["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]);
+    let Some(fds) = fds else { return Ok(None) };
+    let bad = |what: String| Error::new(ErrorKind::Listen, what);
+    let me = std::process::id();
+    match pid.as_deref().map(str::parse::<u32>) {
+        Some(Ok(p)) if p == me => {}
+        // Meant for another process (our parent's): not ours to take.
+        Some(Ok(_)) => return Ok(None),
+        _ => {
+            return Err(bad(format!(
+                "LISTEN_FDS is set but LISTEN_PID {pid:?} is not a pid"
+            )));
+        }
+    }
+    let n: i32 = fds
+        .parse()
+        .ok()
+        .filter(|n| (1..=4096).contains(n))
+        .ok_or_else(|| bad(format!("invalid LISTEN_FDS {fds:?}")))?;
+    let names = parse_names(names.as_deref(), n as usize);
+    let mut out = Vec::with_capacity(n as usize);
+    for (i, name) in names.into_iter().enumerate() {
+        let raw = sys::LISTEN_FDS_START + i as i32;
+        let fd = sys::adopt_fd(raw)
+            .map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
+        let sock = socket2::SockRef::from(&fd);
+        let check = || -> io::Result<()> {
+            if !sock.is_listener()? {
+                return Err(io::Error::other("not a listening socket"));
+            }
+            sock.set_nonblocking(true)?;
+            sock.set_cloexec(true)
+        };
+        check()
+            .map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
+        out.push(Bound {
+            name,
+            fd,
+            unix_path: None,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// `LISTEN_FDNAMES` is colon-separated; missing names are "unknown", as in systemd.
+fn parse_names(names: Option<&str>, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .map(|s| s.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    v.resize(n, "unknown".to_owned());
+    v.truncate(n);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        let s: ListenSpec = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(s.name, "http");
+        assert_eq!(s.addr, ListenAddr::Tcp("127.0.0.1:80".parse().unwrap()));
+        let s: ListenSpec = "admin=[::1]:9000".parse().unwrap();
+        assert_eq!(s.name, "admin");
+        assert_eq!(s.addr, ListenAddr::Tcp("[::1]:9000".parse().unwrap()));
+        let s: ListenSpec = ":1234".parse().unwrap();
+        assert_eq!(s.addr, ListenAddr::Tcp("0.0.0.0:1234".parse().unwrap()));
+        let s: ListenSpec = "unix:/tmp/x.sock".parse().unwrap();
+        assert_eq!(s.addr, ListenAddr::Unix("/tmp/x.sock".into()));
+        for bad in [
+            "localhost",
+            "1.2.3.4",
+            "1.2.3.4:99999",
+            "unix:",
+            "=1.2.3.4:1",
+            "a:b=1.2.3.4:1",
+        ] {
+            let e = bad.parse::<ListenSpec>().unwrap_err();
+            assert!(
+                e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn fd_names() {
+        assert_eq!(parse_names(Some("a:b"), 2), ["a", "b"]);
+        assert_eq!(parse_names(Some("a"), 2), ["a", "unknown"]);
+        assert_eq!(parse_names(None, 1), ["unknown"]);
+        assert_eq!(parse_names(Some("a:b:c"), 2), ["a", "b"]);
+    }
+}

@@ -1,0 +1,146 @@
+//! systemd's readiness protocol (`NOTIFY_SOCKET`, `READY=1`), both ends: workers (and the master,
+//! toward systemd) send; the master receives on its own socket and checks each sender's pid.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixCredentials, sockopt};
+
+/// Sends notifications to the socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
+/// abstract namespace).
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    sock: UnixDatagram,
+    addr: SocketAddr,
+}
+
+impl Notifier {
+    /// Takes `NOTIFY_SOCKET` from the environment (and removes it: it is for this process
+    /// only). Must run before threads exist. `None` when it is unset.
+    pub(crate) fn from_env() -> io::Result<Option<Notifier>> {
+        let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        crate::sys::remove_env(&["NOTIFY_SOCKET"]);
+        let name = name
+            .to_str()
+            .ok_or_else(|| io::Error::other("NOTIFY_SOCKET is not UTF-8"))?;
+        Self::connect(name).map(Some)
+    }
+
+    fn connect(name: &str) -> io::Result<Notifier> {
+        let addr = match name.strip_prefix('@') {
+            Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes())?,
+            None if name.starts_with('/') => SocketAddr::from_pathname(name)?,
+            None => {
+                return Err(io::Error::other(format!(
+                    "unsupported NOTIFY_SOCKET {name:?}"
+                )));
+            }
+        };
+        let sock = UnixDatagram::unbound()?;
+        Ok(Notifier { sock, addr })
+    }
+
+    /// Sends one message, e.g. `"READY=1"` or `"STATUS=serving"`.
+    pub(crate) fn send(&self, msg: &str) -> io::Result<()> {
+        self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(drop)
+    }
+}
+
+/// The master's notify socket: an abstract-namespace datagram socket (no file to clean up,
+/// reachable by workers that dropped privileges) with `SO_PASSCRED`, so the kernel stamps
+/// every message with the sender's pid.
+#[derive(Debug)]
+pub(crate) struct NotifyServer {
+    sock: UnixDatagram,
+    name: String,
+}
+
+impl NotifyServer {
+    pub(crate) fn bind() -> io::Result<NotifyServer> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("baton-notify-{}-{nanos:08x}", std::process::id());
+        let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        sock.set_nonblocking(true)?;
+        socket::setsockopt(&sock, sockopt::PassCred, &true)?;
+        Ok(NotifyServer {
+            sock,
+            name: format!("@{name}"),
+        })
+    }
+
+    /// The value for a worker's `NOTIFY_SOCKET`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next pending message with its sender's pid; `None` when none is pending.
+    pub(crate) fn recv(&self) -> io::Result<Option<(i32, String)>> {
+        let mut buf = [0u8; 4096];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let msg = match socket::recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut pid = 0;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmCredentials(cred) = c {
+                pid = cred.pid();
+            }
+        }
+        let len = msg.bytes;
+        Ok(Some((
+            pid,
+            String::from_utf8_lossy(&buf[..len]).into_owned(),
+        )))
+    }
+
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.sock.as_fd()
+    }
+}
+
+/// Finds `KEY=value` in a notify message (newline-separated assignments).
+pub(crate) fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields() {
+        let m = "READY=1\nSTATUS=serving gen 2\nMAINPID=4";
+        assert_eq!(field(m, "READY"), Some("1"));
+        assert_eq!(field(m, "STATUS"), Some("serving gen 2"));
+        assert_eq!(field(m, "MAIN"), None);
+        assert_eq!(field(m, "ERRNO"), None);
+    }
+
+    #[test]
+    fn round_trip_with_sender_pid() {
+        let server = NotifyServer::bind().unwrap();
+        let client = Notifier::connect(server.name()).unwrap();
+        client.send("READY=1").unwrap();
+        let (pid, msg) = server.recv().unwrap().unwrap();
+        assert_eq!(pid as u32, std::process::id());
+        assert_eq!(msg, "READY=1");
+        assert!(server.recv().unwrap().is_none());
+    }
+}

@@ -1,0 +1,136 @@
+//! The pid file: created 0644, locked with `flock` by the master for its whole life, holding
+//! the master's pid and a newline, removed on clean exit. A file whose lock nobody holds is
+//! stale and taken over.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A locked pid file.
+#[derive(Debug)]
+pub(crate) struct PidFile {
+    path: PathBuf,
+    file: Flock<File>,
+}
+
+impl PidFile {
+    /// Opens and locks `path` (absolute). Fails with [`ErrorKind::AlreadyRunning`] naming the
+    /// holder's pid when a live process holds the lock.
+    pub(crate) fn lock(path: &Path) -> Result<PidFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::Io,
+                    format!("cannot open pid file {}", path.display()),
+                    e,
+                )
+            })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(file) => Ok(PidFile {
+                path: path.to_owned(),
+                file,
+            }),
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut s = String::new();
+                let _ = file.read_to_string(&mut s);
+                Err(Error::new(
+                    ErrorKind::AlreadyRunning,
+                    format!(
+                        "pid file {} is held by running pid {}",
+                        path.display(),
+                        s.trim()
+                    ),
+                ))
+            }
+            Err((_, e)) => Err(Error::io(
+                ErrorKind::Io,
+                format!("cannot lock pid file {}", path.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Writes this process's pid (call after the last fork).
+    pub(crate) fn write_pid(&mut self) -> io::Result<()> {
+        let f: &mut File = &mut self.file;
+        f.set_len(0)?;
+        f.rewind()?;
+        f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        f.sync_data()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file (still holding the lock, so no second instance sees a half state).
+    pub(crate) fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a pid file says about an instance, for the control commands.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// No pid file.
+    Missing,
+    /// The file exists but nobody holds its lock: the process is dead.
+    Stale(Option<i32>),
+    /// A live process holds the lock.
+    Running(i32),
+}
+
+pub(crate) fn probe(path: &Path) -> Result<Probe> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
+        Err(e) => {
+            return Err(Error::io(
+                ErrorKind::Io,
+                format!("cannot read pid file {}", path.display()),
+                e,
+            ));
+        }
+    };
+    let mut s = String::new();
+    let pid = (&file)
+        .read_to_string(&mut s)
+        .ok()
+        .and_then(|_| s.trim().parse::<i32>().ok());
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => Ok(Probe::Stale(pid)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => match pid {
+            Some(p) => Ok(Probe::Running(p)),
+            // Locked but not yet written: the master is between lock and write.
+            None => Err(Error::new(
+                ErrorKind::NotRunning,
+                format!(
+                    "pid file {} is locked but empty (starting?)",
+                    path.display()
+                ),
+            )),
+        },
+        Err((_, e)) => Err(Error::io(
+            ErrorKind::Io,
+            format!("cannot lock pid file {}", path.display()),
+            e.into(),
+        )),
+    }
+}
+
+/// The control socket that lives next to a pid file: `x.pid` -> `x.ctl`.
+pub(crate) fn control_path(pid: &Path) -> PathBuf {
+    pid.with_extension("ctl")
+}

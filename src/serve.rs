@@ -1,0 +1,254 @@
+//! Serving: accept loops over the inherited listeners, one task per connection (HTTP/1.1 and
+//! HTTP/2 on the same port), and the drain that loses no request.
+//!
+//! The drain, precisely: listeners are closed first (so reconnecting clients reach a process
+//! that still accepts). Then every HTTP/1 response carries `Connection: close`; an HTTP/1
+//! connection is closed only after such a response, when its client closes it, or once it has
+//! had no request in flight for the idle grace (closing an idle keep-alive connection at once
+//! races with a request the client is sending at that moment: that request would be reset).
+//! HTTP/2 connections get GOAWAY and finish their streams. Whatever is left at the drain
+//! timeout is cut.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use crate::AppService;
+use crate::listen::Bound;
+use crate::service::{ConnService, ConnState, Shared};
+
+/// How often a draining HTTP/1 connection checks whether it has been idle for the grace.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// A tokio listener of either kind.
+pub(crate) enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Converts a bound (non-blocking) socket; must run inside the runtime.
+    pub(crate) fn from_bound(b: Bound) -> io::Result<Listener> {
+        let sock = socket2::Socket::from(b.fd);
+        // tokio's from_std requires O_NONBLOCK; it is already set (bind/adopt) and is never
+        // cleared: the flag lives on the file description shared with the master.
+        if sock.domain()? == socket2::Domain::UNIX {
+            let l: std::os::unix::net::UnixListener = sock.into();
+            Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?))
+        } else {
+            let l: std::net::TcpListener = sock.into();
+            Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?))
+        }
+    }
+}
+
+trait Acceptor: Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn poll_accept(&self, cx: &mut Context<'_>)
+    -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
+        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| {
+            let _ = s.set_nodelay(true);
+            (s, Some(a))
+        })
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
+        tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
+    }
+}
+
+/// A running server: accept loops plus connection tasks.
+pub(crate) struct Server {
+    shared: Arc<Shared>,
+    stop_accept: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    alive_tx: Option<mpsc::Sender<()>>,
+    alive_rx: mpsc::Receiver<()>,
+}
+
+struct Ctx {
+    builder: auto::Builder<TokioExecutor>,
+    app: AppService,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+}
+
+impl Server {
+    /// Starts accepting on every listener. Must run inside the runtime.
+    pub(crate) fn start(listeners: Vec<Listener>, app: AppService, shared: Arc<Shared>) -> Server {
+        let cfg = &shared.cfg;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .max_buf_size(cfg.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+        let (stop_accept, stop_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let ctx = Arc::new(Ctx {
+            builder,
+            app,
+            shared: shared.clone(),
+            drain: drain_rx,
+        });
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|l| {
+                let (ctx, stop, alive) = (ctx.clone(), stop_rx.clone(), alive_tx.clone());
+                match l {
+                    Listener::Tcp(l) => tokio::spawn(accept_loop(l, ctx, stop, alive)),
+                    Listener::Unix(l) => tokio::spawn(accept_loop(l, ctx, stop, alive)),
+                }
+            })
+            .collect();
+        Server {
+            shared,
+            stop_accept,
+            drain,
+            accept_tasks,
+            alive_tx: Some(alive_tx),
+            alive_rx,
+        }
+    }
+
+    /// A handle for [`crate::Shutdown`]: notified when the drain starts.
+    pub(crate) fn drain_signal(&self) -> (watch::Receiver<bool>, mpsc::WeakSender<()>) {
+        let weak = self
+            .alive_tx
+            .as_ref()
+            .expect("not draining yet")
+            .downgrade();
+        (self.drain.subscribe(), weak)
+    }
+
+    /// Closes every listener (waits until they are closed).
+    pub(crate) async fn stop_accepting(&mut self) {
+        let _ = self.stop_accept.send(true);
+        for t in self.accept_tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    /// Starts the drain; resolves when every connection is done (or never: race it against
+    /// the deadline). Listeners must be closed first.
+    pub(crate) async fn drain(&mut self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.drain.send(true);
+        self.alive_tx = None;
+        // `recv` yields `None` once every connection task (and every Shutdown::hold guard)
+        // has dropped its sender.
+        while self.alive_rx.recv().await.is_some() {}
+    }
+}
+
+async fn accept_loop<L: Acceptor>(
+    l: L,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            r = poll_fn(|cx| l.poll_accept(cx)) => r,
+        };
+        match accepted {
+            Ok((io, peer)) => {
+                backoff = Duration::ZERO;
+                tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
+            }
+            // The peer gave up before we accepted: nothing to do.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EINTR)
+                ) => {}
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: back off (the connection stays queued in the
+                // kernel) instead of spinning on an error that persists.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::error!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+    // Dropping `l` here closes this process's copy of the listening socket.
+}
+
+async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_state = Arc::new(ConnState::new(peer, &ctx.shared));
+    let svc = ConnService {
+        app: ctx.app.clone(),
+        shared: ctx.shared.clone(),
+        conn: conn_state.clone(),
+    };
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut drain = ctx.drain.clone();
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    if conn_state.is_h2() {
+        // GOAWAY: streams in flight finish, the client opens new ones elsewhere.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        return;
+    }
+    let since = ctx.shared.drain_clock_ms();
+    let grace = ctx.shared.cfg.idle_grace;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(DRAIN_TICK), if !closing => {
+                if conn_state.idle_since(&ctx.shared, since) >= grace {
+                    // Idle for the whole grace: close it (hyper closes an idle HTTP/1
+                    // connection at once, an HTTP/2 one with GOAWAY).
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}

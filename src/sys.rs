@@ -1,0 +1,300 @@
+//! The OS boundary: fork/exec, fd plumbing, environment mutation. The only module allowed
+//! `unsafe`; every block says why it holds. Between `fork()` and `execve()` in [`WorkerExec::spawn`]
+//! the child only makes async-signal-safe calls on memory prepared before the fork: no
+//! allocation, no locks.
+#![allow(unsafe_code)] // the OS boundary: see the module docs
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use libc::c_char;
+
+/// systemd passes sockets from fd 3 on.
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
+
+/// Most listeners one worker can be handed (the child keeps them in a stack array).
+pub(crate) const MAX_LISTENERS: usize = 64;
+
+/// Whether this process has exactly one thread (Linux: counts `/proc/self/task`).
+pub(crate) fn is_single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)
+}
+
+/// Removes environment variables. Must run before any thread exists.
+pub(crate) fn remove_env(keys: &[&str]) {
+    assert!(
+        is_single_threaded(),
+        "environment changed after threads were started"
+    );
+    for k in keys {
+        // SAFETY: no other thread exists (checked above), so nothing reads the environment
+        // concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
+/// Takes ownership of an inherited descriptor number, checking that it is open.
+pub(crate) fn adopt_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above) and was passed to this process by its parent
+    // (LISTEN_FDS protocol); nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Points fds 1 and 2 at `file` (a log file opened with O_APPEND): every writer follows at once.
+pub(crate) fn redirect_stdout_stderr(file: &File) -> io::Result<()> {
+    for target in [1, 2] {
+        // SAFETY: dup2 atomically replaces fd 1/2 with a copy of an fd we own; fds 1 and 2
+        // are owned by the process's standard streams, which keep working on the new file.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Points fd 0 at /dev/null.
+pub(crate) fn stdin_from_devnull() -> io::Result<()> {
+    let null = File::open("/dev/null")?;
+    // SAFETY: as in redirect_stdout_stderr, for fd 0.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fork()` for the daemon step. Refuses when more than one thread exists, which makes the
+/// child a full copy of a single-threaded process: it may allocate and lock as usual.
+pub(crate) fn fork_single_threaded() -> io::Result<Option<libc::pid_t>> {
+    if !is_single_threaded() {
+        return Err(io::Error::other("refusing to fork: threads already exist"));
+    }
+    // SAFETY: the process is single-threaded (checked above), so no lock can be held by a
+    // thread that does not exist in the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Exits at once without running destructors or atexit handlers (a forked child must not
+/// flush buffers it shares with its parent).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies, then checks the parent
+/// is still `expected` (it may have died before the call: then exit at once).
+pub(crate) fn die_with_parent(sig: libc::c_int, expected: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if nix::unistd::getppid().as_raw() != expected {
+        return Err(io::Error::other("the master is gone"));
+    }
+    Ok(())
+}
+
+/// Everything a worker's fork + exec needs, built before the fork so that the child allocates
+/// nothing. `LISTEN_PID` holds room for the digits of the child's pid, written after the fork.
+#[derive(Debug)]
+pub(crate) struct WorkerExec {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    env: Vec<Vec<u8>>,
+    env_ptrs: Vec<*const c_char>,
+    pid_digits: *mut u8,
+    fds: [RawFd; MAX_LISTENERS],
+    nfds: usize,
+    mask: libc::sigset_t,
+    parent: libc::pid_t,
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_ROOM: usize = 20;
+
+impl WorkerExec {
+    /// Prepares an exec of `path` with `argv` and `env` (without `LISTEN_PID`, which is added),
+    /// handing `fds` as 3, 4, ... and restoring the signal mask `mask` in the child.
+    pub(crate) fn new(
+        path: &OsStr,
+        argv: &[&OsStr],
+        env: &[(Vec<u8>, Vec<u8>)],
+        fds: &[RawFd],
+        mask: &nix::sys::signal::SigSet,
+    ) -> io::Result<Self> {
+        if fds.len() > MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "at most {MAX_LISTENERS} listeners"
+            )));
+        }
+        let cstr = |b: &[u8]| {
+            CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"))
+        };
+        let path = cstr(path.as_bytes())?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_bufs: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
+        for (k, v) in env {
+            let mut b = Vec::with_capacity(k.len() + v.len() + 2);
+            b.extend_from_slice(k);
+            b.push(b'=');
+            b.extend_from_slice(v);
+            if b.contains(&0) {
+                return Err(io::Error::other("NUL byte in environment"));
+            }
+            b.push(0);
+            env_bufs.push(b);
+        }
+        let mut pid_buf = Vec::with_capacity(LISTEN_PID_PREFIX.len() + PID_ROOM + 1);
+        pid_buf.extend_from_slice(LISTEN_PID_PREFIX);
+        pid_buf.resize(LISTEN_PID_PREFIX.len() + PID_ROOM + 1, 0);
+        env_bufs.push(pid_buf);
+        let mut env_ptrs: Vec<*const c_char> = env_bufs.iter().map(|b| b.as_ptr().cast()).collect();
+        env_ptrs.push(std::ptr::null());
+        let last = env_bufs.len() - 1;
+        // The Vec's heap buffer never moves or reallocates after this point (never pushed to).
+        let pid_digits = env_bufs[last][LISTEN_PID_PREFIX.len()..].as_mut_ptr();
+        let mut fd_arr = [-1; MAX_LISTENERS];
+        fd_arr[..fds.len()].copy_from_slice(fds);
+        Ok(WorkerExec {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            env: env_bufs,
+            env_ptrs,
+            pid_digits,
+            fds: fd_arr,
+            nfds: fds.len(),
+            mask: *mask.as_ref(),
+            parent: nix::unistd::getpid().as_raw(),
+        })
+    }
+
+    /// Forks and execs the worker; returns its pid. The caller must have no other threads
+    /// (the master has none) and should have signals blocked, so that a signal meant for the
+    /// worker cannot be handled by a copy of the master's handlers.
+    pub(crate) fn spawn(&mut self) -> io::Result<libc::pid_t> {
+        debug_assert!(!self.env.is_empty());
+        // SAFETY: the master is single-threaded; the child runs only `child_after_fork`, which
+        // makes async-signal-safe calls on memory prepared before the fork.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            // SAFETY: we are the freshly forked child.
+            0 => unsafe { self.child_after_fork() },
+            pid => Ok(pid),
+        }
+    }
+
+    /// Runs in the child between fork and exec: async-signal-safe calls only, no allocation.
+    unsafe fn child_after_fork(&self) -> ! {
+        // SAFETY (whole function): every call is async-signal-safe per signal-safety(7) (or a
+        // plain syscall: prctl), and reads only memory prepared before the fork. The pid
+        // digits are written into a buffer this (copy-on-write) child owns.
+        unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // A worker drains and exits when the master dies, however it died.
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != self.parent {
+                libc::_exit(1);
+            }
+            let n = self.nfds;
+            let mut moved = [-1 as RawFd; MAX_LISTENERS];
+            // First move every listener above the target range, then place them at 3.. so no
+            // dup2 overwrites a listener that is still to be moved. dup2 clears CLOEXEC on the
+            // target; the moved copies keep it and vanish at exec.
+            for i in 0..n {
+                moved[i] = libc::fcntl(
+                    self.fds[i],
+                    libc::F_DUPFD_CLOEXEC,
+                    LISTEN_FDS_START + n as RawFd,
+                );
+                if moved[i] < 0 {
+                    fail(b"baton worker: cannot move listener fd\n");
+                }
+            }
+            for (i, &fd) in moved.iter().enumerate().take(n) {
+                if libc::dup2(fd, LISTEN_FDS_START + i as RawFd) < 0 {
+                    fail(b"baton worker: cannot place listener fd\n");
+                }
+            }
+            let mut pid = libc::getpid() as u64;
+            let mut digits = [0u8; PID_ROOM];
+            let mut len = 0;
+            loop {
+                digits[PID_ROOM - 1 - len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            std::ptr::copy_nonoverlapping(
+                digits.as_ptr().add(PID_ROOM - len),
+                self.pid_digits,
+                len,
+            );
+            *self.pid_digits.add(len) = 0;
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            );
+            fail(b"baton worker: cannot execute the binary\n");
+        }
+    }
+}
+
+/// Reports a failure in a forked child and exits 127, like a shell's "command not found".
+unsafe fn fail(msg: &[u8]) -> ! {
+    // SAFETY: write and _exit are async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Switches this process to `uid`/`gid` with the supplementary groups of `user`, then checks
+/// that root cannot be regained. Must run before threads exist (setuid is per-thread in the
+/// kernel; glibc broadcasts, but we do not rely on it).
+pub(crate) fn drop_privileges(
+    user: &str,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> io::Result<()> {
+    assert!(
+        is_single_threaded(),
+        "privileges dropped after threads were started"
+    );
+    let name = CString::new(user).map_err(|_| io::Error::other("NUL in user name"))?;
+    nix::unistd::initgroups(&name, gid)?;
+    nix::unistd::setgid(gid)?;
+    nix::unistd::setuid(uid)?;
+    if !uid.is_root() && nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+        return Err(io::Error::other("could regain root after setuid"));
+    }
+    Ok(())
+}
