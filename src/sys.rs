@@ -226,13 +226,9 @@ impl WorkerExec {
             // First move every listener above the target range, then place them at 3.. so no
             // dup2 overwrites a listener that is still to be moved. dup2 clears CLOEXEC on the
             // target; the moved copies keep it and vanish at exec.
-            for i in 0..n {
-                moved[i] = libc::fcntl(
-                    self.fds[i],
-                    libc::F_DUPFD_CLOEXEC,
-                    LISTEN_FDS_START + n as RawFd,
-                );
-                if moved[i] < 0 {
+            for (slot, &fd) in moved.iter_mut().zip(&self.fds).take(n) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + n as RawFd);
+                if *slot < 0 {
                     fail(b"baton worker: cannot move listener fd\n");
                 }
             }

@@ -1,0 +1,242 @@
+//! The serving side through the real `hello` binary: protocols, production defaults, graceful
+//! shutdown without lost requests, bad command lines.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{Hello, get, hello_bin, load, request, signal, wait_until};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn serves_http1_and_http2_and_pid_is_the_worker() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let r = get(h.addr(), "/").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+    // The serving process is a worker: a child of the master we started.
+    let worker = h.worker_pid();
+    assert_ne!(worker, h.pid);
+    assert_eq!(support::children(h.pid), vec![worker]);
+
+    let stats = rt().block_on(load::run(
+        load::Config {
+            addr: h.addr(),
+            conns: 2,
+            mode: load::Mode::H2,
+            path: "/",
+            expect_body: "hello world!",
+            max_requests_per_conn: 20,
+            max_time: Duration::from_secs(20),
+            think: Duration::ZERO,
+        },
+        Arc::default(),
+    ));
+    assert_eq!((stats.ok, stats.failed), (40, 0), "{:?}", stats.failures);
+    assert!(
+        h.log_text().contains("\"GET / HTTP/2.0\" 200 12"),
+        "access log:\n{}",
+        h.log_text()
+    );
+}
+
+#[test]
+fn no_master_mode_serves_in_one_process() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--no-master"]);
+    assert_eq!(h.worker_pid(), h.pid);
+    assert!(support::children(h.pid).is_empty());
+}
+
+#[test]
+fn term_lets_a_slow_request_finish_then_exits_zero() {
+    for no_master in [false, true] {
+        let mut args = vec!["--delay", "5s"];
+        if no_master {
+            args.push("--no-master");
+        }
+        let mut h = Hello::start(&hello_bin(), &args);
+        let addr = h.addr();
+        let slow = std::thread::spawn(move || get(addr, "/"));
+        // The slow request is on its way once another request has been answered after it.
+        wait_until(Duration::from_secs(10), "the server answering", || {
+            get(addr, "/pid").is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        signal(h.pid, Signal::SIGTERM);
+        // The listener closes at once: new connections are refused while the slow one finishes.
+        wait_until(Duration::from_secs(10), "the listener to close", || {
+            TcpStream::connect(addr).is_err()
+        });
+        assert!(
+            !slow.is_finished(),
+            "the slow request ended before the drain"
+        );
+        let r = slow
+            .join()
+            .unwrap()
+            .expect("the in-flight request completes");
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+        let st = h.wait_exit(Duration::from_secs(30));
+        assert!(st.success(), "exit status {st}; log:\n{}", h.log_text());
+    }
+}
+
+#[test]
+fn keepalive_load_across_term_loses_nothing() {
+    let mut h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let ctl = Arc::new(load::Control::default());
+    let cfg = load::Config {
+        addr: h.addr(),
+        conns: 64,
+        mode: load::Mode::KeepAlive,
+        path: "/",
+        expect_body: "hello world!",
+        max_requests_per_conn: 1_000_000,
+        max_time: Duration::from_secs(30),
+        think: Duration::from_millis(5),
+    };
+    let rt = rt();
+    let run = rt.spawn(load::run(cfg, ctl.clone()));
+    // Let the load reach full speed: wait until the access log has many lines.
+    wait_until(Duration::from_secs(20), "load to run", || {
+        h.log_text().matches("\"GET / HTTP/1.1\" 200").count() >= 2000
+    });
+    ctl.stopping.store(true, Ordering::SeqCst);
+    signal(h.pid, Signal::SIGTERM);
+    let st = h.wait_exit(Duration::from_secs(30));
+    ctl.stop.store(true, Ordering::SeqCst);
+    let stats = rt.block_on(run).unwrap();
+    assert!(st.success(), "exit status {st}");
+    assert_eq!(stats.failed, 0, "lost requests: {:?}", stats.failures);
+    assert!(stats.ok >= 2000, "{stats:?}");
+    // Every connection was told to go away by a response, none was cut idle.
+    assert!(
+        stats.closes >= 1,
+        "no Connection: close seen: {:?}",
+        (stats.ok, stats.closes, stats.idle_closed)
+    );
+    eprintln!(
+        "ok {} closes {} idle_closed {} refused after stop {}",
+        stats.ok, stats.closes, stats.idle_closed, stats.refused_when_stopping
+    );
+}
+
+#[test]
+fn production_defaults() {
+    let h = Hello::start(
+        &hello_bin(),
+        &[
+            "--delay",
+            "0",
+            "--debug-routes",
+            "--max-body-bytes",
+            "1000",
+            "--header-timeout",
+            "1s",
+        ],
+    );
+    let a = h.addr();
+    // A panicking handler is a 500; the server lives on.
+    assert_eq!(get(a, "/panic").unwrap().status, 500);
+    assert_eq!(get(a, "/").unwrap().body, "hello world!");
+    assert!(h.log_text().contains("the /panic route panics"));
+    // Oversized header -> 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    match request(a, big.as_bytes()) {
+        Ok(r) => assert_eq!(r.status, 431),
+        Err(e) => panic!("expected 431, got {e}"),
+    }
+    // Oversized body -> 413, with a length and chunked.
+    let body = "x".repeat(2000);
+    let r = request(a, format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}").as_bytes()).unwrap();
+    assert_eq!(r.status, 413);
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n"
+    );
+    assert_eq!(request(a, chunked.as_bytes()).unwrap().status, 413);
+    let r = request(
+        a,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "5"));
+    // Garbage -> 400 or a clean close.
+    match request(a, b"\x16\x03\x01garbage garbage\r\n\r\n") {
+        Ok(r) => assert_eq!(r.status, 400),
+        Err(e) => assert!(e.to_string().contains("incomplete"), "{e}"),
+    }
+    // Half a header, then silence: disconnected after the header timeout.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow:")
+        .unwrap();
+    let mut buf = Vec::new();
+    let t0 = std::time::Instant::now();
+    let n = s.read_to_end(&mut buf);
+    assert!(
+        n.is_ok() && t0.elapsed() < Duration::from_secs(15),
+        "slowloris connection not closed: {n:?}"
+    );
+    // The server is unharmed.
+    assert_eq!(get(a, "/").unwrap().body, "hello world!");
+    // The request id is echoed when sane.
+    let r = request(
+        a,
+        b"GET /pid HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-42\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.header("x-request-id"), Some("abc-42"));
+}
+
+fn run_bad(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(hello_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_command_lines_name_the_bad_value() {
+    let (code, err) = run_bad(&["run", "--bogus"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--bogus"), "{err}");
+    let (code, err) = run_bad(&["run", "--drain-timeout", "5x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("5x"), "{err}");
+    let (code, err) = run_bad(&["run", "--delay", "soon"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("soon"), "{err}");
+    let (code, err) = run_bad(&["run", "--listen", "nowhere:1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nowhere:1"), "{err}");
+    // Port in use, in both modes: exit 1 naming the address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for extra in [None, Some("--no-master")] {
+        let mut args = vec!["run", "--listen", &addr];
+        args.extend(extra);
+        let (code, err) = run_bad(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}

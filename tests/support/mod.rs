@@ -1,0 +1,314 @@
+//! Shared helpers for the integration tests: run the real `hello` binary, send real signals,
+//! make real HTTP requests on 127.0.0.1. Every process a test starts is killed by pid when its
+//! guard drops, even when the test fails.
+#![allow(dead_code, unreachable_pub)] // test helpers: each test binary uses a different subset
+
+pub mod load;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The directory holding the example binaries cargo built for this test run.
+pub fn examples_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("examples")
+}
+
+pub fn hello_bin() -> PathBuf {
+    examples_dir().join("hello")
+}
+
+pub fn hello_next_bin() -> PathBuf {
+    examples_dir().join("hello_next")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again
+/// at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("baton-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone: PID 1 here reaps slowly).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Live children of `pid` (from /proc).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 1 && f[0] != "Z" && f[1] == pid.to_string() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Number of open fds of `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+pub fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+/// A `hello` process started by a test, with its stderr in `log`. Dropping it kills it and
+/// every child it has (by pid).
+pub struct Hello {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub port: u16,
+    pub log: PathBuf,
+    pub dir: TempDir,
+    extra_pids: Vec<i32>,
+}
+
+impl Hello {
+    /// Starts `bin run --listen 127.0.0.1:<free port> <args>` and waits until `/pid` answers.
+    pub fn start(bin: &Path, args: &[&str]) -> Hello {
+        let h = Hello::spawn(bin, args);
+        h.wait_ready();
+        h
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(bin: &Path, args: &[&str]) -> Hello {
+        let dir = TempDir::new("hello");
+        let port = free_port();
+        let log = dir.join("stderr.log");
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec!["run", "--listen", &listen];
+        all.extend_from_slice(args);
+        let child = Command::new(bin)
+            .args(&all)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        Hello {
+            child: Some(child),
+            pid,
+            port,
+            log,
+            dir,
+            extra_pids: Vec::new(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = get(self.addr(), "/pid") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(alive(self.pid), "hello exited; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "hello not ready; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of the worker serving now.
+    pub fn worker_pid(&self) -> i32 {
+        get(self.addr(), "/pid")
+            .expect("GET /pid")
+            .body
+            .parse()
+            .unwrap()
+    }
+
+    /// Sends USR2 and waits until a different worker answers `/pid`.
+    pub fn reload_and_wait(&self) -> i32 {
+        let before = self.worker_pid();
+        signal(self.pid, Signal::SIGUSR2);
+        let mut now = before;
+        wait_until(Duration::from_secs(30), "a new worker after USR2", || {
+            now = get(self.addr(), "/pid")
+                .ok()
+                .and_then(|r| r.body.parse().ok())
+                .unwrap_or(before);
+            now != before
+        });
+        now
+    }
+
+    /// Waits for the process to exit (up to `timeout`) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("not our child");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hello did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Remembers a pid to kill on drop (a worker that may outlive a killed master).
+    pub fn track(&mut self, pid: i32) {
+        self.extra_pids.push(pid);
+    }
+}
+
+impl Drop for Hello {
+    fn drop(&mut self) {
+        let mut pids = children(self.pid);
+        pids.extend(&self.extra_pids);
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        for p in pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse(&buf)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn parse(buf: &[u8]) -> std::io::Result<Resp> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    Ok(Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
