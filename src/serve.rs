@@ -181,8 +181,23 @@ async fn accept_loop<L: Acceptor>(
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
-            r = poll_fn(|cx| l.poll_accept(cx)) => r,
+            _ = stop.wait_for(|s| *s) => None,
+            r = poll_fn(|cx| l.poll_accept(cx)) => Some(r),
+        };
+        let Some(accepted) = accepted else {
+            // Take what already waits in the kernel's queue: once the last copy of the socket
+            // closes, those connections would be reset.
+            while let Some(Ok((io, peer))) = poll_fn(|cx| {
+                Poll::Ready(match l.poll_accept(cx) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                })
+            })
+            .await
+            {
+                tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
+            }
+            break;
         };
         match accepted {
             Ok((io, peer)) => {

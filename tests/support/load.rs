@@ -45,6 +45,10 @@ pub struct Stats {
     pub closes: u64,
     /// Connections the server closed with no request in flight (nothing lost).
     pub idle_closed: u64,
+    /// Requests the client library refused to send because the server had already announced
+    /// a graceful HTTP/2 GOAWAY (NO_ERROR): per RFC 9113 6.8 such streams were not processed;
+    /// the next request goes on a new connection. Never sent, so not lost.
+    pub unsent_goaway: u64,
     pub failures: Vec<String>,
     pub latencies: Vec<Duration>,
 }
@@ -56,6 +60,7 @@ impl Stats {
         self.refused_when_stopping += o.refused_when_stopping;
         self.closes += o.closes;
         self.idle_closed += o.idle_closed;
+        self.unsent_goaway += o.unsent_goaway;
         self.failures.extend(
             o.failures
                 .into_iter()
@@ -197,8 +202,13 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
         };
         let resp = match resp {
             Ok(r) => r,
+            Err(e) if graceful_goaway(&e) => {
+                st.unsent_goaway += 1;
+                sender = None;
+                continue;
+            }
             Err(e) => {
-                st.fail(format!("request: {e}"));
+                st.fail(format!("request: {e:?}"));
                 sender = None;
                 continue;
             }
@@ -224,4 +234,13 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
         }
     }
     st
+}
+
+/// A stream refused because the server sent GOAWAY with NO_ERROR (a graceful shutdown).
+fn graceful_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| {
+            h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
+        })
 }

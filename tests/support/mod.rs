@@ -131,6 +131,8 @@ pub struct Hello {
     pub log: PathBuf,
     pub dir: TempDir,
     extra_pids: Vec<i32>,
+    /// Every worker pid `/pid` has answered so far.
+    seen: std::cell::RefCell<Vec<i32>>,
 }
 
 impl Hello {
@@ -165,6 +167,7 @@ impl Hello {
             log,
             dir,
             extra_pids: Vec::new(),
+            seen: Default::default(),
         }
     }
 
@@ -190,32 +193,50 @@ impl Hello {
         }
     }
 
+    /// The last `n` lines of the log that are not access log lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("\" 200 ")).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The pid of the worker serving now.
     pub fn worker_pid(&self) -> i32 {
-        get(self.addr(), "/pid")
+        let p = get(self.addr(), "/pid")
             .expect("GET /pid")
             .body
             .parse()
-            .unwrap()
+            .unwrap();
+        self.seen.borrow_mut().push(p);
+        p
     }
 
-    /// Sends USR2 and waits until a different worker answers `/pid`.
+    /// Sends USR2 and waits until a worker never seen before answers `/pid` (a draining
+    /// worker may still answer a connection that was queued when it stopped accepting).
     pub fn reload_and_wait(&self) -> i32 {
-        let before = self.worker_pid();
+        self.worker_pid();
         signal(self.pid, Signal::SIGUSR2);
-        let mut now = before;
-        wait_until(Duration::from_secs(30), "a new worker after USR2", || {
-            now = get(self.addr(), "/pid")
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = get(self.addr(), "/pid")
                 .ok()
                 .and_then(|r| r.body.parse().ok())
-                .unwrap_or(before);
-            now != before
-        });
-        now
+                .unwrap_or(0);
+            if now != 0 && !self.seen.borrow().contains(&now) {
+                self.seen.borrow_mut().push(now);
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new worker after USR2; log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits for the process to exit (up to `timeout`) and returns its status.
