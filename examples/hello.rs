@@ -22,13 +22,19 @@ struct Args {
     /// for trying the production defaults.
     #[arg(long)]
     debug_routes: bool,
+    /// Fail in the app's start-up (to try failed starts and rollbacks).
+    #[arg(long, hide = true)]
+    fail_start: bool,
 }
 
 /// Serves the app (`pub` so that tests/support/hello_next.rs can reuse this file).
 pub fn main() -> std::process::ExitCode {
     baton::App::new()
         .default_listen("0.0.0.0:1234")
-        .serve(|args: Args| async move {
+        .try_serve(|args: Args| async move {
+            if args.fail_start {
+                return Err("cannot start: --fail-start was given");
+            }
             let delay = args.delay;
             let app = Router::new()
                 .route(
@@ -41,22 +47,17 @@ pub fn main() -> std::process::ExitCode {
                 .route("/pid", get(|| async { std::process::id().to_string() }))
                 .route("/version", get(|| async { version() }));
             if !args.debug_routes {
-                return app;
+                return Ok(app);
             }
-            app.route(
-                "/panic",
-                get(|| async {
-                    if true {
-                        panic!("the /panic route panics");
-                    }
-                    "unreachable"
-                }),
-            )
-            .route(
+            Ok(app.route("/panic", get(|| async { panic_route() })).route(
                 "/echo",
                 post(|body: axum::body::Bytes| async move { body.len().to_string() }),
-            )
+            ))
         })
+}
+
+fn panic_route() -> &'static str {
+    panic!("the /panic route panics")
 }
 
 /// The package version plus a build label (`HELLO_BUILD` at compile time, or the name of a

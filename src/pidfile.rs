@@ -77,6 +77,15 @@ impl PidFile {
 
     /// Removes the file (still holding the lock, so no second instance sees a half state).
     pub(crate) fn remove(self) {
+        drop(self);
+    }
+}
+
+/// A pid file whose holder goes away (clean exit, or a start that failed after locking) is
+/// removed while still locked. Forked copies never run this: the launcher, the daemon's first
+/// child and workers leave with `exit`/`_exit`/`exec`.
+impl Drop for PidFile {
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
