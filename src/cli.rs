@@ -59,8 +59,11 @@ pub(crate) struct ControlArgs {
 pub(crate) struct ServeOpts {
     /// Address to serve on: `[NAME=]IP:PORT` or `[NAME=]unix:/path`; repeatable.
     /// Default is the app's (`0.0.0.0:1234` for hello).
-    #[arg(long, value_name = "[NAME=]ADDR")]
-    pub(crate) listen: Vec<ListenSpec>,
+    #[arg(long = "listen", value_name = "[NAME=]ADDR")]
+    pub(crate) listen_given: Vec<ListenSpec>,
+    /// The values above with the app's default: filled in after parsing.
+    #[arg(skip)]
+    pub(crate) listen: crate::listen::ListenSpecs,
     /// Log file (master, workers, access log). `run` logs to stderr without it;
     /// `start` defaults to `<app>.log` in the current directory.
     #[arg(short, long, value_name = "FILE")]

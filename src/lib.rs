@@ -267,9 +267,10 @@ impl App {
         daemon: bool,
         factory: Factory<A>,
     ) -> Result<ExitCode> {
-        if s.opts.listen.is_empty() {
-            s.opts.listen = self.default_listen.clone();
-        }
+        s.opts.listen = listen::ListenSpecs {
+            given: std::mem::take(&mut s.opts.listen_given),
+            default: self.default_listen.clone(),
+        };
         if let Some(p) = &s.opts.health_path {
             if !p.starts_with('/') {
                 return Err(Error::usage(format!(

@@ -199,6 +199,53 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
+/// The sockets to serve: without inherited sockets, `specs` bound here. With inherited ones
+/// (socket activation), each `--listen` spec takes the inherited socket of its name (systemd's
+/// `FileDescriptorName=`) or is bound here if none has it; inherited sockets no spec named are
+/// served too; with no `--listen` at all, the inherited sockets alone.
+pub(crate) fn resolve(specs: &ListenSpecs, inherited: Option<Vec<Bound>>) -> Result<Vec<Bound>> {
+    let Some(mut pool) = inherited else {
+        return bind_all(specs.effective());
+    };
+    if specs.given.is_empty() {
+        return Ok(pool);
+    }
+    let mut out = Vec::with_capacity(specs.given.len() + pool.len());
+    for spec in &specs.given {
+        match pool.iter().position(|b| b.name == spec.name) {
+            Some(i) => out.push(pool.remove(i)),
+            None => match bind(spec) {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    for mut b in out {
+                        b.remove_socket_file();
+                    }
+                    return Err(e);
+                }
+            },
+        }
+    }
+    out.extend(pool);
+    Ok(out)
+}
+
+/// The `--listen` values as given, and the app's default used when none is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListenSpecs {
+    pub(crate) given: Vec<ListenSpec>,
+    pub(crate) default: Vec<ListenSpec>,
+}
+
+impl ListenSpecs {
+    pub(crate) fn effective(&self) -> &[ListenSpec] {
+        if self.given.is_empty() {
+            &self.default
+        } else {
+            &self.given
+        }
+    }
+}
+
 /// Sockets passed with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, if they are for this
 /// process. Removes the variables from the environment (must run before threads exist).
 pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {

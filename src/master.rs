@@ -199,10 +199,7 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         Some(p) => Some(open_log(p, log_owner)?),
         None => None,
     };
-    let listeners = match listen::take_inherited()? {
-        Some(l) => l,
-        None => listen::bind_all(&opts.listen)?,
-    };
+    let listeners = listen::resolve(&opts.listen, listen::take_inherited()?)?;
     let control = match &pidfile {
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(
             p.path(),
@@ -230,8 +227,7 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         })?;
     }
 
-    let mut signals = SigSet::empty();
-    for s in [
+    let handled = [
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
@@ -239,9 +235,12 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         Signal::SIGUSR1,
         Signal::SIGUSR2,
         Signal::SIGCHLD,
-    ] {
+    ];
+    let mut signals = SigSet::empty();
+    for s in handled {
         signals.add(s);
     }
+    sys::install_noop_handlers(&handled).map_err(|e| Error::io(ErrorKind::Io, "sigaction", e))?;
     let orig_mask =
         SigSet::thread_get_mask().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
     signals

@@ -106,6 +106,27 @@ pub(crate) fn die_with_parent(sig: libc::c_int, expected: libc::pid_t) -> io::Re
     Ok(())
 }
 
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Installs a handler that does nothing for each signal. The master reads its signals from a
+/// signalfd with them blocked; a real handler still matters when it runs as PID 1 of a pid
+/// namespace (a container), where the kernel drops signals whose disposition is the default.
+/// Handlers are reset to the default at exec, so workers do not inherit them.
+pub(crate) fn install_noop_handlers(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(noop_handler),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for &sig in signals {
+        // SAFETY: the handler does nothing, which is async-signal-safe; no other handler is
+        // being replaced that the process relies on (the master runs no user code).
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// Everything a worker's fork + exec needs, built before the fork so that the child allocates
 /// nothing. `LISTEN_PID` holds room for the digits of the child's pid, written after the fork.
 #[derive(Debug)]

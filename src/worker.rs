@@ -90,14 +90,14 @@ pub(crate) fn main<A>(
     };
     log::init("worker");
     let listeners = match listen::take_inherited()? {
-        Some(l) => l,
+        Some(l) if under_master => l,
         None if under_master => {
             return Err(Error::new(
                 ErrorKind::Listen,
                 "started as a worker without LISTEN_FDS",
             ));
         }
-        None => listen::bind_all(&opts.listen)?,
+        inherited => listen::resolve(&opts.listen, inherited)?,
     };
     let notifier =
         Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;

@@ -145,14 +145,20 @@ impl Hello {
 
     /// Starts without waiting.
     pub fn spawn(bin: &Path, args: &[&str]) -> Hello {
-        let dir = TempDir::new("hello");
         let port = free_port();
-        let log = dir.join("stderr.log");
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec!["run", "--listen", &listen];
         all.extend_from_slice(args);
-        let child = Command::new(bin)
-            .args(&all)
+        let mut cmd = Command::new(bin);
+        cmd.args(&all);
+        Hello::launch(cmd, port)
+    }
+
+    /// Runs `cmd` (which must serve on 127.0.0.1:`port`) in a fresh directory, stdio to files.
+    pub fn launch(mut cmd: Command, port: u16) -> Hello {
+        let dir = TempDir::new("hello");
+        let log = dir.join("stderr.log");
+        let child = cmd
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
