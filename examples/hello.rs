@@ -29,31 +29,28 @@ struct Args {
 
 /// Serves the app (`pub` so that tests/support/hello_next.rs can reuse this file).
 pub fn main() -> std::process::ExitCode {
-    baton::App::new()
-        .default_listen("0.0.0.0:1234")
-        .try_serve(|args: Args| async move {
-            if args.fail_start {
-                return Err("cannot start: --fail-start was given");
-            }
-            let delay = args.delay;
-            let app = Router::new()
-                .route(
-                    "/",
-                    get(move || async move {
-                        tokio::time::sleep(delay).await;
-                        "hello world!"
-                    }),
-                )
-                .route("/pid", get(|| async { std::process::id().to_string() }))
-                .route("/version", get(|| async { version() }));
-            if !args.debug_routes {
-                return Ok(app);
-            }
-            Ok(app.route("/panic", get(|| async { panic_route() })).route(
-                "/echo",
-                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
-            ))
-        })
+    baton::App::new().default_listen("0.0.0.0:1234").try_serve(|args: Args| async move {
+        if args.fail_start {
+            return Err("cannot start: --fail-start was given");
+        }
+        let delay = args.delay;
+        let app = Router::new()
+            .route(
+                "/",
+                get(move || async move {
+                    tokio::time::sleep(delay).await;
+                    "hello world!"
+                }),
+            )
+            .route("/pid", get(|| async { std::process::id().to_string() }))
+            .route("/version", get(|| async { version() }));
+        if !args.debug_routes {
+            return Ok(app);
+        }
+        Ok(app
+            .route("/panic", get(|| async { panic_route() }))
+            .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() })))
+    })
 }
 
 fn panic_route() -> &'static str {
@@ -63,8 +60,7 @@ fn panic_route() -> &'static str {
 /// The package version plus a build label (`HELLO_BUILD` at compile time, or the name of a
 /// differently named build of this file), so two builds can be told apart.
 fn version() -> String {
-    let label =
-        option_env!("HELLO_BUILD").or(Some(env!("CARGO_CRATE_NAME")).filter(|n| *n != "hello"));
+    let label = option_env!("HELLO_BUILD").or(Some(env!("CARGO_CRATE_NAME")).filter(|n| *n != "hello"));
     match label {
         Some(l) => format!("{}+{l}", env!("CARGO_PKG_VERSION")),
         None => env!("CARGO_PKG_VERSION").to_owned(),

@@ -115,22 +115,16 @@ pub(crate) struct ServeOpts {
 /// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"))?;
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"))?;
     let scale = match unit {
         "" | "s" => 1.0,
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
         _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
-            ));
+            return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"));
         }
     };
     let secs = value * scale;
@@ -140,15 +134,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-const SUBCOMMANDS: &[&str] = &[
-    "run",
-    "start",
-    "stop",
-    "reload",
-    "status",
-    "reopen-logs",
-    "help",
-];
+const SUBCOMMANDS: &[&str] = &["run", "start", "stop", "reload", "status", "reopen-logs", "help"];
 
 /// Without a subcommand the app serves in the foreground: `hello --delay 0` is `hello run --delay 0`.
 pub(crate) fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
@@ -186,17 +172,8 @@ mod tests {
     fn default_subcommand_is_run() {
         let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
         assert_eq!(with_default_subcommand(v(&["app"])), v(&["app", "run"]));
-        assert_eq!(
-            with_default_subcommand(v(&["app", "--delay", "0"])),
-            v(&["app", "run", "--delay", "0"])
-        );
-        assert_eq!(
-            with_default_subcommand(v(&["app", "stop"])),
-            v(&["app", "stop"])
-        );
-        assert_eq!(
-            with_default_subcommand(v(&["app", "--help"])),
-            v(&["app", "--help"])
-        );
+        assert_eq!(with_default_subcommand(v(&["app", "--delay", "0"])), v(&["app", "run", "--delay", "0"]));
+        assert_eq!(with_default_subcommand(v(&["app", "stop"])), v(&["app", "stop"]));
+        assert_eq!(with_default_subcommand(v(&["app", "--help"])), v(&["app", "--help"]));
     }
 }

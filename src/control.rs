@@ -39,14 +39,7 @@ impl Control {
     }
 
     fn parse(s: &str) -> Option<Control> {
-        [
-            Control::Stop,
-            Control::Reload,
-            Control::Status,
-            Control::ReopenLogs,
-        ]
-        .into_iter()
-        .find(|c| c.word() == s)
+        [Control::Stop, Control::Reload, Control::Status, Control::ReopenLogs].into_iter().find(|c| c.word() == s)
     }
 }
 
@@ -91,9 +84,7 @@ pub(crate) struct ControlServer {
 
 impl std::fmt::Debug for ControlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlServer")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("ControlServer").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -101,13 +92,7 @@ impl ControlServer {
     /// Binds the socket (mode 0600: owner only). A stale socket file is replaced; the pid file
     /// lock already proved no other master runs.
     pub(crate) fn bind(path: &Path) -> Result<ControlServer> {
-        let fail = |e| {
-            Error::io(
-                ErrorKind::Io,
-                format!("cannot create control socket {}", path.display()),
-                e,
-            )
-        };
+        let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -116,28 +101,18 @@ impl ControlServer {
         let listener = UnixListener::bind(path).map_err(fail)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         listener.set_nonblocking(true).map_err(fail)?;
-        Ok(ControlServer {
-            listener,
-            path: path.to_owned(),
-            pending: Vec::new(),
-        })
+        Ok(ControlServer { listener, path: path.to_owned(), pending: Vec::new() })
     }
 
     pub(crate) fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
-        std::iter::once(self.listener.as_fd())
-            .chain(self.pending.iter().map(|p| p.stream.as_fd()))
-            .collect()
+        std::iter::once(self.listener.as_fd()).chain(self.pending.iter().map(|p| p.stream.as_fd())).collect()
     }
 
     /// Accepts new clients and returns the complete requests.
     pub(crate) fn poll_requests(&mut self) -> Vec<(Request, Waiter)> {
         while let Ok((stream, _)) = self.listener.accept() {
             if stream.set_nonblocking(true).is_ok() {
-                self.pending.push(Pending {
-                    stream,
-                    buf: Vec::new(),
-                    since: Instant::now(),
-                });
+                self.pending.push(Pending { stream, buf: Vec::new(), since: Instant::now() });
             }
         }
         let mut out = Vec::new();
@@ -179,12 +154,8 @@ impl ControlServer {
 /// (default `<name>.pid`). Exit codes: 0 success; 1 failure; `status`: 0 running,
 /// 1 dead with pid file, 3 not running.
 pub(crate) fn control(name: &str, cmd: Control, args: ControlArgs) -> Result<ExitCode> {
-    let pid_path = args
-        .pid
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
-    let pid_path =
-        std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
+    let pid_path = args.pid.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
+    let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
     let shown = pid_path.display();
     let pid = match pidfile::probe(&pid_path)? {
         Probe::Running(pid) => pid,
@@ -198,17 +169,12 @@ pub(crate) fn control(name: &str, cmd: Control, args: ControlArgs) -> Result<Exi
                     println!("not running (no pid file {shown})");
                     Ok(ExitCode::SUCCESS)
                 }
-                _ => Err(Error::new(
-                    ErrorKind::NotRunning,
-                    format!("not running (no pid file {shown})"),
-                )),
+                _ => Err(Error::new(ErrorKind::NotRunning, format!("not running (no pid file {shown})"))),
             };
         }
         Probe::Stale(pid) => {
-            let what = format!(
-                "not running (stale pid file {shown}, pid {})",
-                pid.map_or("?".into(), |p| p.to_string())
-            );
+            let what =
+                format!("not running (stale pid file {shown}, pid {})", pid.map_or("?".into(), |p| p.to_string()));
             return match cmd {
                 Control::Status => {
                     println!("dead: {what}");
@@ -233,11 +199,7 @@ pub(crate) fn control(name: &str, cmd: Control, args: ControlArgs) -> Result<Exi
     };
     match reply {
         Reply::Err(t) => Err(Error::new(
-            if cmd == Control::Reload {
-                ErrorKind::Worker
-            } else {
-                ErrorKind::Io
-            },
+            if cmd == Control::Reload { ErrorKind::Worker } else { ErrorKind::Io },
             format!("{} failed: {t}", cmd.word()),
         )),
         Reply::Ok(t) => {
@@ -282,9 +244,7 @@ fn signal_fallback(cmd: Control, pid: i32, pid_path: &Path, deadline: Instant) -
         }
         Control::Reload => {
             send(Signal::SIGUSR2)?;
-            println!(
-                "sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)"
-            );
+            println!("sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)");
         }
         Control::ReopenLogs => {
             send(Signal::SIGUSR1)?;
@@ -303,10 +263,7 @@ fn wait_gone(pid_path: &Path, pid: i32, deadline: Instant) -> Result<()> {
             Ok(Probe::Missing | Probe::Stale(_)) => return Ok(()),
         }
         if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                format!("pid {pid} still running after the timeout"),
-            ));
+            return Err(Error::new(ErrorKind::Timeout, format!("pid {pid} still running after the timeout")));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -32,9 +32,7 @@ impl StatusPipe {
 /// Detaches. Returns only in the daemon; the launching process exits with the outcome.
 /// Must run before any thread exists (checked).
 pub(crate) fn daemonize(log: Option<&File>) -> Result<StatusPipe> {
-    let fail = |what: &str, e: std::io::Error| {
-        Error::io(ErrorKind::Io, format!("cannot daemonize: {what}"), e)
-    };
+    let fail = |what: &str, e: std::io::Error| Error::io(ErrorKind::Io, format!("cannot daemonize: {what}"), e);
     let (r, w): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipe", e.into()))?;
     match sys::fork_single_threaded().map_err(|e| fail("fork", e))? {
@@ -48,18 +46,13 @@ pub(crate) fn daemonize(log: Option<&File>) -> Result<StatusPipe> {
     nix::unistd::setsid().map_err(|e| fail("setsid", e.into()))?;
     // The second fork: the daemon is not a session leader, so it can never acquire a
     // controlling terminal.
-    if sys::fork_single_threaded()
-        .map_err(|e| fail("fork", e))?
-        .is_some()
-    {
+    if sys::fork_single_threaded().map_err(|e| fail("fork", e))?.is_some() {
         sys::exit_now(0);
     }
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))?;
     umask(Mode::from_bits_truncate(0o027));
     sys::stdin_from_devnull().map_err(|e| fail("stdin", e))?;
-    Ok(StatusPipe {
-        file: File::from(w),
-    })
+    Ok(StatusPipe { file: File::from(w) })
 }
 
 /// The launching process: reaps the first child, waits for the daemon's word.

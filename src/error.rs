@@ -34,19 +34,11 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Error {
-            kind,
-            context: context.into(),
-            source: None,
-        }
+        Error { kind, context: context.into(), source: None }
     }
 
     pub(crate) fn io(kind: ErrorKind, context: impl Into<String>, source: io::Error) -> Self {
-        Error {
-            kind,
-            context: context.into(),
-            source: Some(source),
-        }
+        Error { kind, context: context.into(), source: Some(source) }
     }
 
     pub(crate) fn usage(context: impl Into<String>) -> Self {

@@ -75,20 +75,14 @@ pub struct AppServiceBox(AppService);
 
 impl<S, B> IntoApp for S
 where
-    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     fn into_app(self) -> AppServiceBox {
         use tower::ServiceExt as _;
-        AppServiceBox(BoxCloneSyncService::new(
-            self.map_response(|r: Response<B>| r.map(Body::new)),
-        ))
+        AppServiceBox(BoxCloneSyncService::new(self.map_response(|r: Response<B>| r.map(Body::new))))
     }
 }
 
@@ -108,8 +102,7 @@ pub enum AccessLog {
 pub struct NoArgs {}
 
 /// The factory's future, type-erased.
-type Factory<A> =
-    Box<dyn FnOnce(A) -> Pin<Box<dyn Future<Output = Result<AppServiceBox, String>>>>>;
+type Factory<A> = Box<dyn FnOnce(A) -> Pin<Box<dyn Future<Output = Result<AppServiceBox, String>>>>>;
 
 /// An app to run: name, defaults and production middleware switches. Start with
 /// [`App::new`], finish with [`App::serve`].
@@ -153,10 +146,7 @@ impl App {
     /// # Panics
     /// If `addr` is not a valid `--listen` value (a programming error).
     pub fn default_listen(mut self, addr: &str) -> Self {
-        self.default_listen = vec![
-            addr.parse()
-                .unwrap_or_else(|e| panic!("default_listen: {e}")),
-        ];
+        self.default_listen = vec![addr.parse().unwrap_or_else(|e| panic!("default_listen: {e}"))];
         self
     }
 
@@ -192,9 +182,7 @@ impl App {
         Fut: Future<Output = T> + 'static,
         T: IntoApp,
     {
-        self.run(Box::new(move |a| {
-            Box::pin(async move { Ok(factory(a).await.into_app()) })
-        }))
+        self.run(Box::new(move |a| Box::pin(async move { Ok(factory(a).await.into_app()) })))
     }
 
     /// Like [`App::serve`] for a factory that can fail (a database that does not answer): the
@@ -208,12 +196,7 @@ impl App {
         E: std::fmt::Display,
     {
         self.run(Box::new(move |a| {
-            Box::pin(async move {
-                factory(a)
-                    .await
-                    .map(IntoApp::into_app)
-                    .map_err(|e| e.to_string())
-            })
+            Box::pin(async move { factory(a).await.map(IntoApp::into_app).map_err(|e| e.to_string()) })
         }))
     }
 
@@ -230,12 +213,8 @@ impl App {
     fn run<A: clap::Args + FromArgMatches + 'static>(self, factory: Factory<A>) -> ExitCode {
         let name = self.app_name();
         let argv: Vec<OsString> = cli::with_default_subcommand(std::env::args_os().collect());
-        let cmd = cli::Cli::<A>::command()
-            .name(name.clone())
-            .bin_name(name.clone());
-        let parsed = cmd
-            .try_get_matches_from(&argv)
-            .and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
+        let cmd = cli::Cli::<A>::command().name(name.clone()).bin_name(name.clone());
+        let parsed = cmd.try_get_matches_from(&argv).and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
         let cli = match parsed {
             Ok(c) => c,
             Err(e) => {
@@ -273,9 +252,7 @@ impl App {
         };
         if let Some(p) = &s.opts.health_path {
             if !p.starts_with('/') {
-                return Err(Error::usage(format!(
-                    "invalid --health-path {p:?}: must start with /"
-                )));
+                return Err(Error::usage(format!("invalid --health-path {p:?}: must start with /")));
             }
         }
         let http = service::HttpConfig {

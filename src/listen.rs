@@ -52,36 +52,28 @@ impl FromStr for ListenSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, addr) = match s.split_once('=') {
             Some((n, a)) => {
-                if n.is_empty()
-                    || !n
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                {
-                    return Err(format!(
-                        "invalid listener name {n:?} in {s:?}: use letters, digits, - _ ."
-                    ));
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    return Err(format!("invalid listener name {n:?} in {s:?}: use letters, digits, - _ ."));
                 }
                 (n.to_owned(), a)
             }
             None => (DEFAULT_NAME.to_owned(), s),
         };
-        let addr = if let Some(path) = addr.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(format!("invalid address {s:?}: unix: needs a path"));
-            }
-            let path =
-                std::path::absolute(path).map_err(|e| format!("invalid address {s:?}: {e}"))?;
-            ListenAddr::Unix(path)
-        } else if let Some(port) = addr.strip_prefix(':') {
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("invalid address {s:?}: bad port"))?;
-            ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
-        } else {
-            ListenAddr::Tcp(addr.parse().map_err(|_| {
-                format!("invalid address {s:?}: expected IP:PORT, [IPv6]:PORT, :PORT or unix:/path")
-            })?)
-        };
+        let addr =
+            if let Some(path) = addr.strip_prefix("unix:") {
+                if path.is_empty() {
+                    return Err(format!("invalid address {s:?}: unix: needs a path"));
+                }
+                let path = std::path::absolute(path).map_err(|e| format!("invalid address {s:?}: {e}"))?;
+                ListenAddr::Unix(path)
+            } else if let Some(port) = addr.strip_prefix(':') {
+                let port: u16 = port.parse().map_err(|_| format!("invalid address {s:?}: bad port"))?;
+                ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
+            } else {
+                ListenAddr::Tcp(addr.parse().map_err(|_| {
+                    format!("invalid address {s:?}: expected IP:PORT, [IPv6]:PORT, :PORT or unix:/path")
+                })?)
+            };
         Ok(ListenSpec { name, addr })
     }
 }
@@ -156,11 +148,7 @@ fn bind(spec: &ListenSpec) -> Result<Bound> {
             sock.bind(&(*addr).into()).map_err(fail)?;
             sock.listen(BACKLOG).map_err(fail)?;
             sock.set_nonblocking(true).map_err(fail)?;
-            Ok(Bound {
-                name: spec.name.clone(),
-                fd: sock.into(),
-                unix_path: None,
-            })
+            Ok(Bound { name: spec.name.clone(), fd: sock.into(), unix_path: None })
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path).map_err(fail)?;
@@ -175,11 +163,7 @@ fn bind(spec: &ListenSpec) -> Result<Bound> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(undo)?;
             sock.listen(BACKLOG).map_err(undo)?;
             sock.set_nonblocking(true).map_err(undo)?;
-            Ok(Bound {
-                name: spec.name.clone(),
-                fd: sock.into(),
-                unix_path: Some(path.clone()),
-            })
+            Ok(Bound { name: spec.name.clone(), fd: sock.into(), unix_path: Some(path.clone()) })
         }
     }
 }
@@ -238,11 +222,7 @@ pub(crate) struct ListenSpecs {
 
 impl ListenSpecs {
     pub(crate) fn effective(&self) -> &[ListenSpec] {
-        if self.given.is_empty() {
-            &self.default
-        } else {
-            &self.given
-        }
+        if self.given.is_empty() { &self.default } else { &self.given }
     }
 }
 
@@ -261,9 +241,7 @@ pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
         // Meant for another process (our parent's): not ours to take.
         Some(Ok(_)) => return Ok(None),
         _ => {
-            return Err(bad(format!(
-                "LISTEN_FDS is set but LISTEN_PID {pid:?} is not a pid"
-            )));
+            return Err(bad(format!("LISTEN_FDS is set but LISTEN_PID {pid:?} is not a pid")));
         }
     }
     let n: i32 = fds
@@ -275,8 +253,8 @@ pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
     let mut out = Vec::with_capacity(n as usize);
     for (i, name) in names.into_iter().enumerate() {
         let raw = sys::LISTEN_FDS_START + i as i32;
-        let fd = sys::adopt_fd(raw)
-            .map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
+        let fd =
+            sys::adopt_fd(raw).map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
         let sock = socket2::SockRef::from(&fd);
         let check = || -> io::Result<()> {
             if !sock.is_listener()? {
@@ -285,22 +263,15 @@ pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
             sock.set_nonblocking(true)?;
             sock.set_cloexec(true)
         };
-        check()
-            .map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
-        out.push(Bound {
-            name,
-            fd,
-            unix_path: None,
-        });
+        check().map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
+        out.push(Bound { name, fd, unix_path: None });
     }
     Ok(Some(out))
 }
 
 /// `LISTEN_FDNAMES` is colon-separated; missing names are "unknown", as in systemd.
 fn parse_names(names: Option<&str>, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = names
-        .map(|s| s.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
+    let mut v: Vec<String> = names.map(|s| s.split(':').map(str::to_owned).collect()).unwrap_or_default();
     v.resize(n, "unknown".to_owned());
     v.truncate(n);
     v
@@ -322,19 +293,9 @@ mod tests {
         assert_eq!(s.addr, ListenAddr::Tcp("0.0.0.0:1234".parse().unwrap()));
         let s: ListenSpec = "unix:/tmp/x.sock".parse().unwrap();
         assert_eq!(s.addr, ListenAddr::Unix("/tmp/x.sock".into()));
-        for bad in [
-            "localhost",
-            "1.2.3.4",
-            "1.2.3.4:99999",
-            "unix:",
-            "=1.2.3.4:1",
-            "a:b=1.2.3.4:1",
-        ] {
+        for bad in ["localhost", "1.2.3.4", "1.2.3.4:99999", "unix:", "=1.2.3.4:1", "a:b=1.2.3.4:1"] {
             let e = bad.parse::<ListenSpec>().unwrap_err();
-            assert!(
-                e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad),
-                "{e}"
-            );
+            assert!(e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad), "{e}");
         }
     }
 

@@ -19,12 +19,7 @@ use crate::sys;
 
 /// Opens (creating, mode 0640) a log file for appending.
 pub(crate) fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+    OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(path)
 }
 
 /// Opens `path` afresh and points stdout and stderr at it (what USR1 does after logrotate).
@@ -39,10 +34,7 @@ pub(crate) fn init(role: &'static str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .event_format(LineFormat {
-            role,
-            pid: std::process::id(),
-        })
+        .event_format(LineFormat { role, pid: std::process::id() })
         .try_init();
 }
 
@@ -56,21 +48,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let mut ts = String::with_capacity(24);
         rfc3339(&mut ts, SystemTime::now());
-        write!(
-            w,
-            "{ts} {:<5} {}[{}] ",
-            event.metadata().level(),
-            self.role,
-            self.pid
-        )?;
+        write!(w, "{ts} {:<5} {}[{}] ", event.metadata().level(), self.role, self.pid)?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
     }
@@ -99,29 +80,15 @@ fn split(t: SystemTime) -> (i64, u32, u32, u64, u32) {
 /// `2026-11-25T09:40:00.123Z`
 pub(crate) fn rfc3339(out: &mut String, t: SystemTime) {
     let (y, m, d, s, ms) = split(t);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    );
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", s / 3600, s / 60 % 60, s % 60);
 }
 
 /// `25/Nov/2026:09:40:00 +0000` (the common/combined log format's time).
 pub(crate) fn clf_time(out: &mut String, t: SystemTime) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let (y, m, d, s, _) = split(t);
-    let _ = write!(
-        out,
-        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
-        MONTHS[m as usize - 1],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    );
+    let _ =
+        write!(out, "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000", MONTHS[m as usize - 1], s / 3600, s / 60 % 60, s % 60);
 }
 
 #[cfg(test)]

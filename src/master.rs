@@ -36,29 +36,19 @@ const FAST_GRACE: Duration = Duration::from_secs(2);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a reload's answer waits for the old workers to confirm they stopped accepting.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves `--user`/`--group` to ids; an unknown name is a clear error.
 pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(Uid, Gid)> {
     let u = nix::unistd::User::from_name(user)
-        .map_err(|e| {
-            Error::io(
-                ErrorKind::Usage,
-                format!("cannot look up user {user:?}"),
-                e.into(),
-            )
-        })?
+        .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up user {user:?}"), e.into()))?
         .ok_or_else(|| Error::usage(format!("unknown user {user:?}")))?;
     let gid = match group {
         None => u.gid,
         Some(g) => {
             nix::unistd::Group::from_name(g)
-                .map_err(|e| {
-                    Error::io(
-                        ErrorKind::Usage,
-                        format!("cannot look up group {g:?}"),
-                        e.into(),
-                    )
-                })?
+                .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up group {g:?}"), e.into()))?
                 .ok_or_else(|| Error::usage(format!("unknown group {g:?}")))?
                 .gid
         }
@@ -78,26 +68,16 @@ struct BinaryId {
 
 fn binary_id(path: &std::path::Path) -> std::io::Result<BinaryId> {
     let m = std::fs::metadata(path)?;
-    Ok(BinaryId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    })
+    Ok(BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() })
 }
 
 /// The path to re-execute: resolved once at start. `argv[0]` when it names the running file by
 /// a path (so a symlink switched by a deploy is followed), else `/proc/self/exe`'s target.
 fn resolve_exe() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io(ErrorKind::Io, "cannot find the running executable", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io(ErrorKind::Io, "cannot find the running executable", e))?;
     let arg0 = std::env::args_os().next().map(PathBuf::from);
     if let Some(a) = arg0.filter(|a| a.as_os_str().as_bytes().contains(&b'/')) {
-        if let (Ok(abs), Ok(m1), Ok(m2)) = (
-            std::path::absolute(&a),
-            std::fs::metadata(&a),
-            std::fs::metadata(&exe),
-        ) {
+        if let (Ok(abs), Ok(m1), Ok(m2)) = (std::path::absolute(&a), std::fs::metadata(&a), std::fs::metadata(&exe)) {
             if m1.dev() == m2.dev() && m1.ino() == m2.ino() {
                 return Ok(abs);
             }
@@ -127,6 +107,19 @@ struct Worker {
     killed_for: Option<String>,
     /// Control clients waiting for this generation's outcome.
     waiters: Vec<crate::control::Waiter>,
+    /// Still accepting connections (until it reports `STATUS=draining` or exits).
+    accepting: bool,
+}
+
+/// A reload whose new generation is ready, answered once every replaced worker has stopped
+/// accepting: after `reload` returns, no new connection reaches the old code.
+#[derive(Debug)]
+struct PendingAck {
+    old: Vec<Pid>,
+    waiters: Vec<crate::control::Waiter>,
+    reply: String,
+    systemd: String,
+    deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +162,7 @@ struct Master {
     exit_code: u8,
     started: Instant,
     last_reload: Option<LastReload>,
+    ack: Option<PendingAck>,
 }
 
 /// Runs `run`/`start` as the master; returns the process's exit code.
@@ -176,22 +170,15 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
     // Everything that can fail for a reason the operator must see happens here, still
     // attached to the terminal: bad paths, users, ports, a running instance.
     let abs = |p: &PathBuf, what: &str| {
-        std::path::absolute(p)
-            .map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))
+        std::path::absolute(p).map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))
     };
     if start {
-        opts.pid
-            .get_or_insert_with(|| PathBuf::from(format!("{name}.pid")));
-        opts.log
-            .get_or_insert_with(|| PathBuf::from(format!("{name}.log")));
+        opts.pid.get_or_insert_with(|| PathBuf::from(format!("{name}.pid")));
+        opts.log.get_or_insert_with(|| PathBuf::from(format!("{name}.log")));
     }
     let pid_path = opts.pid.as_ref().map(|p| abs(p, "pid file")).transpose()?;
     let log_path = opts.log.as_ref().map(|p| abs(p, "log file")).transpose()?;
-    let log_owner = opts
-        .user
-        .as_deref()
-        .map(|u| lookup_user(u, opts.group.as_deref()))
-        .transpose()?;
+    let log_owner = opts.user.as_deref().map(|u| lookup_user(u, opts.group.as_deref())).transpose()?;
     let exe = resolve_exe()?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
     let mut pidfile = pid_path.as_deref().map(PidFile::lock).transpose()?;
@@ -201,16 +188,10 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
     };
     let listeners = listen::resolve(&opts.listen, listen::take_inherited()?)?;
     let control = match &pidfile {
-        Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(
-            p.path(),
-        ))?),
+        Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,
     };
-    let daemon_status = if start {
-        Some(daemon::daemonize(log_file.as_ref())?)
-    } else {
-        None
-    };
+    let daemon_status = if start { Some(daemon::daemonize(log_file.as_ref())?) } else { None };
     if let Some(f) = &log_file {
         sys::redirect_stdout_stderr(f)
             .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output to the log file", e))?;
@@ -218,13 +199,8 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
     drop(log_file);
     log::init("master");
     if let Some(p) = pidfile.as_mut() {
-        p.write_pid().map_err(|e| {
-            Error::io(
-                ErrorKind::Io,
-                format!("cannot write pid file {}", p.path().display()),
-                e,
-            )
-        })?;
+        p.write_pid()
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot write pid file {}", p.path().display()), e))?;
     }
 
     let handled = [
@@ -241,24 +217,13 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         signals.add(s);
     }
     sys::install_noop_handlers(&handled).map_err(|e| Error::io(ErrorKind::Io, "sigaction", e))?;
-    let orig_mask =
-        SigSet::thread_get_mask().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
-    signals
-        .thread_block()
-        .map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
+    let orig_mask = SigSet::thread_get_mask().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
+    signals.thread_block().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| Error::io(ErrorKind::Io, "signalfd", e.into()))?;
-    let notify = NotifyServer::bind()
-        .map_err(|e| Error::io(ErrorKind::Io, "cannot bind the notify socket", e))?;
+    let notify = NotifyServer::bind().map_err(|e| Error::io(ErrorKind::Io, "cannot bind the notify socket", e))?;
 
-    let skip = [
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "NOTIFY_SOCKET",
-        worker::ENV_WORKER,
-        worker::ENV_LOG,
-    ];
+    let skip = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", worker::ENV_WORKER, worker::ENV_LOG];
     let env = std::env::vars_os()
         .filter(|(k, _)| !skip.iter().any(|s| k == s))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -290,13 +255,10 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         exit_code: 0,
         started: Instant::now(),
         last_reload: None,
+        ack: None,
     };
     let names: Vec<String> = m.listeners.iter().map(Bound::describe).collect();
-    tracing::info!(
-        "master started (binary {}), listening on {}",
-        m.exe.display(),
-        names.join(", ")
-    );
+    tracing::info!("master started (binary {}), listening on {}", m.exe.display(), names.join(", "));
     m.spawn(Vec::new());
     m.run();
     m.finish();
@@ -304,22 +266,12 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
 }
 
 fn open_log(path: &std::path::Path, owner: Option<(Uid, Gid)>) -> Result<File> {
-    let f = log::open(path).map_err(|e| {
-        Error::io(
-            ErrorKind::Io,
-            format!("cannot open log file {}", path.display()),
-            e,
-        )
-    })?;
+    let f =
+        log::open(path).map_err(|e| Error::io(ErrorKind::Io, format!("cannot open log file {}", path.display()), e))?;
     if let Some((uid, gid)) = owner {
         // Workers running as `--user` reopen the file themselves on USR1.
-        nix::unistd::fchown(f.as_raw_fd(), Some(uid), Some(gid)).map_err(|e| {
-            Error::io(
-                ErrorKind::Io,
-                format!("cannot chown log file {}", path.display()),
-                e.into(),
-            )
-        })?;
+        nix::unistd::fchown(f.as_raw_fd(), Some(uid), Some(gid))
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot chown log file {}", path.display()), e.into()))?;
     }
     Ok(f)
 }
@@ -327,14 +279,9 @@ fn open_log(path: &std::path::Path, owner: Option<(Uid, Gid)>) -> Result<File> {
 fn describe_status(s: WaitStatus) -> String {
     match s {
         WaitStatus::Exited(_, 0) => "exited with status 0".to_owned(),
-        WaitStatus::Exited(_, 127) => {
-            "exited with status 127 (could not execute the binary)".to_owned()
-        }
+        WaitStatus::Exited(_, 127) => "exited with status 127 (could not execute the binary)".to_owned(),
         WaitStatus::Exited(_, c) => format!("exited with status {c}"),
-        WaitStatus::Signaled(_, sig, core) => format!(
-            "killed by {sig}{}",
-            if core { " (core dumped)" } else { "" }
-        ),
+        WaitStatus::Signaled(_, sig, core) => format!("killed by {sig}{}", if core { " (core dumped)" } else { "" }),
         other => format!("{other:?}"),
     }
 }
@@ -345,27 +292,16 @@ impl Master {
             if self.stopping.is_some() && self.workers.is_empty() {
                 return;
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
             let ms = timeout.map_or(PollTimeout::NONE, |t| {
-                PollTimeout::try_from(t.as_millis().min(60_000) as i32 + 1)
-                    .unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(t.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
             });
-            let control_fds: Vec<_> = self
-                .control
-                .as_ref()
-                .map(|c| c.poll_fds())
-                .unwrap_or_default();
+            let control_fds: Vec<_> = self.control.as_ref().map(|c| c.poll_fds()).unwrap_or_default();
             let mut fds = vec![
                 PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             ];
-            fds.extend(
-                control_fds
-                    .iter()
-                    .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
-            );
+            fds.extend(control_fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
             match poll(&mut fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
@@ -380,6 +316,7 @@ impl Master {
             self.handle_control();
             self.reap();
             self.handle_timers();
+            self.check_ack();
         }
     }
 
@@ -389,7 +326,7 @@ impl Master {
             State::Draining { kill_at } => Some(kill_at),
             State::Active => None,
         });
-        workers.chain(self.restart_at).chain(self.force_at).min()
+        workers.chain(self.restart_at).chain(self.force_at).chain(self.ack.as_ref().map(|a| a.deadline)).min()
     }
 
     fn handle_signals(&mut self) {
@@ -427,11 +364,13 @@ impl Master {
                 continue;
             };
             if let Some(s) = notify::field(&msg, "STATUS") {
-                w.status = Some(s.to_owned());
+                if s == "draining" {
+                    w.accepting = false;
+                } else {
+                    w.status = Some(s.to_owned());
+                }
             }
-            if notify::field(&msg, "READY") == Some("1")
-                && matches!(w.state, State::Starting { .. })
-            {
+            if notify::field(&msg, "READY") == Some("1") && matches!(w.state, State::Starting { .. }) {
                 let pid = w.pid;
                 self.on_ready(pid);
             }
@@ -466,22 +405,14 @@ impl Master {
         let mut s = String::new();
         let _ = writeln!(s, "pid: {}", std::process::id());
         let _ = writeln!(s, "uptime: {}s", self.started.elapsed().as_secs());
-        let _ = writeln!(
-            s,
-            "generation: {}",
-            self.active().map_or(0, |w| w.generation)
-        );
+        let _ = writeln!(s, "generation: {}", self.active().map_or(0, |w| w.generation));
         for w in &self.workers {
             let state = match w.state {
                 State::Starting { .. } => "starting",
                 State::Active => "serving",
                 State::Draining { .. } => "draining",
             };
-            let _ = writeln!(
-                s,
-                "worker: pid {} generation {} {state}",
-                w.pid, w.generation
-            );
+            let _ = writeln!(s, "worker: pid {} generation {} {state}", w.pid, w.generation);
         }
         for l in &self.listeners {
             let _ = writeln!(s, "listener: {}", l.describe());
@@ -505,16 +436,11 @@ impl Master {
     }
 
     fn starting(&mut self) -> Option<&mut Worker> {
-        self.workers
-            .iter_mut()
-            .find(|w| matches!(w.state, State::Starting { .. }))
+        self.workers.iter_mut().find(|w| matches!(w.state, State::Starting { .. }))
     }
 
     fn draining_count(&self) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| matches!(w.state, State::Draining { .. }))
-            .count()
+        self.workers.iter().filter(|w| matches!(w.state, State::Draining { .. })).count()
     }
 
     /// Starts the next generation; `waiters` learn its outcome.
@@ -529,38 +455,22 @@ impl Master {
         let binary = match binary_id(&self.exe) {
             Ok(b) => b,
             Err(e) => {
-                return fail(
-                    self,
-                    waiters,
-                    format!("cannot execute {}: {e}", self.exe.display()),
-                );
+                return fail(self, waiters, format!("cannot execute {}: {e}", self.exe.display()));
             }
         };
         let mut env = self.env.clone();
         let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
-        env.push((
-            b"LISTEN_FDS".to_vec(),
-            self.listeners.len().to_string().into_bytes(),
-        ));
+        env.push((b"LISTEN_FDS".to_vec(), self.listeners.len().to_string().into_bytes()));
         env.push((b"LISTEN_FDNAMES".to_vec(), names.join(":").into_bytes()));
-        env.push((
-            b"NOTIFY_SOCKET".to_vec(),
-            self.notify.name().as_bytes().to_vec(),
-        ));
-        env.push((
-            worker::ENV_WORKER.as_bytes().to_vec(),
-            format!("{}:{generation}", std::process::id()).into_bytes(),
-        ));
+        env.push((b"NOTIFY_SOCKET".to_vec(), self.notify.name().as_bytes().to_vec()));
+        env.push((worker::ENV_WORKER.as_bytes().to_vec(), format!("{}:{generation}", std::process::id()).into_bytes()));
         if let Some(p) = &self.log_path {
-            env.push((
-                worker::ENV_LOG.as_bytes().to_vec(),
-                p.as_os_str().as_bytes().to_vec(),
-            ));
+            env.push((worker::ENV_LOG.as_bytes().to_vec(), p.as_os_str().as_bytes().to_vec()));
         }
         let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let argv: Vec<&std::ffi::OsStr> = self.argv.iter().map(|a| a.as_os_str()).collect();
-        let spawned = WorkerExec::new(self.exe.as_os_str(), &argv, &env, &fds, &self.orig_mask)
-            .and_then(|mut e| e.spawn());
+        let spawned =
+            WorkerExec::new(self.exe.as_os_str(), &argv, &env, &fds, &self.orig_mask).and_then(|mut e| e.spawn());
         match spawned {
             Ok(pid) => {
                 let now = Instant::now();
@@ -568,15 +478,14 @@ impl Master {
                 self.workers.push(Worker {
                     pid: Pid::from_raw(pid),
                     generation,
-                    state: State::Starting {
-                        deadline: now + self.opts.ready_timeout,
-                    },
+                    state: State::Starting { deadline: now + self.opts.ready_timeout },
                     started: now,
                     ready_at: None,
                     binary,
                     status: None,
                     killed_for: None,
                     waiters,
+                    accepting: true,
                 });
             }
             Err(e) => fail(self, waiters, format!("fork/exec failed: {e}")),
@@ -594,26 +503,18 @@ impl Master {
         if let Some(s) = self.starting() {
             if on_disk == Some(s.binary) {
                 // Same binary as the start under way: that start answers this request too.
-                tracing::info!(
-                    "reload requested while generation {} starts: folded into it",
-                    s.generation
-                );
+                tracing::info!("reload requested while generation {} starts: folded into it", s.generation);
                 s.waiters.extend(waiter);
                 return;
             }
-            tracing::info!(
-                "reload requested while generation {} starts, binary changed: queued",
-                s.generation
-            );
+            tracing::info!("reload requested while generation {} starts, binary changed: queued", s.generation);
             self.pending_reload = true;
             self.pending_waiters.extend(waiter);
             return;
         }
         let draining = self.draining_count();
         if draining >= self.opts.max_draining as usize {
-            tracing::warn!(
-                "reload deferred: {draining} generations still draining (--max-draining)"
-            );
+            tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
             self.pending_reload = true;
             self.pending_waiters.extend(waiter);
             return;
@@ -628,10 +529,7 @@ impl Master {
         if !self.pending_reload || self.stopping.is_some() {
             return;
         }
-        if self
-            .workers
-            .iter()
-            .any(|w| matches!(w.state, State::Starting { .. }))
+        if self.workers.iter().any(|w| matches!(w.state, State::Starting { .. }))
             || self.draining_count() >= self.opts.max_draining as usize
         {
             return;
@@ -649,42 +547,40 @@ impl Master {
         let Some(idx) = self.workers.iter().position(|w| w.pid == pid) else {
             return;
         };
+        if let Some(how) = self.stopping {
+            // Started just before the shutdown: it was told to stop; make sure it heard.
+            let sig = if how == Stopping::Fast { Signal::SIGQUIT } else { Signal::SIGTERM };
+            let _ = kill(pid, sig);
+            self.workers[idx].state = State::Draining { kill_at: drain_deadline };
+            return;
+        }
         let (generation, took, waiters) = {
             let w = &mut self.workers[idx];
             w.state = State::Active;
             w.ready_at = Some(now);
-            (
-                w.generation,
-                now - w.started,
-                std::mem::take(&mut w.waiters),
-            )
+            (w.generation, now - w.started, std::mem::take(&mut w.waiters))
         };
         tracing::info!("worker generation {generation} (pid {pid}) ready in {took:?}");
-        for old in self
-            .workers
-            .iter_mut()
-            .filter(|w| w.pid != pid && w.state == State::Active)
-        {
+        let mut old_pids = Vec::new();
+        for old in self.workers.iter_mut().filter(|w| w.pid != pid && w.state == State::Active) {
             tracing::info!("draining generation {} (pid {})", old.generation, old.pid);
-            let _ = kill(old.pid, Signal::SIGTERM);
-            old.state = State::Draining {
-                kill_at: drain_deadline,
-            };
+            // USR2: replaced, drain now (TERM would mean shutdown, with --shutdown-delay).
+            let _ = kill(old.pid, Signal::SIGUSR2);
+            old.state = State::Draining { kill_at: drain_deadline };
+            old_pids.push(old.pid);
         }
         if self.ever_ready {
-            self.last_reload = Some(LastReload {
-                at: std::time::SystemTime::now(),
-                result: Ok(generation),
-            });
+            self.last_reload = Some(LastReload { at: std::time::SystemTime::now(), result: Ok(generation) });
         }
-        for w in waiters {
-            w.reply(Reply::Ok(format!(
-                "generation {generation} (pid {pid}) serving"
-            )));
-        }
-        self.systemd_send(&format!(
-            "READY=1\nSTATUS=generation {generation} serving (worker pid {pid})"
-        ));
+        self.flush_ack();
+        self.ack = Some(PendingAck {
+            old: old_pids,
+            waiters,
+            reply: format!("generation {generation} (pid {pid}) serving"),
+            systemd: format!("READY=1\nSTATUS=generation {generation} serving (worker pid {pid})"),
+            deadline: now + ACK_TIMEOUT,
+        });
+        self.check_ack();
         if !self.ever_ready {
             self.ever_ready = true;
             if let Some(s) = self.daemon_status.take() {
@@ -695,12 +591,7 @@ impl Master {
     }
 
     /// A start (first, reload or restart) failed: generation `generation` will not serve.
-    fn on_failed_start(
-        &mut self,
-        generation: u64,
-        waiters: Vec<crate::control::Waiter>,
-        why: String,
-    ) {
+    fn on_failed_start(&mut self, generation: u64, waiters: Vec<crate::control::Waiter>, why: String) {
         for w in waiters {
             w.reply(Reply::Err(format!("generation {generation} failed: {why}")));
         }
@@ -717,19 +608,10 @@ impl Master {
             self.stop(Stopping::Fast);
             return;
         }
-        self.last_reload = Some(LastReload {
-            at: std::time::SystemTime::now(),
-            result: Err(why.clone()),
-        });
+        self.last_reload = Some(LastReload { at: std::time::SystemTime::now(), result: Err(why.clone()) });
         if let Some(a) = self.active() {
-            tracing::error!(
-                "reload to generation {generation} rolled back: generation {} keeps serving",
-                a.generation
-            );
-            let msg = format!(
-                "READY=1\nSTATUS=reload failed, generation {} keeps serving: {why}",
-                a.generation
-            );
+            tracing::error!("reload to generation {generation} rolled back: generation {} keeps serving", a.generation);
+            let msg = format!("READY=1\nSTATUS=reload failed, generation {} keeps serving: {why}", a.generation);
             self.systemd_send(&msg);
             self.maybe_pending();
         } else {
@@ -737,19 +619,33 @@ impl Master {
         }
     }
 
+    /// Answers the pending reload once the replaced workers stopped accepting (or exited, or
+    /// did not say so in time).
+    fn check_ack(&mut self) {
+        let Some(a) = &self.ack else { return };
+        let done = a.old.iter().all(|p| self.workers.iter().find(|w| w.pid == *p).is_none_or(|w| !w.accepting));
+        if done || Instant::now() >= a.deadline {
+            self.flush_ack();
+        }
+    }
+
+    fn flush_ack(&mut self) {
+        if let Some(a) = self.ack.take() {
+            for w in a.waiters {
+                w.reply(Reply::Ok(a.reply.clone()));
+            }
+            self.systemd_send(&a.systemd);
+        }
+    }
+
     fn schedule_restart(&mut self) {
         if self.stopping.is_some() || self.restart_at.is_some() {
             return;
         }
-        let delay = BACKOFF_MIN
-            .saturating_mul(1u32 << self.crash_streak.min(16))
-            .min(BACKOFF_MAX);
+        let delay = BACKOFF_MIN.saturating_mul(1u32 << self.crash_streak.min(16)).min(BACKOFF_MAX);
         self.crash_streak += 1;
         if self.crash_streak >= 5 {
-            tracing::error!(
-                "crash loop: {} failures in a row; next start in {delay:?}",
-                self.crash_streak
-            );
+            tracing::error!("crash loop: {} failures in a row; next start in {delay:?}", self.crash_streak);
         } else {
             tracing::warn!("restarting worker in {delay:?}");
         }
@@ -773,11 +669,7 @@ impl Master {
             };
             let w = self.workers.remove(idx);
             let how = describe_status(status);
-            let last_words = w
-                .status
-                .as_deref()
-                .map(|s| format!(" (last status: {s})"))
-                .unwrap_or_default();
+            let last_words = w.status.as_deref().map(|s| format!(" (last status: {s})")).unwrap_or_default();
             match w.state {
                 State::Starting { .. } => {
                     let why = match &w.killed_for {
@@ -799,19 +691,14 @@ impl Master {
                     if w.ready_at.is_some_and(|r| r.elapsed() >= STABLE_AFTER) {
                         self.crash_streak = 0;
                     }
-                    let covered = self
-                        .workers
-                        .iter()
-                        .any(|o| matches!(o.state, State::Active | State::Starting { .. }));
+                    let covered =
+                        self.workers.iter().any(|o| matches!(o.state, State::Active | State::Starting { .. }));
                     if !covered {
                         self.schedule_restart();
                     }
                 }
                 State::Draining { .. } => {
-                    tracing::info!(
-                        "worker generation {} (pid {pid}) finished draining: {how}",
-                        w.generation
-                    );
+                    tracing::info!("worker generation {} (pid {pid}) finished draining: {how}", w.generation);
                     self.maybe_pending();
                 }
             }
@@ -839,9 +726,7 @@ impl Master {
                         w.pid
                     );
                     let _ = kill(w.pid, Signal::SIGKILL);
-                    w.state = State::Draining {
-                        kill_at: now + KILL_GRACE,
-                    };
+                    w.state = State::Draining { kill_at: now + KILL_GRACE };
                 }
                 _ => {}
             }
@@ -849,10 +734,7 @@ impl Master {
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
             if self.stopping.is_none()
-                && !self
-                    .workers
-                    .iter()
-                    .any(|w| matches!(w.state, State::Active | State::Starting { .. }))
+                && !self.workers.iter().any(|w| matches!(w.state, State::Active | State::Starting { .. }))
             {
                 self.spawn(Vec::new());
             }
@@ -860,11 +742,7 @@ impl Master {
         if self.force_at.is_some_and(|t| t <= now) {
             self.force_at = Some(now + KILL_GRACE);
             for w in &self.workers {
-                tracing::warn!(
-                    "worker generation {} (pid {}) did not exit: killing it",
-                    w.generation,
-                    w.pid
-                );
+                tracing::warn!("worker generation {} (pid {}) did not exit: killing it", w.generation, w.pid);
                 let _ = kill(w.pid, Signal::SIGKILL);
             }
         }
@@ -873,14 +751,8 @@ impl Master {
     fn stop(&mut self, how: Stopping) {
         match (self.stopping, how) {
             (None, _) => {
-                tracing::info!(
-                    "{} shutdown",
-                    if how == Stopping::Graceful {
-                        "graceful"
-                    } else {
-                        "fast"
-                    }
-                );
+                self.flush_ack();
+                tracing::info!("{} shutdown", if how == Stopping::Graceful { "graceful" } else { "fast" });
                 self.systemd_send("STOPPING=1");
                 // Close our copy of the listeners first: otherwise clients told to reconnect
                 // land in an accept queue nobody serves and are reset when it finally closes.
@@ -900,32 +772,19 @@ impl Master {
             (Some(Stopping::Graceful), Stopping::Fast) => {}
         }
         let fast = self.stopping.is_some() || how == Stopping::Fast;
-        let sig = if fast {
-            Signal::SIGQUIT
-        } else {
-            Signal::SIGTERM
-        };
+        let sig = if fast { Signal::SIGQUIT } else { Signal::SIGTERM };
         for w in &self.workers {
             let _ = kill(w.pid, sig);
         }
-        self.stopping = Some(if fast {
-            Stopping::Fast
-        } else {
-            Stopping::Graceful
-        });
-        let grace = if fast {
-            FAST_GRACE
-        } else {
-            self.opts.drain_timeout + KILL_GRACE
-        };
+        self.stopping = Some(if fast { Stopping::Fast } else { Stopping::Graceful });
+        let grace = if fast { FAST_GRACE } else { self.opts.drain_timeout + KILL_GRACE };
         self.force_at = Some(Instant::now() + grace);
     }
 
     fn reopen_logs(&mut self) {
         if let Some(p) = self.log_path.clone() {
             match open_log(&p, self.log_owner).and_then(|f| {
-                sys::redirect_stdout_stderr(&f)
-                    .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output", e))
+                sys::redirect_stdout_stderr(&f).map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output", e))
             }) {
                 Ok(()) => tracing::info!("reopened log file {}", p.display()),
                 Err(e) => tracing::error!("{e}"),

@@ -24,9 +24,7 @@ impl Notifier {
             return Ok(None);
         };
         crate::sys::remove_env(&["NOTIFY_SOCKET"]);
-        let name = name
-            .to_str()
-            .ok_or_else(|| io::Error::other("NOTIFY_SOCKET is not UTF-8"))?;
+        let name = name.to_str().ok_or_else(|| io::Error::other("NOTIFY_SOCKET is not UTF-8"))?;
         Self::connect(name).map(Some)
     }
 
@@ -35,9 +33,7 @@ impl Notifier {
             Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes())?,
             None if name.starts_with('/') => SocketAddr::from_pathname(name)?,
             None => {
-                return Err(io::Error::other(format!(
-                    "unsupported NOTIFY_SOCKET {name:?}"
-                )));
+                return Err(io::Error::other(format!("unsupported NOTIFY_SOCKET {name:?}")));
             }
         };
         let sock = UnixDatagram::unbound()?;
@@ -61,18 +57,13 @@ pub(crate) struct NotifyServer {
 
 impl NotifyServer {
     pub(crate) fn bind() -> io::Result<NotifyServer> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("baton-notify-{}-{nanos:08x}", std::process::id());
         let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
         sock.set_nonblocking(true)?;
         socket::setsockopt(&sock, sockopt::PassCred, &true)?;
-        Ok(NotifyServer {
-            sock,
-            name: format!("@{name}"),
-        })
+        Ok(NotifyServer { sock, name: format!("@{name}") })
     }
 
     /// The value for a worker's `NOTIFY_SOCKET`.
@@ -102,10 +93,7 @@ impl NotifyServer {
             }
         }
         let len = msg.bytes;
-        Ok(Some((
-            pid,
-            String::from_utf8_lossy(&buf[..len]).into_owned(),
-        )))
+        Ok(Some((pid, String::from_utf8_lossy(&buf[..len]).into_owned())))
     }
 
     pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -116,8 +104,7 @@ impl NotifyServer {
 
 /// Finds `KEY=value` in a notify message (newline-separated assignments).
 pub(crate) fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
-    msg.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    msg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]

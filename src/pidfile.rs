@@ -30,35 +30,18 @@ impl PidFile {
             .mode(0o644)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
-            .map_err(|e| {
-                Error::io(
-                    ErrorKind::Io,
-                    format!("cannot open pid file {}", path.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot open pid file {}", path.display()), e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(file) => Ok(PidFile {
-                path: path.to_owned(),
-                file,
-            }),
+            Ok(file) => Ok(PidFile { path: path.to_owned(), file }),
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
                 Err(Error::new(
                     ErrorKind::AlreadyRunning,
-                    format!(
-                        "pid file {} is held by running pid {}",
-                        path.display(),
-                        s.trim()
-                    ),
+                    format!("pid file {} is held by running pid {}", path.display(), s.trim()),
                 ))
             }
-            Err((_, e)) => Err(Error::io(
-                ErrorKind::Io,
-                format!("cannot lock pid file {}", path.display()),
-                e.into(),
-            )),
+            Err((_, e)) => Err(Error::io(ErrorKind::Io, format!("cannot lock pid file {}", path.display()), e.into())),
         }
     }
 
@@ -106,18 +89,11 @@ pub(crate) fn probe(path: &Path) -> Result<Probe> {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
         Err(e) => {
-            return Err(Error::io(
-                ErrorKind::Io,
-                format!("cannot read pid file {}", path.display()),
-                e,
-            ));
+            return Err(Error::io(ErrorKind::Io, format!("cannot read pid file {}", path.display()), e));
         }
     };
     let mut s = String::new();
-    let pid = (&file)
-        .read_to_string(&mut s)
-        .ok()
-        .and_then(|_| s.trim().parse::<i32>().ok());
+    let pid = (&file).read_to_string(&mut s).ok().and_then(|_| s.trim().parse::<i32>().ok());
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_unlocked_on_drop) => Ok(Probe::Stale(pid)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => match pid {
@@ -125,17 +101,10 @@ pub(crate) fn probe(path: &Path) -> Result<Probe> {
             // Locked but not yet written: the master is between lock and write.
             None => Err(Error::new(
                 ErrorKind::NotRunning,
-                format!(
-                    "pid file {} is locked but empty (starting?)",
-                    path.display()
-                ),
+                format!("pid file {} is locked but empty (starting?)", path.display()),
             )),
         },
-        Err((_, e)) => Err(Error::io(
-            ErrorKind::Io,
-            format!("cannot lock pid file {}", path.display()),
-            e.into(),
-        )),
+        Err((_, e)) => Err(Error::io(ErrorKind::Io, format!("cannot lock pid file {}", path.display()), e.into())),
     }
 }
 

@@ -52,16 +52,12 @@ impl Listener {
 
 trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn poll_accept(&self, cx: &mut Context<'_>)
-    -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
 }
 
 impl Acceptor for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    fn poll_accept(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| {
             let _ = s.set_nodelay(true);
             (s, Some(a))
@@ -71,10 +67,7 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Acceptor for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    fn poll_accept(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
     }
 }
@@ -113,12 +106,7 @@ impl Server {
         let (stop_accept, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
-        let ctx = Arc::new(Ctx {
-            builder,
-            app,
-            shared: shared.clone(),
-            drain: drain_rx,
-        });
+        let ctx = Arc::new(Ctx { builder, app, shared: shared.clone(), drain: drain_rx });
         let accept_tasks = listeners
             .into_iter()
             .map(|l| {
@@ -129,23 +117,12 @@ impl Server {
                 }
             })
             .collect();
-        Server {
-            shared,
-            stop_accept,
-            drain,
-            accept_tasks,
-            alive_tx: Some(alive_tx),
-            alive_rx,
-        }
+        Server { shared, stop_accept, drain, accept_tasks, alive_tx: Some(alive_tx), alive_rx }
     }
 
     /// A handle for [`crate::Shutdown`]: notified when the drain starts.
     pub(crate) fn drain_signal(&self) -> (watch::Receiver<bool>, mpsc::WeakSender<()>) {
-        let weak = self
-            .alive_tx
-            .as_ref()
-            .expect("not draining yet")
-            .downgrade();
+        let weak = self.alive_tx.as_ref().expect("not draining yet").downgrade();
         (self.drain.subscribe(), weak)
     }
 
@@ -160,9 +137,7 @@ impl Server {
     /// Starts the drain; resolves when every connection is done (or never: race it against
     /// the deadline). Listeners must be closed first.
     pub(crate) async fn drain(&mut self) {
-        self.shared
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.drain.send(true);
         self.alive_tx = None;
         // `recv` yields `None` once every connection task (and every Shutdown::hold guard)
@@ -171,12 +146,7 @@ impl Server {
     }
 }
 
-async fn accept_loop<L: Acceptor>(
-    l: L,
-    ctx: Arc<Ctx>,
-    mut stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-) {
+async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -230,14 +200,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_state = Arc::new(ConnState::new(peer, &ctx.shared));
-    let svc = ConnService {
-        app: ctx.app.clone(),
-        shared: ctx.shared.clone(),
-        conn: conn_state.clone(),
-    };
-    let conn = ctx
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let svc = ConnService { app: ctx.app.clone(), shared: ctx.shared.clone(), conn: conn_state.clone() };
+    let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.drain.clone();
     tokio::select! {

@@ -55,12 +55,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(cfg: HttpConfig) -> Self {
-        Shared {
-            cfg,
-            draining: AtomicBool::new(false),
-            unhealthy: AtomicBool::new(false),
-            epoch: Instant::now(),
-        }
+        Shared { cfg, draining: AtomicBool::new(false), unhealthy: AtomicBool::new(false), epoch: Instant::now() }
     }
 
     fn now_ms(&self) -> u64 {
@@ -112,18 +107,13 @@ struct InFlight {
 impl InFlight {
     fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            conn: conn.clone(),
-            shared: shared.clone(),
-        }
+        InFlight { conn: conn.clone(), shared: shared.clone() }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.conn
-            .last_active_ms
-            .store(self.shared.now_ms(), Ordering::Release);
+        self.conn.last_active_ms.store(self.shared.now_ms(), Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -181,10 +171,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 plain(StatusCode::OK, "ok\n")
             })
         } else if content_length(&req).is_some_and(|n| n > cfg.max_body_bytes) {
-            Some(plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large\n",
-            ))
+            Some(plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
         } else {
             None
         };
@@ -198,10 +185,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     let req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
                     let method = req.method().clone();
                     let path = req.uri().path().to_owned();
-                    let fut = CatchPanic {
-                        inner: Box::pin(app.oneshot(req)),
-                        enabled: cfg.catch_panic,
-                    };
+                    let fut = CatchPanic { inner: Box::pin(app.oneshot(req)), enabled: cfg.catch_panic };
                     let outcome = match cfg.request_timeout {
                         Some(t) => tokio::time::timeout(t, fut).await.ok(),
                         None => Some(fut.await),
@@ -233,11 +217,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             if let Some(r) = record.as_mut() {
                 r.status = resp.status();
             }
-            Ok(resp.map(|body| TrackedBody {
-                body,
-                record,
-                _guard: guard,
-            }))
+            Ok(resp.map(|body| TrackedBody { body, record, _guard: guard }))
         })
     }
 }
@@ -245,20 +225,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Keeps a well-formed incoming id (visible ASCII, at most 128 bytes); otherwise makes one
@@ -272,14 +244,11 @@ fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let prefix = *PREFIX.get_or_init(|| {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let v =
-        HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value");
+    let v = HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value");
     req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
     v
 }
@@ -327,10 +296,7 @@ impl HttpBody for TrackedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(r)) = (&polled, this.record.as_mut()) {
@@ -403,42 +369,13 @@ impl Record {
         out.push_str(" - - [");
         crate::log::clf_time(out, SystemTime::now());
         let _ = write!(out, "] \"{} ", self.method);
-        escape_into(
-            out,
-            self.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-            b'"',
-            false,
-        );
-        let _ = write!(
-            out,
-            " {:?}\" {} {} \"",
-            self.version,
-            self.status.as_u16(),
-            self.bytes
-        );
-        escape_into(
-            out,
-            self.referer.as_ref().map_or(b"-", |v| v.as_bytes()),
-            b'"',
-            false,
-        );
+        escape_into(out, self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(), b'"', false);
+        let _ = write!(out, " {:?}\" {} {} \"", self.version, self.status.as_u16(), self.bytes);
+        escape_into(out, self.referer.as_ref().map_or(b"-", |v| v.as_bytes()), b'"', false);
         out.push_str("\" \"");
-        escape_into(
-            out,
-            self.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()),
-            b'"',
-            false,
-        );
+        escape_into(out, self.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()), b'"', false);
         let _ = write!(out, "\" {:.6} ", self.start.elapsed().as_secs_f64());
-        escape_into(
-            out,
-            self.rid.as_ref().map_or(b"-", |v| v.as_bytes()),
-            b' ',
-            false,
-        );
+        escape_into(out, self.rid.as_ref().map_or(b"-", |v| v.as_bytes()), b' ', false);
         out.push('\n');
     }
 
@@ -454,15 +391,7 @@ impl Record {
             None => out.push_str("unix"),
         }
         let _ = write!(out, "\",\"method\":\"{}\",\"uri\":\"", self.method);
-        escape_into(
-            out,
-            self.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-            b'"',
-            true,
-        );
+        escape_into(out, self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(), b'"', true);
         let _ = write!(
             out,
             "\",\"version\":\"{:?}\",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3}",
@@ -471,11 +400,7 @@ impl Record {
             self.bytes,
             self.start.elapsed().as_secs_f64() * 1000.0
         );
-        for (key, v) in [
-            ("request_id", &self.rid),
-            ("user_agent", &self.user_agent),
-            ("referer", &self.referer),
-        ] {
+        for (key, v) in [("request_id", &self.rid), ("user_agent", &self.user_agent), ("referer", &self.referer)] {
             if let Some(v) = v {
                 let _ = write!(out, ",\"{key}\":\"");
                 escape_into(out, v.as_bytes(), b'"', true);
@@ -529,15 +454,9 @@ mod tests {
         assert_eq!(req.headers()[&X_REQUEST_ID], a);
         let mut req2 = Request::new(());
         assert_ne!(request_id(&mut req2), a);
-        let mut given = Request::builder()
-            .header("x-request-id", "abc-123")
-            .body(())
-            .unwrap();
+        let mut given = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
         assert_eq!(request_id(&mut given), "abc-123");
-        let mut bad = Request::builder()
-            .header("x-request-id", "has space")
-            .body(())
-            .unwrap();
+        let mut bad = Request::builder().header("x-request-id", "has space").body(()).unwrap();
         assert_ne!(request_id(&mut bad), "has space");
     }
 }

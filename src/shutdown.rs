@@ -35,9 +35,7 @@ pub struct ShutdownGuard {
 impl Shutdown {
     /// The signal of this worker. Outside a baton worker it never fires.
     pub fn current() -> Shutdown {
-        Shutdown {
-            inner: SIGNAL.get().cloned(),
-        }
+        Shutdown { inner: SIGNAL.get().cloned() }
     }
 
     /// Whether the drain has started.
@@ -70,10 +68,7 @@ impl Shutdown {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Shutdown {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        _: &mut http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(_: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Shutdown::current())
     }
 }

@@ -20,17 +20,12 @@ pub(crate) const MAX_LISTENERS: usize = 64;
 
 /// Whether this process has exactly one thread (Linux: counts `/proc/self/task`).
 pub(crate) fn is_single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count() == 1)
-        .unwrap_or(false)
+    std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
 }
 
 /// Removes environment variables. Must run before any thread exists.
 pub(crate) fn remove_env(keys: &[&str]) {
-    assert!(
-        is_single_threaded(),
-        "environment changed after threads were started"
-    );
+    assert!(is_single_threaded(), "environment changed after threads were started");
     for k in keys {
         // SAFETY: no other thread exists (checked above), so nothing reads the environment
         // concurrently.
@@ -114,11 +109,7 @@ extern "C" fn noop_handler(_: libc::c_int) {}
 /// Handlers are reset to the default at exec, so workers do not inherit them.
 pub(crate) fn install_noop_handlers(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
-    let action = SigAction::new(
-        SigHandler::Handler(noop_handler),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(noop_handler), SaFlags::SA_RESTART, SigSet::empty());
     for &sig in signals {
         // SAFETY: the handler does nothing, which is async-signal-safe; no other handler is
         // being replaced that the process relies on (the master runs no user code).
@@ -144,6 +135,19 @@ pub(crate) struct WorkerExec {
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Signals whose disposition a worker starts with at the default (SIGPIPE included: Rust sets
+/// it to ignored, and ignored dispositions survive exec).
+const RESET_SIGNALS: [libc::c_int; 8] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGCHLD,
+    libc::SIGPIPE,
+];
 const PID_ROOM: usize = 20;
 
 impl WorkerExec {
@@ -157,18 +161,11 @@ impl WorkerExec {
         mask: &nix::sys::signal::SigSet,
     ) -> io::Result<Self> {
         if fds.len() > MAX_LISTENERS {
-            return Err(io::Error::other(format!(
-                "at most {MAX_LISTENERS} listeners"
-            )));
+            return Err(io::Error::other(format!("at most {MAX_LISTENERS} listeners")));
         }
-        let cstr = |b: &[u8]| {
-            CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"))
-        };
+        let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"));
         let path = cstr(path.as_bytes())?;
-        let argv: Vec<CString> = argv
-            .iter()
-            .map(|a| cstr(a.as_bytes()))
-            .collect::<io::Result<_>>()?;
+        let argv: Vec<CString> = argv.iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<_>>()?;
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut env_bufs: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
@@ -229,16 +226,15 @@ impl WorkerExec {
         // plain syscall: prctl), and reads only memory prepared before the fork. The pid
         // digits are written into a buffer this (copy-on-write) child owns.
         unsafe {
+            // Default dispositions first, then the mask: a signal sent to this pid before exec
+            // (the master stopping right after a reload) must act on the child, not vanish in
+            // a copy of the master's handlers.
+            for sig in RESET_SIGNALS {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             libc::sigprocmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // A worker drains and exits when the master dies, however it died.
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
             if libc::getppid() != self.parent {
                 libc::_exit(1);
             }
@@ -269,17 +265,9 @@ impl WorkerExec {
                     break;
                 }
             }
-            std::ptr::copy_nonoverlapping(
-                digits.as_ptr().add(PID_ROOM - len),
-                self.pid_digits,
-                len,
-            );
+            std::ptr::copy_nonoverlapping(digits.as_ptr().add(PID_ROOM - len), self.pid_digits, len);
             *self.pid_digits.add(len) = 0;
-            libc::execve(
-                self.path.as_ptr(),
-                self.argv_ptrs.as_ptr(),
-                self.env_ptrs.as_ptr(),
-            );
+            libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
             fail(b"baton worker: cannot execute the binary\n");
         }
     }
@@ -297,15 +285,8 @@ unsafe fn fail(msg: &[u8]) -> ! {
 /// Switches this process to `uid`/`gid` with the supplementary groups of `user`, then checks
 /// that root cannot be regained. Must run before threads exist (setuid is per-thread in the
 /// kernel; glibc broadcasts, but we do not rely on it).
-pub(crate) fn drop_privileges(
-    user: &str,
-    uid: nix::unistd::Uid,
-    gid: nix::unistd::Gid,
-) -> io::Result<()> {
-    assert!(
-        is_single_threaded(),
-        "privileges dropped after threads were started"
-    );
+pub(crate) fn drop_privileges(user: &str, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
+    assert!(is_single_threaded(), "privileges dropped after threads were started");
     let name = CString::new(user).map_err(|_| io::Error::other("NUL in user name"))?;
     nix::unistd::initgroups(&name, gid)?;
     nix::unistd::setgid(gid)?;

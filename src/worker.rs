@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -22,11 +23,7 @@ pub(crate) const ENV_LOG: &str = "BATON_LOG";
 #[derive(Debug)]
 pub(crate) enum WorkerRole {
     /// By a master: `BATON_WORKER=<master pid>:<generation>`.
-    UnderMaster {
-        master: i32,
-        generation: u64,
-        log: Option<std::path::PathBuf>,
-    },
+    UnderMaster { master: i32, generation: u64, log: Option<std::path::PathBuf> },
     /// `--no-master`: one process does everything.
     Single,
 }
@@ -38,26 +35,19 @@ impl WorkerRole {
         };
         let log = std::env::var_os(ENV_LOG).map(Into::into);
         sys::remove_env(&[ENV_WORKER, ENV_LOG]);
-        let parsed = v
-            .to_str()
-            .and_then(|s| s.split_once(':'))
-            .and_then(|(m, g)| Some((m.parse().ok()?, g.parse().ok()?)));
-        let (master, generation) = parsed.ok_or_else(|| {
-            Error::usage(format!(
-                "invalid {ENV_WORKER} {v:?}: expected <pid>:<generation>"
-            ))
-        })?;
-        Ok(Some(WorkerRole::UnderMaster {
-            master,
-            generation,
-            log,
-        }))
+        let parsed =
+            v.to_str().and_then(|s| s.split_once(':')).and_then(|(m, g)| Some((m.parse().ok()?, g.parse().ok()?)));
+        let (master, generation) =
+            parsed.ok_or_else(|| Error::usage(format!("invalid {ENV_WORKER} {v:?}: expected <pid>:<generation>")))?;
+        Ok(Some(WorkerRole::UnderMaster { master, generation, log }))
     }
 }
 
 /// How the serving loop ended.
 enum Stop {
     Graceful,
+    /// A newer generation serves (USR2 from the master): drain at once, no shutdown delay.
+    Replaced,
     Fast,
 }
 
@@ -73,16 +63,10 @@ pub(crate) fn main<A>(
         WorkerRole::UnderMaster { log, .. } => log.clone(),
         WorkerRole::Single => match &opts.log {
             Some(p) => {
-                let p = std::path::absolute(p).map_err(|e| {
-                    Error::io(ErrorKind::Io, format!("log file {}", p.display()), e)
-                })?;
-                log::reopen(&p).map_err(|e| {
-                    Error::io(
-                        ErrorKind::Io,
-                        format!("cannot open log file {}", p.display()),
-                        e,
-                    )
-                })?;
+                let p = std::path::absolute(p)
+                    .map_err(|e| Error::io(ErrorKind::Io, format!("log file {}", p.display()), e))?;
+                log::reopen(&p)
+                    .map_err(|e| Error::io(ErrorKind::Io, format!("cannot open log file {}", p.display()), e))?;
                 Some(p)
             }
             None => None,
@@ -92,15 +76,11 @@ pub(crate) fn main<A>(
     let listeners = match listen::take_inherited()? {
         Some(l) if under_master => l,
         None if under_master => {
-            return Err(Error::new(
-                ErrorKind::Listen,
-                "started as a worker without LISTEN_FDS",
-            ));
+            return Err(Error::new(ErrorKind::Listen, "started as a worker without LISTEN_FDS"));
         }
         inherited => listen::resolve(&opts.listen, inherited)?,
     };
-    let notifier =
-        Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
+    let notifier = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
     if let Some(user) = &opts.user {
         let (uid, gid) = crate::master::lookup_user(user, opts.group.as_deref())?;
         sys::drop_privileges(user, uid, gid)
@@ -119,16 +99,7 @@ pub(crate) fn main<A>(
         .enable_all()
         .build()
         .map_err(|e| Error::io(ErrorKind::Io, "cannot start the tokio runtime", e))?;
-    let result = rt.block_on(run(
-        listeners,
-        http,
-        args,
-        factory,
-        notifier,
-        log_path,
-        generation,
-        under_master,
-    ));
+    let result = rt.block_on(run(listeners, http, args, factory, notifier, log_path, generation, under_master));
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
     result
@@ -152,19 +123,11 @@ async fn run<A>(
             }
         }
     };
-    let sig = |k: SignalKind| {
-        signal(k).map_err(|e| Error::io(ErrorKind::Io, "cannot install signal handlers", e))
-    };
-    let (mut term, mut int, mut quit) = (
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-        sig(SignalKind::quit())?,
-    );
-    let (mut usr1, mut usr2, mut hup) = (
-        sig(SignalKind::user_defined1())?,
-        sig(SignalKind::user_defined2())?,
-        sig(SignalKind::hangup())?,
-    );
+    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io(ErrorKind::Io, "cannot install signal handlers", e));
+    let (mut term, mut int, mut quit) =
+        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::quit())?);
+    let (mut usr1, mut usr2, mut hup) =
+        (sig(SignalKind::user_defined1())?, sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
 
     let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
     let app = match factory(args).await {
@@ -193,7 +156,12 @@ async fn run<A>(
             _ = int.recv() => break Stop::Graceful,
             _ = quit.recv() => break Stop::Fast,
             _ = usr1.recv() => reopen(log_path.as_deref()),
-            _ = usr2.recv() => reload_unsupported(under_master),
+            _ = usr2.recv() => {
+                if under_master {
+                    break Stop::Replaced;
+                }
+                reload_unsupported(false);
+            }
             _ = hup.recv() => reload_unsupported(under_master),
         }
     };
@@ -202,10 +170,8 @@ async fn run<A>(
         return Ok(ExitCode::SUCCESS);
     }
     notify("STOPPING=1");
-    shared
-        .unhealthy
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let delay = shared.cfg.shutdown_delay;
+    shared.unhealthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
     if !delay.is_zero() {
         tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
         tokio::select! {
@@ -216,6 +182,8 @@ async fn run<A>(
         }
     }
     server.stop_accepting().await;
+    // Tells the master this process takes no new connection: a reload is complete.
+    notify("STATUS=draining");
     let timeout = shared.cfg.drain_timeout;
     tracing::info!("draining (at most {timeout:?})");
     let started = std::time::Instant::now();

@@ -21,10 +21,7 @@ struct Daemon {
 
 impl Daemon {
     fn new(tag: &str) -> Daemon {
-        Daemon {
-            dir: TempDir::new(tag),
-            port: free_port(),
-        }
+        Daemon { dir: TempDir::new(tag), port: free_port() }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
@@ -33,11 +30,7 @@ impl Daemon {
 
     /// Runs `hello <args>` in the test directory.
     fn hello(&self, args: &[&str]) -> Output {
-        Command::new(hello_bin())
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+        Command::new(hello_bin()).args(args).current_dir(self.dir.path()).output().unwrap()
     }
 
     fn start(&self, extra: &[&str]) -> Output {
@@ -48,11 +41,7 @@ impl Daemon {
     }
 
     fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("x.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        std::fs::read_to_string(self.dir.join("x.pid")).unwrap().trim().parse().unwrap()
     }
 
     fn log(&self) -> String {
@@ -75,21 +64,12 @@ impl Drop for Daemon {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn stat_fields(pid: i32) -> Vec<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    s.rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    s.rsplit_once(')').unwrap().1.split_whitespace().map(str::to_owned).collect()
 }
 
 fn port_free(addr: std::net::SocketAddr) -> bool {
@@ -105,18 +85,10 @@ fn start_returns_when_serving_and_detaches() {
     let r = get(d.addr(), "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
     let pid = d.pid();
-    assert!(
-        text(&out).contains(&format!("started (pid {pid})")),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains(&format!("started (pid {pid})")), "{}", text(&out));
     let raw = std::fs::read_to_string(d.dir.join("x.pid")).unwrap();
     assert_eq!(raw, format!("{pid}\n"));
-    let mode = std::fs::metadata(d.dir.join("x.pid"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(d.dir.join("x.pid")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
     // Locked: a second lock attempt fails.
     let f = std::fs::File::open(d.dir.join("x.pid")).unwrap();
@@ -127,27 +99,15 @@ fn start_returns_when_serving_and_detaches() {
     let my_sid = stat_fields(std::process::id() as i32)[3].clone();
     assert_eq!(st[4], "0", "tty_nr");
     assert_ne!(st[3], my_sid, "session");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-        Path::new("/")
-    );
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("Umask:\t0027"), "{status}");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
-        Path::new("/dev/null")
-    );
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(), Path::new("/dev/null"));
     for fd in [1, 2] {
-        assert_eq!(
-            std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(),
-            d.dir.join("x.log")
-        );
+        assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(), d.dir.join("x.log"));
     }
     let ctl = d.dir.join("x.ctl");
-    assert_eq!(
-        std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777, 0o600);
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!alive(pid));
@@ -165,21 +125,9 @@ fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     assert_ne!(pid, 999999);
     // A live one is refused, naming its pid.
     let other = free_port().to_string();
-    let out = d.hello(&[
-        "start",
-        "-p",
-        "x.pid",
-        "-l",
-        "y.log",
-        "--listen",
-        &format!("127.0.0.1:{other}"),
-    ]);
+    let out = d.hello(&["start", "-p", "x.pid", "-l", "y.log", "--listen", &format!("127.0.0.1:{other}")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains(&format!("running pid {pid}")),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains(&format!("running pid {pid}")), "{}", text(&out));
     assert_eq!(d.pid(), pid, "the pid file is untouched");
     assert_eq!(get(d.addr(), "/").unwrap().status, 200);
 }
@@ -191,64 +139,16 @@ fn start_failures_exit_1_with_the_reason_and_leave_nothing() {
     let d = Daemon::new("fail");
     let listen = format!("127.0.0.1:{}", d.port);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec![
-                "start",
-                "-p",
-                "x.pid",
-                "-l",
-                "x.log",
-                "--listen",
-                &taken_addr,
-            ],
-            "address already in use",
-        ),
-        (
-            vec![
-                "start",
-                "-p",
-                "x.pid",
-                "-l",
-                "no/such/dir/x.log",
-                "--listen",
-                &listen,
-            ],
-            "no such file or directory",
-        ),
-        (
-            vec![
-                "start",
-                "-p",
-                "no/such/dir/x.pid",
-                "-l",
-                "x.log",
-                "--listen",
-                &listen,
-            ],
-            "no such file or directory",
-        ),
-        (
-            vec![
-                "start",
-                "-p",
-                "x.pid",
-                "-l",
-                "x.log",
-                "--listen",
-                &listen,
-                "--fail-start",
-            ],
-            "--fail-start was given",
-        ),
+        (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &taken_addr], "address already in use"),
+        (vec!["start", "-p", "x.pid", "-l", "no/such/dir/x.log", "--listen", &listen], "no such file or directory"),
+        (vec!["start", "-p", "no/such/dir/x.pid", "-l", "x.log", "--listen", &listen], "no such file or directory"),
+        (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--fail-start"], "--fail-start was given"),
     ];
     for (args, reason) in cases {
         let out = d.hello(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(reason), "{args:?}: {}", text(&out));
-        assert!(
-            !d.dir.join("x.pid").exists(),
-            "{args:?}: pid file left behind"
-        );
+        assert!(!d.dir.join("x.pid").exists(), "{args:?}: pid file left behind");
         assert!(port_free(d.addr()), "{args:?}: port still bound");
     }
     // The failed worker's own words reached the log.
@@ -305,11 +205,7 @@ fn log_rotation_loses_and_duplicates_nothing() {
     let d = Daemon::new("rotate");
     assert!(d.start(&["--delay", "0"]).status.success());
     let ctl = Arc::new(load::Control::default());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cfg = load::Config {
         addr: d.addr(),
         conns: 8,
@@ -321,82 +217,47 @@ fn log_rotation_loses_and_duplicates_nothing() {
         think: Duration::ZERO,
     };
     let run = rt.spawn(load::run(cfg, ctl.clone()));
-    let lines = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .matches("\"GET / HTTP/1.1\" 200")
-            .count()
-    };
+    let lines = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().matches("\"GET / HTTP/1.1\" 200").count();
     let log = d.dir.join("x.log");
-    wait_until(Duration::from_secs(20), "load in the log", || {
-        lines(&log) > 500
-    });
+    wait_until(Duration::from_secs(20), "load in the log", || lines(&log) > 500);
     // What logrotate does: rename, then ask for a reopen (the command, then a plain USR1).
     std::fs::rename(&log, d.dir.join("x.log.1")).unwrap();
     assert!(d.hello(&["reopen-logs", "-p", "x.pid"]).status.success());
-    wait_until(Duration::from_secs(20), "lines in the new file", || {
-        lines(&log) > 500
-    });
+    wait_until(Duration::from_secs(20), "lines in the new file", || lines(&log) > 500);
     std::fs::rename(&log, d.dir.join("x.log.2")).unwrap();
     signal(d.pid(), Signal::SIGUSR1);
-    wait_until(Duration::from_secs(20), "lines in the newest file", || {
-        lines(&log) > 500
-    });
+    wait_until(Duration::from_secs(20), "lines in the newest file", || lines(&log) > 500);
     ctl.stop.store(true, Ordering::SeqCst);
     let stats = rt.block_on(run).unwrap();
     assert_eq!(stats.failed, 0, "{:?}", stats.failures);
     assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
     let files = [d.dir.join("x.log.1"), d.dir.join("x.log.2"), log.clone()];
     let total: usize = files.iter().map(|f| lines(f)).sum();
-    assert_eq!(
-        total as u64, stats.ok,
-        "every request logged exactly once across the rotated files"
-    );
+    assert_eq!(total as u64, stats.ok, "every request logged exactly once across the rotated files");
     for f in &files {
         let t = std::fs::read_to_string(f).unwrap();
         assert!(t.ends_with('\n'), "{} ends mid-line", f.display());
         for l in t.lines() {
-            assert!(
-                l.starts_with("127.0.0.1 - - [") || l.starts_with("20"),
-                "mangled line in {}: {l:?}",
-                f.display()
-            );
+            assert!(l.starts_with("127.0.0.1 - - [") || l.starts_with("20"), "mangled line in {}: {l:?}", f.display());
         }
     }
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("reopened log file")
-    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("reopened log file"));
 }
 
 #[test]
 #[ignore = "needs root (CI runs as root)"]
 fn workers_run_as_the_given_user_and_low_ports_work() {
     assert!(nix::unistd::Uid::effective().is_root(), "run as root");
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
     let mut d = Daemon::new("user");
     // A free port below 1024.
-    d.port = (600..1024)
-        .find(|p| port_free(([127, 0, 0, 1], *p).into()))
-        .expect("a free low port");
+    d.port = (600..1024).find(|p| port_free(([127, 0, 0, 1], *p).into())).expect("a free low port");
     let out = d.start(&["--delay", "0", "--user", "nobody"]);
     assert!(out.status.success(), "{}", text(&out));
     let owner = |pid: i32| {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let uid_line = s
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .unwrap()
-            .to_owned();
-        uid_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u32>()
-            .unwrap()
+        let uid_line = s.lines().find(|l| l.starts_with("Uid:")).unwrap().to_owned();
+        uid_line.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap()
     };
     let w: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
     assert_eq!(owner(w), nobody.uid.as_raw(), "the worker runs as nobody");
@@ -427,27 +288,14 @@ fn the_original_scenario() {
     std::thread::sleep(Duration::from_millis(200));
     signal(master, Signal::SIGUSR2);
     wait_until(Duration::from_secs(20), "the new worker", || {
-        get(addr, "/pid").is_ok_and(|r| {
-            r.body
-                .parse::<i32>()
-                .is_ok_and(|p| p != first && alive(p) && p != master)
-        })
+        get(addr, "/pid").is_ok_and(|r| r.body.parse::<i32>().is_ok_and(|p| p != first && alive(p) && p != master))
     });
-    let r = slow
-        .join()
-        .unwrap()
-        .expect("the 5-second request completes");
+    let r = slow.join().unwrap().expect("the 5-second request completes");
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
     let workers = children(master);
     signal(master, Signal::SIGTERM);
-    wait_until(Duration::from_secs(40), "everything to exit", || {
-        !alive(master) && workers.iter().all(|w| !alive(*w))
-    });
+    wait_until(Duration::from_secs(40), "everything to exit", || !alive(master) && workers.iter().all(|w| !alive(*w)));
     assert!(!d.dir.join("x.pid").exists(), "pid file removed");
     assert!(port_free(d.addr()));
-    assert!(
-        d.log().contains("master exiting with status 0"),
-        "{}",
-        d.log()
-    );
+    assert!(d.log().contains("master exiting with status 0"), "{}", d.log());
 }

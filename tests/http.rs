@@ -13,11 +13,7 @@ use nix::sys::signal::Signal;
 use support::{Hello, get, hello_bin, load, request, signal, wait_until};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 #[test]
@@ -45,11 +41,7 @@ fn serves_http1_and_http2_and_pid_is_the_worker() {
         Arc::default(),
     ));
     assert_eq!((stats.ok, stats.failed), (40, 0), "{:?}", stats.failures);
-    assert!(
-        h.log_text().contains("\"GET / HTTP/2.0\" 200 12"),
-        "access log:\n{}",
-        h.log_text()
-    );
+    assert!(h.log_text().contains("\"GET / HTTP/2.0\" 200 12"), "access log:\n{}", h.log_text());
 }
 
 #[test]
@@ -70,23 +62,13 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
         let addr = h.addr();
         let slow = std::thread::spawn(move || get(addr, "/"));
         // The slow request is on its way once another request has been answered after it.
-        wait_until(Duration::from_secs(10), "the server answering", || {
-            get(addr, "/pid").is_ok()
-        });
+        wait_until(Duration::from_secs(10), "the server answering", || get(addr, "/pid").is_ok());
         std::thread::sleep(Duration::from_millis(100));
         signal(h.pid, Signal::SIGTERM);
         // The listener closes at once: new connections are refused while the slow one finishes.
-        wait_until(Duration::from_secs(10), "the listener to close", || {
-            TcpStream::connect(addr).is_err()
-        });
-        assert!(
-            !slow.is_finished(),
-            "the slow request ended before the drain"
-        );
-        let r = slow
-            .join()
-            .unwrap()
-            .expect("the in-flight request completes");
+        wait_until(Duration::from_secs(10), "the listener to close", || TcpStream::connect(addr).is_err());
+        assert!(!slow.is_finished(), "the slow request ended before the drain");
+        let r = slow.join().unwrap().expect("the in-flight request completes");
         assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
         let st = h.wait_exit(Duration::from_secs(30));
         assert!(st.success(), "exit status {st}; log:\n{}", h.log_text());
@@ -122,11 +104,7 @@ fn keepalive_load_across_term_loses_nothing() {
     assert_eq!(stats.failed, 0, "lost requests: {:?}", stats.failures);
     assert!(stats.ok >= 2000, "{stats:?}");
     // Every connection was told to go away by a response, none was cut idle.
-    assert!(
-        stats.closes >= 1,
-        "no Connection: close seen: {:?}",
-        (stats.ok, stats.closes, stats.idle_closed)
-    );
+    assert!(stats.closes >= 1, "no Connection: close seen: {:?}", (stats.ok, stats.closes, stats.idle_closed));
     eprintln!(
         "ok {} closes {} idle_closed {} refused after stop {}",
         stats.ok, stats.closes, stats.idle_closed, stats.refused_when_stopping
@@ -137,15 +115,7 @@ fn keepalive_load_across_term_loses_nothing() {
 fn production_defaults() {
     let h = Hello::start(
         &hello_bin(),
-        &[
-            "--delay",
-            "0",
-            "--debug-routes",
-            "--max-body-bytes",
-            "1000",
-            "--header-timeout",
-            "1s",
-        ],
+        &["--delay", "0", "--debug-routes", "--max-body-bytes", "1000", "--header-timeout", "1s"],
     );
     let a = h.addr();
     // A panicking handler is a 500; the server lives on.
@@ -153,27 +123,25 @@ fn production_defaults() {
     assert_eq!(get(a, "/").unwrap().body, "hello world!");
     assert!(h.log_text().contains("the /panic route panics"));
     // Oversized header -> 431.
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(64 * 1024)
-    );
+    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
     match request(a, big.as_bytes()) {
         Ok(r) => assert_eq!(r.status, 431),
         Err(e) => panic!("expected 431, got {e}"),
     }
     // Oversized body -> 413, with a length and chunked.
     let body = "x".repeat(2000);
-    let r = request(a, format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}").as_bytes()).unwrap();
+    let r = request(
+        a,
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}").as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 413);
     let chunked = format!(
         "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n"
     );
     assert_eq!(request(a, chunked.as_bytes()).unwrap().status, 413);
-    let r = request(
-        a,
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-    )
-    .unwrap();
+    let r =
+        request(a, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "5"));
     // Garbage -> 400 or a clean close.
     match request(a, b"\x16\x03\x01garbage garbage\r\n\r\n") {
@@ -183,35 +151,21 @@ fn production_defaults() {
     // Half a header, then silence: disconnected after the header timeout.
     let mut s = TcpStream::connect(a).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow:")
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow:").unwrap();
     let mut buf = Vec::new();
     let t0 = std::time::Instant::now();
     let n = s.read_to_end(&mut buf);
-    assert!(
-        n.is_ok() && t0.elapsed() < Duration::from_secs(15),
-        "slowloris connection not closed: {n:?}"
-    );
+    assert!(n.is_ok() && t0.elapsed() < Duration::from_secs(15), "slowloris connection not closed: {n:?}");
     // The server is unharmed.
     assert_eq!(get(a, "/").unwrap().body, "hello world!");
     // The request id is echoed when sane.
-    let r = request(
-        a,
-        b"GET /pid HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-42\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let r = request(a, b"GET /pid HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-42\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(r.header("x-request-id"), Some("abc-42"));
 }
 
 fn run_bad(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(hello_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = std::process::Command::new(hello_bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,15 +10,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::{
-    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, load, signal, wait_until,
+    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_script, load, signal, wait_until,
 };
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 fn load_cfg(h: &Hello, mode: load::Mode, conns: usize) -> load::Config {
@@ -37,24 +32,13 @@ fn load_cfg(h: &Hello, mode: load::Mode, conns: usize) -> load::Config {
 
 /// Runs `hello <cmd> -p x.pid` in the server's directory; returns (exit code, stdout+stderr).
 fn ctl(h: &Hello, args: &[&str]) -> (i32, String) {
-    let out = Command::new(hello_bin())
-        .args(args)
-        .args(["-p", "x.pid"])
-        .current_dir(h.dir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(h.dir.path()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
 fn wait_one_worker(h: &Hello) {
-    wait_until(Duration::from_secs(30), "exactly one worker", || {
-        children(h.pid).len() == 1
-    });
+    wait_until(Duration::from_secs(30), "exactly one worker", || children(h.pid).len() == 1);
 }
 
 #[test]
@@ -63,14 +47,10 @@ fn reload_storm_under_load_loses_nothing() {
     let master = h.pid;
     let ctl = Arc::new(load::Control::default());
     let rt = rt();
-    let runs: Vec<_> = [
-        (load::Mode::KeepAlive, 16),
-        (load::Mode::Fresh, 4),
-        (load::Mode::H2, 4),
-    ]
-    .into_iter()
-    .map(|(mode, n)| rt.spawn(load::run(load_cfg(&h, mode, n), ctl.clone())))
-    .collect();
+    let runs: Vec<_> = [(load::Mode::KeepAlive, 16), (load::Mode::Fresh, 4), (load::Mode::H2, 4)]
+        .into_iter()
+        .map(|(mode, n)| rt.spawn(load::run(load_cfg(&h, mode, n), ctl.clone())))
+        .collect();
     let mut pids = vec![h.worker_pid()];
     for _ in 0..50 {
         let p = h.reload_and_wait();
@@ -84,8 +64,8 @@ fn reload_storm_under_load_loses_nothing() {
         assert_eq!(s.failed, 0, "{name}: failed requests: {:?}", s.failures);
         assert!(s.ok > 0, "{name}: no requests served");
         eprintln!(
-            "{name}: ok {} closes {} idle_closed {} unsent_goaway {}",
-            s.ok, s.closes, s.idle_closed, s.unsent_goaway
+            "{name}: ok {} closes {} idle_closed {} unsent_goaway {} unsent {}",
+            s.ok, s.closes, s.idle_closed, s.unsent_goaway, s.unsent
         );
         total = (total.0 + s.ok, total.1 + s.failed);
     }
@@ -109,25 +89,8 @@ fn slow_request_survives_several_reloads() {
     let r = slow.join().unwrap().expect("the slow request completes");
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
     // Its worker drained and left once the request was done.
-    wait_until(Duration::from_secs(10), "the first worker to exit", || {
-        !alive(first)
-    });
+    wait_until(Duration::from_secs(10), "the first worker to exit", || !alive(first));
     wait_one_worker(&h);
-}
-
-fn install(src: &Path, dst: &Path) {
-    // Like a deploy: write next to it, then rename over the running file.
-    let tmp = dst.with_extension("new");
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dst).unwrap();
-}
-
-fn script(dst: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = dst.with_extension("new");
-    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, dst).unwrap();
 }
 
 #[test]
@@ -136,22 +99,13 @@ fn deploy_a_new_binary_then_reload() {
     let app = bindir.join("app");
     install(&hello_bin(), &app);
     let h = Hello::start(&app, &["--delay", "0"]);
-    assert_eq!(
-        get(h.addr(), "/version").unwrap().body,
-        env!("CARGO_PKG_VERSION")
-    );
+    assert_eq!(get(h.addr(), "/version").unwrap().body, env!("CARGO_PKG_VERSION"));
     let ctl = Arc::new(load::Control::default());
     let rt = rt();
-    let run = rt.spawn(load::run(
-        load_cfg(&h, load::Mode::KeepAlive, 8),
-        ctl.clone(),
-    ));
+    let run = rt.spawn(load::run(load_cfg(&h, load::Mode::KeepAlive, 8), ctl.clone()));
     install(&hello_next_bin(), &app);
     h.reload_and_wait();
-    assert_eq!(
-        get(h.addr(), "/version").unwrap().body,
-        format!("{}+hello_next", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(get(h.addr(), "/version").unwrap().body, format!("{}+hello_next", env!("CARGO_PKG_VERSION")));
     ctl.stop.store(true, Ordering::SeqCst);
     let s = rt.block_on(run).unwrap();
     assert_eq!(s.failed, 0, "{:?}", s.failures);
@@ -163,49 +117,28 @@ fn failed_reloads_roll_back() {
     let bindir = support::TempDir::new("rollback");
     let app = bindir.join("app");
     install(&hello_bin(), &app);
-    let h = Hello::start(
-        &app,
-        &["--delay", "0", "-p", "x.pid", "--ready-timeout", "1s"],
-    );
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--ready-timeout", "1s"]);
     let good = h.worker_pid();
     let cases: [(&str, Option<&str>, &str); 3] = [
-        (
-            "exits 1",
-            Some("echo 'cannot start: broken config' >&2; exit 1"),
-            "exited with status 1",
-        ),
+        ("exits 1", Some("echo 'cannot start: broken config' >&2; exit 1"), "exited with status 1"),
         ("never ready", Some("exec sleep 600"), "not ready within 1s"),
         ("missing", None, "cannot execute"),
     ];
     for (what, body, reason) in cases {
         match body {
-            Some(b) => script(&app, b),
+            Some(b) => install_script(&app, b),
             None => std::fs::remove_file(&app).unwrap(),
         }
         let (code, out) = ctl(&h, &["reload"]);
         assert_eq!(code, 1, "{what}: reload must fail: {out}");
         assert!(out.contains(reason), "{what}: reason missing: {out}");
-        assert_eq!(
-            h.worker_pid(),
-            good,
-            "{what}: the old worker must keep serving"
-        );
-        assert_eq!(
-            children(h.pid),
-            vec![good],
-            "{what}: the failed worker must be gone"
-        );
+        assert_eq!(h.worker_pid(), good, "{what}: the old worker must keep serving");
+        assert_eq!(children(h.pid), vec![good], "{what}: the failed worker must be gone");
         let (code, out) = ctl(&h, &["status"]);
         assert_eq!(code, 0);
-        assert!(
-            out.contains("last reload:") && out.contains("failed"),
-            "{out}"
-        );
+        assert!(out.contains("last reload:") && out.contains("failed"), "{out}");
     }
-    assert!(
-        h.log_text().contains("cannot start: broken config"),
-        "the failed worker's words reach the log"
-    );
+    assert!(h.log_text().contains("cannot start: broken config"), "the failed worker's words reach the log");
     install(&hello_bin(), &app);
     let (code, out) = ctl(&h, &["reload"]);
     assert_eq!(code, 0, "{out}");
@@ -221,21 +154,14 @@ fn killed_worker_is_replaced_and_queued_requests_are_served() {
     signal(old, Signal::SIGKILL);
     // Sent while no worker runs: they wait in the master's accept queue, none is refused.
     let addr = h.addr();
-    let reqs: Vec<_> = (0..8)
-        .map(|_| std::thread::spawn(move || get(addr, "/pid")))
-        .collect();
+    let reqs: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/pid"))).collect();
     for r in reqs {
         let r = r.join().unwrap().expect("request served, not refused");
         assert_eq!(r.status, 200);
     }
     let new = h.worker_pid();
     assert_ne!(new, old);
-    assert!(
-        h.log_text()
-            .contains("died unexpectedly: killed by SIGKILL"),
-        "{}",
-        h.log_text()
-    );
+    assert!(h.log_text().contains("died unexpectedly: killed by SIGKILL"), "{}", h.log_text());
 }
 
 #[test]
@@ -244,11 +170,7 @@ fn killed_master_takes_its_workers_down() {
     let worker = h.worker_pid();
     h.track(worker);
     signal(h.pid, Signal::SIGKILL);
-    wait_until(
-        Duration::from_secs(5),
-        "the worker to follow its master",
-        || !alive(worker),
-    );
+    wait_until(Duration::from_secs(5), "the worker to follow its master", || !alive(worker));
 }
 
 #[test]
@@ -270,10 +192,7 @@ fn master_fd_count_is_flat_across_reloads() {
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .map(|p| p.display().to_string())
         .collect();
-    assert!(
-        !fds.iter().any(|f| f.ends_with("x.pid")),
-        "pid file leaked into the worker: {fds:?}"
-    );
+    assert!(!fds.iter().any(|f| f.ends_with("x.pid")), "pid file leaked into the worker: {fds:?}");
 }
 
 #[test]
@@ -285,11 +204,8 @@ fn reload_then_stop_repeatedly_frees_the_port() {
         signal(h.pid, Signal::SIGTERM);
         let st = h.wait_exit(Duration::from_secs(30));
         assert!(st.success(), "round {i}: {st}");
-        wait_until(Duration::from_secs(5), "workers to exit", || {
-            !alive(worker) && children(h.pid).is_empty()
-        });
-        std::net::TcpListener::bind(h.addr())
-            .unwrap_or_else(|e| panic!("round {i}: port still held: {e}"));
+        wait_until(Duration::from_secs(5), "workers to exit", || !alive(worker) && children(h.pid).is_empty());
+        std::net::TcpListener::bind(h.addr()).unwrap_or_else(|e| panic!("round {i}: port still held: {e}"));
     }
 }
 
@@ -310,10 +226,25 @@ fn two_reloads_1ms_apart_start_one_generation_of_the_newest_binary() {
     let (code, out) = ctl(&h, &["status"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("generation: 2\n"), "{out}");
-    assert_eq!(
-        h.log_text().matches("starting worker generation").count(),
-        2,
-        "{}",
-        h.log_text()
+    assert_eq!(h.log_text().matches("starting worker generation").count(), 2, "{}", h.log_text());
+}
+
+#[test]
+fn after_reload_returns_only_the_new_worker_accepts() {
+    // --shutdown-delay is for shutdowns; a replaced worker must stop accepting at once.
+    let h = Hello::start(
+        &hello_bin(),
+        &["--delay", "0", "-p", "x.pid", "--shutdown-delay", "5s", "--health-path", "/healthz"],
     );
+    for round in 0..10 {
+        let (code, out) = ctl(&h, &["reload"]);
+        assert_eq!(code, 0, "{out}");
+        let new: i32 =
+            out.split("(pid ").nth(1).and_then(|s| s.split(')').next()).and_then(|p| p.parse().ok()).expect(&out);
+        for _ in 0..20 {
+            let r = get(h.addr(), "/pid").unwrap();
+            assert_eq!(r.body, new.to_string(), "round {round}: an old worker accepted after reload returned");
+            assert_eq!(get(h.addr(), "/healthz").unwrap().status, 200, "round {round}: health flapped during a reload");
+        }
+    }
 }

@@ -14,12 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
-};
-use support::{
-    Hello, TempDir, alive, children, free_port, get, hello_bin, load, signal, wait_until,
-};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt};
+use support::{Hello, TempDir, alive, children, free_port, get, hello_bin, load, signal, wait_until};
 
 /// systemd's end of NOTIFY_SOCKET: a datagram socket that learns each sender's pid.
 struct FakeSystemd {
@@ -34,13 +30,8 @@ impl FakeSystemd {
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
         setsockopt(&sock, sockopt::PassCred, &true).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        FakeSystemd {
-            sock,
-            path,
-            _dir: dir,
-        }
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        FakeSystemd { sock, path, _dir: dir }
     }
 
     /// The next message and its sender's pid.
@@ -48,13 +39,8 @@ impl FakeSystemd {
         let mut buf = [0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        let msg = recvmsg::<()>(
-            self.sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::empty(),
-        )
-        .expect("a notify message in time");
+        let msg = recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            .expect("a notify message in time");
         let pid = msg
             .cmsgs()
             .unwrap()
@@ -78,18 +64,10 @@ fn notify_sequence_as_systemd_sees_it() {
     let systemd = FakeSystemd::new();
     let bindir = TempDir::new("notify-bin");
     let app = bindir.join("app");
-    std::fs::copy(hello_bin(), &app).unwrap();
+    support::install(&hello_bin(), &app);
     let port = free_port();
     let mut cmd = Command::new(&app);
-    cmd.args([
-        "run",
-        "--delay",
-        "0",
-        "-p",
-        "x.pid",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    cmd.args(["run", "--delay", "0", "-p", "x.pid", "--listen", &format!("127.0.0.1:{port}")]);
     cmd.env("NOTIFY_SOCKET", &systemd.path);
     let mut h = Hello::launch(cmd, port);
     let master = h.pid;
@@ -97,10 +75,7 @@ fn notify_sequence_as_systemd_sees_it() {
     let (pid, msg) = systemd.recv();
     assert_eq!(pid, master, "only the master speaks to systemd");
     let w1 = h.worker_pid();
-    assert_eq!(
-        msg,
-        format!("READY=1\nSTATUS=generation 1 serving (worker pid {w1})")
-    );
+    assert_eq!(msg, format!("READY=1\nSTATUS=generation 1 serving (worker pid {w1})"));
 
     // A good reload.
     let t0 = monotonic_usec();
@@ -108,28 +83,15 @@ fn notify_sequence_as_systemd_sees_it() {
     let (pid, msg) = systemd.recv();
     let t1 = monotonic_usec();
     assert_eq!(pid, master);
-    let usec: u64 = msg
-        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
-        .expect(&msg)
-        .parse()
-        .unwrap();
-    assert!(
-        (t0..=t1).contains(&usec),
-        "MONOTONIC_USEC {usec} not within [{t0}, {t1}]"
-    );
+    let usec: u64 = msg.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").expect(&msg).parse().unwrap();
+    assert!((t0..=t1).contains(&usec), "MONOTONIC_USEC {usec} not within [{t0}, {t1}]");
     let (pid, msg) = systemd.recv();
     assert_eq!(pid, master);
     let w2 = h.worker_pid();
-    assert_eq!(
-        msg,
-        format!("READY=1\nSTATUS=generation 2 serving (worker pid {w2})")
-    );
+    assert_eq!(msg, format!("READY=1\nSTATUS=generation 2 serving (worker pid {w2})"));
 
     // A failed reload: systemd hears RELOADING, then READY again with why it failed.
-    let tmp = bindir.join("app.new");
-    std::fs::write(&tmp, "#!/bin/sh\nexit 1\n").unwrap();
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, &app).unwrap();
+    support::install_script(&app, "exit 1");
     signal(master, Signal::SIGHUP);
     let (pid, msg) = systemd.recv();
     assert_eq!(pid, master);
@@ -149,33 +111,18 @@ fn notify_sequence_as_systemd_sees_it() {
     assert!(h.wait_exit(Duration::from_secs(30)).success());
     systemd.sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
-    assert!(
-        systemd.sock.recv(&mut buf).is_err(),
-        "nothing after STOPPING=1"
-    );
+    assert!(systemd.sock.recv(&mut buf).is_err(), "nothing after STOPPING=1");
 }
 
 #[test]
 fn shutdown_delay_reports_unhealthy_then_drains() {
-    let mut h = Hello::start(
-        &hello_bin(),
-        &[
-            "--delay",
-            "0",
-            "--health-path",
-            "/healthz",
-            "--shutdown-delay",
-            "2s",
-        ],
-    );
+    let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--health-path", "/healthz", "--shutdown-delay", "2s"]);
     let r = get(h.addr(), "/healthz").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     signal(h.pid, Signal::SIGTERM);
-    wait_until(
-        Duration::from_secs(5),
-        "the health route to report 503",
-        || get(h.addr(), "/healthz").is_ok_and(|r| r.status == 503),
-    );
+    wait_until(Duration::from_secs(5), "the health route to report 503", || {
+        get(h.addr(), "/healthz").is_ok_and(|r| r.status == 503)
+    });
     // Still serving during the delay.
     let r = get(h.addr(), "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
@@ -183,17 +130,11 @@ fn shutdown_delay_reports_unhealthy_then_drains() {
     let log = h.log_text();
     let delay_at = log.find("health route reports 503").expect("delay logged");
     let drain_at = log.find("draining (at most").expect("drain logged");
-    assert!(
-        delay_at < drain_at,
-        "the drain comes after the delay:\n{log}"
-    );
+    assert!(delay_at < drain_at, "the drain comes after the delay:\n{log}");
 }
 
 fn socket_inode(pid: i32, fd: i32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .unwrap()
-        .display()
-        .to_string()
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap().display().to_string()
 }
 
 #[test]
@@ -202,26 +143,16 @@ fn socket_activation_keeps_the_socket_across_reloads() {
     let port = free_port();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=web"]);
-    cmd.arg(hello_bin())
-        .args(["run", "--delay", "0", "-p", "x.pid"]);
+    cmd.arg(hello_bin()).args(["run", "--delay", "0", "-p", "x.pid"]);
     let h = Hello::launch(cmd, port);
     // systemd-socket-activate binds, then execs hello in place: the master holds fd 3 now.
     // Its first connection starts the program, like a .socket unit with Accept=no.
     h.wait_ready();
     let inode = socket_inode(h.pid, 3);
     assert!(inode.starts_with("socket:"), "{inode}");
-    assert!(
-        h.log_text()
-            .contains(&format!("listening on web=127.0.0.1:{port}")),
-        "{}",
-        h.log_text()
-    );
+    assert!(h.log_text().contains(&format!("listening on web=127.0.0.1:{port}")), "{}", h.log_text());
     let ctl = Arc::new(load::Control::default());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mk = |mode, conns| load::Config {
         addr: h.addr(),
         conns,
@@ -238,11 +169,7 @@ fn socket_activation_keeps_the_socket_across_reloads() {
     ];
     for _ in 0..10 {
         let w = h.reload_and_wait();
-        assert_eq!(
-            socket_inode(w, 3),
-            inode,
-            "the worker got the activated socket"
-        );
+        assert_eq!(socket_inode(w, 3), inode, "the worker got the activated socket");
     }
     ctl.stop.store(true, Ordering::SeqCst);
     for r in runs {
@@ -250,11 +177,7 @@ fn socket_activation_keeps_the_socket_across_reloads() {
         assert_eq!(s.failed, 0, "{:?}", s.failures);
         assert!(s.ok > 0);
     }
-    assert_eq!(
-        socket_inode(h.pid, 3),
-        inode,
-        "the master still holds the same socket"
-    );
+    assert_eq!(socket_inode(h.pid, 3), inode, "the master still holds the same socket");
 }
 
 #[test]
@@ -263,24 +186,12 @@ fn pid_1_in_a_pid_namespace_reaps_and_drains() {
     let port = free_port();
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--"]).arg(hello_bin());
-    cmd.args([
-        "run",
-        "--delay",
-        "0",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    cmd.args(["run", "--delay", "0", "--listen", &format!("127.0.0.1:{port}")]);
     let mut h = Hello::launch(cmd, port);
     h.wait_ready();
-    let master = *children(h.pid)
-        .first()
-        .expect("unshare's child: the master");
+    let master = *children(h.pid).first().expect("unshare's child: the master");
     h.track(master);
-    assert!(
-        h.log_text().contains("master[1] master started"),
-        "{}",
-        h.log_text()
-    );
+    assert!(h.log_text().contains("master[1] master started"), "{}", h.log_text());
     let old: Vec<i32> = children(master);
     signal(master, Signal::SIGUSR2);
     wait_until(Duration::from_secs(20), "the reload", || {
@@ -294,17 +205,12 @@ fn pid_1_in_a_pid_namespace_reaps_and_drains() {
             .flatten()
             .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
             .filter(|s| {
-                let f: Vec<&str> = s
-                    .rsplit_once(')')
-                    .map(|(_, r)| r.split_whitespace().collect())
-                    .unwrap_or_default();
+                let f: Vec<&str> = s.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
                 f.len() > 1 && f[0] == "Z" && f[1] == master.to_string()
             })
             .count()
     };
-    wait_until(Duration::from_secs(5), "no zombie under PID 1", || {
-        zombies() == 0
-    });
+    wait_until(Duration::from_secs(5), "no zombie under PID 1", || zombies() == 0);
     signal(master, Signal::SIGTERM);
     let st = h.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "unshare reports the master's exit: {st}");
@@ -312,9 +218,7 @@ fn pid_1_in_a_pid_namespace_reaps_and_drains() {
 }
 
 fn contrib(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib")
-        .join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(p)
 }
 
 #[test]
@@ -322,40 +226,18 @@ fn contrib(p: &str) -> PathBuf {
 fn shipped_unit_files_verify() {
     let dir = TempDir::new("units");
     let hello = hello_bin();
-    for unit in [
-        "hello.service",
-        "hello-activated.socket",
-        "hello-activated.service",
-    ] {
+    for unit in ["hello.service", "hello-activated.socket", "hello-activated.service"] {
         let text = std::fs::read_to_string(contrib(&format!("systemd/{unit}"))).unwrap();
-        std::fs::write(
-            dir.join(unit),
-            text.replace("/usr/local/bin/hello", hello.to_str().unwrap()),
-        )
-        .unwrap();
+        std::fs::write(dir.join(unit), text.replace("/usr/local/bin/hello", hello.to_str().unwrap())).unwrap();
     }
     let service = std::fs::read_to_string(dir.join("hello.service")).unwrap();
-    assert!(
-        service.contains("Type=notify\n") && service.contains(" reload -p "),
-        "{service}"
-    );
+    assert!(service.contains("Type=notify\n") && service.contains(" reload -p "), "{service}");
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .args(
-            [
-                "hello.service",
-                "hello-activated.socket",
-                "hello-activated.service",
-            ]
-            .map(|u| dir.join(u)),
-        )
+        .args(["hello.service", "hello-activated.socket", "hello-activated.service"].map(|u| dir.join(u)))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("hello"), "warnings about the units: {err}");
 }
@@ -367,34 +249,11 @@ fn shipped_logrotate_config_rotates_without_loss() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let (log, pid) = (dir.join("hello.log"), dir.join("hello.pid"));
-    let run = |args: &[&str]| {
-        Command::new(hello_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap()
-    };
-    let out = run(&[
-        "start",
-        "-l",
-        log.to_str().unwrap(),
-        "-p",
-        pid.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--delay",
-        "0",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let master: i32 = std::fs::read_to_string(&pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let run = |args: &[&str]| Command::new(hello_bin()).args(args).current_dir(dir.path()).output().unwrap();
+    let out =
+        run(&["start", "-l", log.to_str().unwrap(), "-p", pid.to_str().unwrap(), "--listen", &listen, "--delay", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let master: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
     let _guard = KillOnDrop(master);
     let addr = ([127, 0, 0, 1], port).into();
     for _ in 0..20 {
@@ -406,30 +265,15 @@ fn shipped_logrotate_config_rotates_without_loss() {
         .replace("/run/hello.pid", pid.to_str().unwrap())
         .replace("/usr/local/bin/hello", hello_bin().to_str().unwrap());
     std::fs::write(dir.join("conf"), conf).unwrap();
-    let out = Command::new("logrotate")
-        .args(["-f", "-s"])
-        .arg(dir.join("state"))
-        .arg(dir.join("conf"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("logrotate").args(["-f", "-s"]).arg(dir.join("state")).arg(dir.join("conf")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for _ in 0..10 {
         assert_eq!(get(addr, "/").unwrap().status, 200);
     }
-    let count = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .matches("\"GET / HTTP/1.1\" 200")
-            .count()
-    };
+    let count = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().matches("\"GET / HTTP/1.1\" 200").count();
     // delaycompress: the first rotation stays plain text.
-    wait_until(Duration::from_secs(10), "new lines in the new file", || {
-        count(&log) == 10
-    });
+    wait_until(Duration::from_secs(10), "new lines in the new file", || count(&log) == 10);
     assert_eq!(count(&dir.join("hello.log.1")), 20);
     assert!(run(&["stop", "-p", pid.to_str().unwrap()]).status.success());
 }

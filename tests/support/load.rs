@@ -49,6 +49,8 @@ pub struct Stats {
     /// a graceful HTTP/2 GOAWAY (NO_ERROR): per RFC 9113 6.8 such streams were not processed;
     /// the next request goes on a new connection. Never sent, so not lost.
     pub unsent_goaway: u64,
+    /// Requests hyper returned unwritten because the connection closed while they were queued.
+    pub unsent: u64,
     pub failures: Vec<String>,
     pub latencies: Vec<Duration>,
 }
@@ -61,11 +63,8 @@ impl Stats {
         self.closes += o.closes;
         self.idle_closed += o.idle_closed;
         self.unsent_goaway += o.unsent_goaway;
-        self.failures.extend(
-            o.failures
-                .into_iter()
-                .take(10usize.saturating_sub(self.failures.len())),
-        );
+        self.unsent += o.unsent;
+        self.failures.extend(o.failures.into_iter().take(10usize.saturating_sub(self.failures.len())));
         self.latencies.extend(o.latencies);
     }
 
@@ -123,10 +122,7 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
     let start = Instant::now();
     let mut sent = 0;
     let mut sender: Option<Sender> = None;
-    while !ctl.stop.load(Ordering::Relaxed)
-        && sent < cfg.max_requests_per_conn
-        && start.elapsed() < cfg.max_time
-    {
+    while !ctl.stop.load(Ordering::Relaxed) && sent < cfg.max_requests_per_conn && start.elapsed() < cfg.max_time {
         if sender.is_none() {
             let stopping = ctl.stopping.load(Ordering::SeqCst);
             let stream = match TcpStream::connect(cfg.addr).await {
@@ -145,30 +141,26 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
             let _ = stream.set_nodelay(true);
             let io = TokioIo::new(stream);
             sender = match cfg.mode {
-                Mode::KeepAlive | Mode::Fresh => {
-                    match hyper::client::conn::http1::handshake(io).await {
-                        Ok((s, conn)) => {
-                            tokio::spawn(conn);
-                            Some(Sender::H1(s))
-                        }
-                        Err(e) => {
-                            st.fail(format!("h1 handshake: {e}"));
-                            continue;
-                        }
+                Mode::KeepAlive | Mode::Fresh => match hyper::client::conn::http1::handshake(io).await {
+                    Ok((s, conn)) => {
+                        tokio::spawn(conn);
+                        Some(Sender::H1(s))
                     }
-                }
-                Mode::H2 => {
-                    match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
-                        Ok((s, conn)) => {
-                            tokio::spawn(conn);
-                            Some(Sender::H2(s))
-                        }
-                        Err(e) => {
-                            st.fail(format!("h2 handshake: {e}"));
-                            continue;
-                        }
+                    Err(e) => {
+                        st.fail(format!("h1 handshake: {e}"));
+                        continue;
                     }
-                }
+                },
+                Mode::H2 => match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
+                    Ok((s, conn)) => {
+                        tokio::spawn(conn);
+                        Some(Sender::H2(s))
+                    }
+                    Err(e) => {
+                        st.fail(format!("h2 handshake: {e}"));
+                        continue;
+                    }
+                },
             };
         }
         if !cfg.think.is_zero() {
@@ -197,27 +189,31 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
         let t0 = Instant::now();
         sent += 1;
         let resp = match sender.as_mut().unwrap() {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
         };
         let resp = match resp {
             Ok(r) => r,
-            Err(e) if graceful_goaway(&e) => {
+            // hyper hands the request back only when it never wrote it: the connection
+            // closed while it was queued. Nothing was lost.
+            Err(e) if e.message().is_some() => {
+                st.unsent += 1;
+                sender = None;
+                continue;
+            }
+            Err(e) if graceful_goaway(e.error()) => {
                 st.unsent_goaway += 1;
                 sender = None;
                 continue;
             }
             Err(e) => {
-                st.fail(format!("request: {e:?}"));
+                st.fail(format!("request: {:?}", e.error()));
                 sender = None;
                 continue;
             }
         };
         let status = resp.status();
-        let close = resp
-            .headers()
-            .get("connection")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let close = resp.headers().get("connection").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         match resp.into_body().collect().await.map(|b| b.to_bytes()) {
             Ok(b) if status == 200 && b == cfg.expect_body.as_bytes() => {
                 st.ok += 1;
@@ -240,7 +236,5 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
 fn graceful_goaway(e: &hyper::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|h| {
-            h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
-        })
+        .is_some_and(|h| h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR))
 }

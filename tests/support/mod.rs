@@ -31,21 +31,14 @@ pub fn hello_next_bin() -> PathBuf {
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again
 /// at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -81,11 +74,7 @@ impl Drop for TempDir {
 /// Whether `pid` is a live process (a zombie counts as gone: PID 1 here reaps slowly).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                != Some("Z")
-        }
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
     }
 }
@@ -113,9 +102,7 @@ pub fn children(pid: i32) -> Vec<i32> {
 
 /// Number of open fds of `pid`.
 pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
 pub fn signal(pid: i32, sig: Signal) {
@@ -158,23 +145,23 @@ impl Hello {
     pub fn launch(mut cmd: Command, port: u16) -> Hello {
         let dir = TempDir::new("hello");
         let log = dir.join("stderr.log");
-        let child = cmd
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        cmd.current_dir(dir.path()).stdin(Stdio::null());
+        // ETXTBSY: another test thread may have forked while holding a write fd of a freshly
+        // written binary; that copy lives until its exec. Retry briefly.
+        let mut tries = 0;
+        let child = loop {
+            cmd.stdout(std::fs::File::create(dir.join("stdout.log")).unwrap());
+            cmd.stderr(std::fs::File::create(&log).unwrap());
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let pid = child.id() as i32;
-        Hello {
-            child: Some(child),
-            pid,
-            port,
-            log,
-            dir,
-            extra_pids: Vec::new(),
-            seen: Default::default(),
-        }
+        Hello { child: Some(child), pid, port, log, dir, extra_pids: Vec::new(), seen: Default::default() }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -190,11 +177,7 @@ impl Hello {
                 }
             }
             assert!(alive(self.pid), "hello exited; log:\n{}", self.log_text());
-            assert!(
-                Instant::now() < deadline,
-                "hello not ready; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "hello not ready; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -212,11 +195,7 @@ impl Hello {
 
     /// The pid of the worker serving now.
     pub fn worker_pid(&self) -> i32 {
-        let p = get(self.addr(), "/pid")
-            .expect("GET /pid")
-            .body
-            .parse()
-            .unwrap();
+        let p = get(self.addr(), "/pid").expect("GET /pid").body.parse().unwrap();
         self.seen.borrow_mut().push(p);
         p
     }
@@ -228,19 +207,17 @@ impl Hello {
         signal(self.pid, Signal::SIGUSR2);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let now = get(self.addr(), "/pid")
-                .ok()
-                .and_then(|r| r.body.parse().ok())
-                .unwrap_or(0);
-            if now != 0 && !self.seen.borrow().contains(&now) {
+            let now = get(self.addr(), "/pid").ok().and_then(|r| r.body.parse().ok()).unwrap_or(0);
+            // A new worker answers a little before the master has taken its READY=1; the
+            // reload is over when the master says so (a USR2 before that is folded into it).
+            if now != 0
+                && !self.seen.borrow().contains(&now)
+                && self.log_text().contains(&format!("(pid {now}) ready in"))
+            {
                 self.seen.borrow_mut().push(now);
                 return now;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no new worker after USR2; log:\n{}",
-                self.log_tail(40)
-            );
+            assert!(Instant::now() < deadline, "no new worker after USR2; log:\n{}", self.log_tail(40));
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -253,11 +230,7 @@ impl Hello {
             if let Some(st) = child.try_wait().unwrap() {
                 return st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "hello did not exit within {timeout:?}; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "hello did not exit within {timeout:?}; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -292,10 +265,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -310,32 +280,39 @@ pub fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Resp> {
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
-    request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
+    request(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
 pub fn parse(buf: &[u8]) -> std::io::Result<Resp> {
     let text = String::from_utf8_lossy(buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    let headers = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect();
-    Ok(Resp {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
+    let headers =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
+    Ok(Resp { status, headers, body: body.to_owned() })
+}
+
+/// Puts `src`'s content at `dst` the way a deploy does: a new file next to it, renamed over it.
+/// The copy is written by a `cp` process, so this (multi-threaded) test process never holds a
+/// write fd on a file that will be executed (which a concurrent fork could inherit: ETXTBSY).
+pub fn install(src: &Path, dst: &Path) {
+    let tmp = dst.with_extension("new");
+    let st = Command::new("cp").arg(src).arg(&tmp).status().unwrap();
+    assert!(st.success(), "cp failed");
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+/// Installs a `#!/bin/sh` script with `body` at `dst` (see [`install`]).
+pub fn install_script(dst: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = dst.with_extension("src");
+    std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&staging, dst);
 }
