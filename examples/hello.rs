@@ -27,30 +27,35 @@ struct Args {
     fail_start: bool,
 }
 
-/// Serves the app (`pub` so that tests/support/hello_next.rs can reuse this file).
+/// Serves the app (`pub` so that tests/support/hello_next.rs and the bench can reuse this file).
 pub fn main() -> std::process::ExitCode {
     baton::App::new().default_listen("0.0.0.0:1234").try_serve(|args: Args| async move {
         if args.fail_start {
             return Err("cannot start: --fail-start was given");
         }
-        let delay = args.delay;
-        let app = Router::new()
-            .route(
-                "/",
-                get(move || async move {
-                    tokio::time::sleep(delay).await;
-                    "hello world!"
-                }),
-            )
-            .route("/pid", get(|| async { std::process::id().to_string() }))
-            .route("/version", get(|| async { version() }));
-        if !args.debug_routes {
-            return Ok(app);
-        }
-        Ok(app
-            .route("/panic", get(|| async { panic_route() }))
-            .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() })))
+        Ok(app(args.delay, args.debug_routes))
     })
+}
+
+/// The hello router: `GET /` waits `delay`, then answers `hello world!`.
+pub fn app(delay: Duration, debug_routes: bool) -> Router {
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                "hello world!"
+            }),
+        )
+        .route("/pid", get(|| async { std::process::id().to_string() }))
+        .route("/version", get(|| async { version() }));
+    if !debug_routes {
+        return app;
+    }
+    app.route("/panic", get(|| async { panic_route() }))
+        .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
 }
 
 fn panic_route() -> &'static str {

@@ -98,7 +98,7 @@ pub(crate) struct ServeOpts {
     /// Cut a request whose response has not started after this long (503); `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
-    /// Close an HTTP/1 connection whose request head has not arrived after this long.
+    /// Close an HTTP/1 connection whose request head has not arrived after this long; `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) header_timeout: Duration,
     /// Largest request head (request line + headers) in bytes; larger gets 431. Minimum 8192.

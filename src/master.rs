@@ -631,6 +631,7 @@ impl Master {
 
     fn flush_ack(&mut self) {
         if let Some(a) = self.ack.take() {
+            tracing::info!("{}", a.reply);
             for w in a.waiters {
                 w.reply(Reply::Ok(a.reply.clone()));
             }

@@ -97,7 +97,7 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_timeout)
+            .header_read_timeout(Some(cfg.header_timeout).filter(|d| !d.is_zero()))
             .max_buf_size(cfg.max_header_bytes);
         builder
             .http2()

@@ -208,11 +208,12 @@ impl Hello {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = get(self.addr(), "/pid").ok().and_then(|r| r.body.parse().ok()).unwrap_or(0);
-            // A new worker answers a little before the master has taken its READY=1; the
-            // reload is over when the master says so (a USR2 before that is folded into it).
+            // A new worker answers a little before the master has taken its READY=1, and the
+            // old one until it has closed its listeners; the reload is over when the master
+            // says so (a USR2 before that is folded into it).
             if now != 0
                 && !self.seen.borrow().contains(&now)
-                && self.log_text().contains(&format!("(pid {now}) ready in"))
+                && self.log_text().contains(&format!("(pid {now}) serving\n"))
             {
                 self.seen.borrow_mut().push(now);
                 return now;

@@ -1,0 +1,322 @@
+//! Benchmarks that print figures (timing never decides a test): run with
+//! `cargo run --release --example bench` (or `-- serve` / `-- reload` for one part).
+//!
+//! - serve: the hello router (`--delay 0`) through baton (master + worker, the real binary
+//!   path) and through plain `axum::serve`, the same keep-alive load on both, alternating
+//!   rounds; requests/s, p50/p99 and the ratio.
+//! - reload: the same load quiet, then with a reload every 0.5 s (requests, failures,
+//!   throughput, p50/p99/max side by side); reload latency (signal until the new worker
+//!   answers); master RSS and worker RSS under load.
+//!
+//! All traffic goes to 127.0.0.1; every load phase is bounded in time.
+
+#[allow(unreachable_pub, dead_code)] // reused: only `main` and `app` are called here
+mod hello;
+#[allow(unreachable_pub, dead_code)] // the tests' load client, reused
+#[path = "../tests/support/load.rs"]
+mod load;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const CONNS: usize = 64;
+
+fn main() -> ExitCode {
+    match std::env::var("BENCH_ROLE").as_deref() {
+        Ok("baton") => return hello::main(),
+        Ok("axum") => return serve_axum(),
+        _ => {}
+    }
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if what == "compare" {
+        // Ablation: plain axum against baton with the given flags, 6 s each, 4 rounds.
+        let extra: Vec<String> = std::env::args().skip(2).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (mut a, mut b, mut ca, mut cb) = (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..4 {
+            let s = Server::start("axum", &[]);
+            drive(&rt, &s, 1);
+            let r = drive(&rt, &s, 6);
+            line("plain axum::serve", &r);
+            a += r.rps();
+            ca += r.cpu_us;
+            drop(s);
+            let s = Server::start("baton", &extra);
+            drive(&rt, &s, 1);
+            let r = drive(&rt, &s, 6);
+            line(&format!("baton {}", extra.join(" ")), &r);
+            b += r.rps();
+            cb += r.cpu_us;
+        }
+        println!(" throughput ratio {:.3}, server CPU per request ratio {:.3}", b / a, cb / ca);
+        return ExitCode::SUCCESS;
+    }
+    if what == "all" || what == "serve" {
+        serve_bench(&rt);
+    }
+    if what == "all" || what == "reload" {
+        reload_bench(&rt);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime.
+fn serve_axum() -> ExitCode {
+    let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        axum::serve(l, hello::app(Duration::ZERO, false)).await.unwrap();
+    });
+    ExitCode::SUCCESS
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(role: &str, extra: &[&str]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir);
+        if role == "baton" {
+            cmd.args(["run", "--listen", &addr.to_string(), "--delay", "0"]).args(extra);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "{role} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server { child, addr, _dir: dir }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn cfg(addr: SocketAddr, secs: u64) -> load::Config {
+    load::Config {
+        addr,
+        conns: CONNS,
+        mode: load::Mode::KeepAlive,
+        path: "/",
+        expect_body: "hello world!",
+        max_requests_per_conn: u64::MAX,
+        max_time: Duration::from_secs(secs),
+        think: Duration::ZERO,
+    }
+}
+
+struct Run {
+    stats: load::Stats,
+    secs: f64,
+    /// Server CPU time (user + system, all its processes) per request, in microseconds.
+    cpu_us: f64,
+}
+
+/// CPU time (user + system) of `pid` and its children, in seconds.
+fn cpu_secs(pid: i32) -> f64 {
+    let ticks = |p: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                let f: Vec<u64> = s.rsplit_once(')')?.1.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                // After the state field: ppid(0) ... utime is field 14 overall, index 10 here.
+                Some(f.get(10)? + f.get(11)?)
+            })
+            .unwrap_or(0)
+    };
+    let mut total = ticks(pid);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            total += ticks(p);
+        }
+    }
+    total as f64 / 100.0
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.stats.ok as f64 / self.secs
+    }
+}
+
+fn drive(rt: &tokio::runtime::Runtime, server: &Server, secs: u64) -> Run {
+    let t0 = Instant::now();
+    let c0 = cpu_secs(server.pid());
+    let stats = rt.block_on(load::run(cfg(server.addr, secs), Arc::default()));
+    let cpu = cpu_secs(server.pid()) - c0;
+    let cpu_us = cpu * 1e6 / stats.ok.max(1) as f64;
+    Run { stats, secs: t0.elapsed().as_secs_f64(), cpu_us }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}us", d.as_secs_f64() * 1e6)
+}
+
+fn line(name: &str, r: &Run) {
+    println!(
+        "  {name:<28} {:>9.0} req/s  server CPU {:>5.1}us/req  p50 {:>7}  p99 {:>7}  max {:>8}  requests {:>8}  failed {}",
+        r.rps(),
+        r.cpu_us,
+        us(r.stats.quantile(0.5)),
+        us(r.stats.quantile(0.99)),
+        us(r.stats.quantile(1.0)),
+        r.stats.ok,
+        r.stats.failed
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn serve_bench(rt: &tokio::runtime::Runtime) {
+    const ROUNDS: usize = 5;
+    println!(
+        "serve: hello router, --delay 0, {CONNS} keep-alive connections, 5 s per run, {ROUNDS} alternating rounds"
+    );
+    println!(" (client and server share this machine's cores: compare within a round; the medians are the figures)");
+    let names = ["plain axum::serve", "baton (access log off)", "baton (default, access log)"];
+    let mut rps: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    for round in 1..=ROUNDS {
+        println!(" round {round}");
+        for (i, name) in names.iter().enumerate() {
+            let server = match i {
+                0 => Server::start("axum", &[]),
+                1 => Server::start("baton", &["--access-log", "off"]),
+                _ => Server::start("baton", &["-l", "access.log"]),
+            };
+            drive(rt, &server, 1); // warm-up
+            let r = drive(rt, &server, 5);
+            line(name, &r);
+            rps[i].push(r.rps());
+            cpu[i].push(r.cpu_us);
+        }
+    }
+    for i in 1..3 {
+        let tput: Vec<f64> = (0..ROUNDS).map(|r| rps[i][r] / rps[0][r]).collect();
+        let cost: Vec<f64> = (0..ROUNDS).map(|r| cpu[i][r] / cpu[0][r]).collect();
+        println!(
+            " {}: median throughput ratio vs plain axum {:.3} (rounds {:?}); median server CPU/request ratio {:.3}",
+            names[i],
+            median(tput.clone()),
+            tput.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            median(cost)
+        );
+    }
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn get_pid(addr: SocketAddr) -> Option<i32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /pid HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split("\r\n\r\n").nth(1)?.trim().parse().ok()
+}
+
+fn reload_bench(rt: &tokio::runtime::Runtime) {
+    let server = Server::start("baton", &["--access-log", "off"]);
+    let master = server.pid();
+    println!("reload: {CONNS} keep-alive connections, 15 s quiet, then 15 s with a reload every 0.5 s");
+    drive(rt, &server, 2);
+    let quiet = drive(rt, &server, 15);
+    line("quiet", &quiet);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    let reloader = std::thread::spawn(move || {
+        let mut n = 0;
+        while !stopper.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), nix::sys::signal::Signal::SIGUSR2);
+            n += 1;
+        }
+        n
+    });
+    let t0 = Instant::now();
+    let storm_stats = rt.block_on(load::run(cfg(server.addr, 15), Arc::default()));
+    let storm = Run { stats: storm_stats, secs: t0.elapsed().as_secs_f64(), cpu_us: f64::NAN };
+    stop.store(true, Ordering::Relaxed);
+    let reloads = reloader.join().unwrap();
+    line(&format!("storm ({reloads} reloads)"), &storm);
+    println!(
+        "  failed during storm: {} (requests never sent by the client library: {})",
+        storm.stats.failed,
+        storm.stats.unsent + storm.stats.unsent_goaway
+    );
+    println!(
+        "  p99 storm/quiet: {:.2}   throughput storm/quiet: {:.3}",
+        storm.stats.quantile(0.99).as_secs_f64() / quiet.stats.quantile(0.99).as_secs_f64(),
+        storm.rps() / quiet.rps()
+    );
+    // Worker RSS under load, master RSS.
+    let worker = get_pid(server.addr).unwrap_or(0);
+    let ctl = Arc::new(load::Control::default());
+    let bg = rt.spawn(load::run(cfg(server.addr, 5), ctl.clone()));
+    std::thread::sleep(Duration::from_secs(2));
+    let (m_rss, w_rss) = (rss_kib(master), rss_kib(worker));
+    ctl.stop.store(true, Ordering::SeqCst);
+    let _ = rt.block_on(bg);
+    println!("  RSS: master {m_rss} KiB, worker under load {w_rss} KiB");
+    // Reload latency: signal -> the new worker answers (idle server, 20 samples).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let before = get_pid(server.addr).unwrap();
+        let t = Instant::now();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), nix::sys::signal::Signal::SIGUSR2);
+        loop {
+            if let Some(p) = get_pid(server.addr) {
+                if p != before && p != master {
+                    break;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "reload did not happen");
+        }
+        lat.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lat.sort();
+    println!(
+        "  reload latency (USR2 until the new worker answers): median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        lat[lat.len() / 2].as_secs_f64() * 1e3,
+        lat[0].as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+}
