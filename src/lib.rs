@@ -267,6 +267,7 @@ impl App {
             drain_timeout: s.opts.drain_timeout,
             shutdown_delay: s.opts.shutdown_delay,
             idle_grace: self.idle_grace,
+            tcp_nodelay: s.opts.tcp_nodelay,
         };
         if let Some(role) = worker::WorkerRole::from_env()? {
             return worker::main(role, s.opts, http, s.app, factory);

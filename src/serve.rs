@@ -53,15 +53,19 @@ impl Listener {
 trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
+    /// Per-connection socket options (TCP_NODELAY).
+    fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
 }
 
 impl Acceptor for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
-        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| {
-            let _ = s.set_nodelay(true);
-            (s, Some(a))
-        })
+        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| (s, Some(a)))
+    }
+    fn prepare(io: &Self::Io, cfg: &crate::service::HttpConfig) {
+        if cfg.tcp_nodelay {
+            let _ = io.set_nodelay(true);
+        }
     }
 }
 
@@ -165,6 +169,7 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
             })
             .await
             {
+                L::prepare(&io, &ctx.shared.cfg);
                 tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
             }
             break;
@@ -172,6 +177,7 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
         match accepted {
             Ok((io, peer)) => {
                 backoff = Duration::ZERO;
+                L::prepare(&io, &ctx.shared.cfg);
                 tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
             }
             // The peer gave up before we accepted: nothing to do.

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -40,6 +39,7 @@ pub(crate) struct HttpConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) idle_grace: Duration,
+    pub(crate) tcp_nodelay: bool,
 }
 
 /// State shared by every connection of a worker.
@@ -353,8 +353,7 @@ impl Record {
                 AccessLog::Json => self.json(&mut line),
                 AccessLog::Off => return,
             }
-            // One write per line: lines of concurrent writers never interleave.
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            crate::log::access_line(line.as_bytes());
         });
     }
 

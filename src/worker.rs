@@ -102,6 +102,7 @@ pub(crate) fn main<A>(
     let result = rt.block_on(run(listeners, http, args, factory, notifier, log_path, generation, under_master));
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
+    log::flush_access_log();
     result
 }
 
@@ -204,6 +205,8 @@ fn now(sig: &str) -> ExitCode {
 
 fn reopen(path: Option<&std::path::Path>) {
     if let Some(p) = path {
+        // Lines logged before the rotation belong in the old file.
+        log::flush_access_log();
         match log::reopen(p) {
             Ok(()) => tracing::info!("reopened log file {}", p.display()),
             Err(e) => tracing::error!("cannot reopen log file {}: {e}", p.display()),
