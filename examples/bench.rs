@@ -116,16 +116,7 @@ impl Drop for Server {
 }
 
 fn cfg(addr: SocketAddr, secs: u64) -> load::Config {
-    load::Config {
-        addr,
-        conns: CONNS,
-        mode: load::Mode::KeepAlive,
-        path: "/",
-        expect_body: "hello world!",
-        max_requests_per_conn: u64::MAX,
-        max_time: Duration::from_secs(secs),
-        think: Duration::ZERO,
-    }
+    load::Config { max_time: Duration::from_secs(secs), ..load::Config::hello(addr, load::Mode::KeepAlive, CONNS) }
 }
 
 struct Run {

@@ -31,14 +31,14 @@ impl StatusPipe {
 
 /// Detaches. Returns only in the daemon; the launching process exits with the outcome.
 /// Must run before any thread exists (checked).
-pub(crate) fn daemonize(log: Option<&File>) -> Result<StatusPipe> {
+pub(crate) fn daemonize() -> Result<StatusPipe> {
     let fail = |what: &str, e: std::io::Error| Error::io(ErrorKind::Io, format!("cannot daemonize: {what}"), e);
     let (r, w): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipe", e.into()))?;
     match sys::fork_single_threaded().map_err(|e| fail("fork", e))? {
         Some(child) => {
             drop(w);
-            let code = launcher(File::from(r), child, log.is_some());
+            let code = launcher(File::from(r), child);
             std::process::exit(code);
         }
         None => drop(r),
@@ -56,7 +56,7 @@ pub(crate) fn daemonize(log: Option<&File>) -> Result<StatusPipe> {
 }
 
 /// The launching process: reaps the first child, waits for the daemon's word.
-fn launcher(mut pipe: File, child: libc::pid_t, _has_log: bool) -> i32 {
+fn launcher(mut pipe: File, child: libc::pid_t) -> i32 {
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
     let mut s = String::new();
     let _ = pipe.read_to_string(&mut s);

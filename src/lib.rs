@@ -30,6 +30,7 @@ mod cli;
 mod control;
 mod daemon;
 mod error;
+mod exe;
 mod listen;
 mod log;
 mod master;

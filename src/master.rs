@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,11 +19,14 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::cli::ServeOpts;
 use crate::control::{ControlServer, Reply, Request};
 use crate::error::{Error, ErrorKind, Result};
+use crate::exe::{BinaryId, binary_id, resolve_exe};
 use crate::listen::Bound;
 use crate::notify::{self, Notifier, NotifyServer};
 use crate::pidfile::PidFile;
 use crate::sys::WorkerExec;
 use crate::{daemon, listen, log, sys, worker};
+
+pub(crate) use crate::exe::lookup_user;
 
 pub(crate) use crate::control::{Control, control};
 
@@ -38,53 +40,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a reload's answer waits for the old workers to confirm they stopped accepting.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Resolves `--user`/`--group` to ids; an unknown name is a clear error.
-pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(Uid, Gid)> {
-    let u = nix::unistd::User::from_name(user)
-        .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up user {user:?}"), e.into()))?
-        .ok_or_else(|| Error::usage(format!("unknown user {user:?}")))?;
-    let gid = match group {
-        None => u.gid,
-        Some(g) => {
-            nix::unistd::Group::from_name(g)
-                .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up group {g:?}"), e.into()))?
-                .ok_or_else(|| Error::usage(format!("unknown group {g:?}")))?
-                .gid
-        }
-    };
-    Ok((u.uid, gid))
-}
-
-/// What identifies the binary on disk: a reload requested while a worker is starting is folded
-/// into that start unless the file changed since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BinaryId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-}
-
-fn binary_id(path: &std::path::Path) -> std::io::Result<BinaryId> {
-    let m = std::fs::metadata(path)?;
-    Ok(BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() })
-}
-
-/// The path to re-execute: resolved once at start. `argv[0]` when it names the running file by
-/// a path (so a symlink switched by a deploy is followed), else `/proc/self/exe`'s target.
-fn resolve_exe() -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| Error::io(ErrorKind::Io, "cannot find the running executable", e))?;
-    let arg0 = std::env::args_os().next().map(PathBuf::from);
-    if let Some(a) = arg0.filter(|a| a.as_os_str().as_bytes().contains(&b'/')) {
-        if let (Ok(abs), Ok(m1), Ok(m2)) = (std::path::absolute(&a), std::fs::metadata(&a), std::fs::metadata(&exe)) {
-            if m1.dev() == m2.dev() && m1.ino() == m2.ino() {
-                return Ok(abs);
-            }
-        }
-    }
-    Ok(exe)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -191,7 +146,7 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,
     };
-    let daemon_status = if start { Some(daemon::daemonize(log_file.as_ref())?) } else { None };
+    let daemon_status = if start { Some(daemon::daemonize()?) } else { None };
     if let Some(f) = &log_file {
         sys::redirect_stdout_stderr(f)
             .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output to the log file", e))?;

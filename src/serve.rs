@@ -220,7 +220,7 @@ where
         let _ = conn.await;
         return;
     }
-    let since = ctx.shared.drain_clock_ms();
+    let since = ctx.shared.now_ms();
     let grace = ctx.shared.cfg.idle_grace;
     let mut closing = false;
     loop {

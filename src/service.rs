@@ -58,7 +58,8 @@ impl Shared {
         Shared { cfg, draining: AtomicBool::new(false), unhealthy: AtomicBool::new(false), epoch: Instant::now() }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since this worker started serving: the clock of idle and drain times.
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 }
@@ -115,12 +116,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.last_active_ms.store(self.shared.now_ms(), Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Shared {
-    pub(crate) fn drain_clock_ms(&self) -> u64 {
-        self.now_ms()
     }
 }
 

@@ -206,16 +206,7 @@ fn log_rotation_loses_and_duplicates_nothing() {
     assert!(d.start(&["--delay", "0"]).status.success());
     let ctl = Arc::new(load::Control::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let cfg = load::Config {
-        addr: d.addr(),
-        conns: 8,
-        mode: load::Mode::KeepAlive,
-        path: "/",
-        expect_body: "hello world!",
-        max_requests_per_conn: 1_000_000,
-        max_time: Duration::from_secs(60),
-        think: Duration::ZERO,
-    };
+    let cfg = load::Config::hello(d.addr(), load::Mode::KeepAlive, 8);
     let run = rt.spawn(load::run(cfg, ctl.clone()));
     let lines = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().matches("\"GET / HTTP/1.1\" 200").count();
     let log = d.dir.join("x.log");

@@ -29,14 +29,9 @@ fn serves_http1_and_http2_and_pid_is_the_worker() {
 
     let stats = rt().block_on(load::run(
         load::Config {
-            addr: h.addr(),
-            conns: 2,
-            mode: load::Mode::H2,
-            path: "/",
-            expect_body: "hello world!",
             max_requests_per_conn: 20,
             max_time: Duration::from_secs(20),
-            think: Duration::ZERO,
+            ..load::Config::hello(h.addr(), load::Mode::H2, 2)
         },
         Arc::default(),
     ));
@@ -83,14 +78,9 @@ fn keepalive_load_across_term_loses_nothing() {
     let mut h = Hello::start(&hello_bin(), &["--delay", "0"]);
     let ctl = Arc::new(load::Control::default());
     let cfg = load::Config {
-        addr: h.addr(),
-        conns: 64,
-        mode: load::Mode::KeepAlive,
-        path: "/",
-        expect_body: "hello world!",
-        max_requests_per_conn: 1_000_000,
         max_time: Duration::from_secs(30),
         think: Duration::from_millis(5),
+        ..load::Config::hello(h.addr(), load::Mode::KeepAlive, 64)
     };
     let rt = rt();
     let run = rt.spawn(load::run(cfg, ctl.clone()));

@@ -19,14 +19,9 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn load_cfg(h: &Hello, mode: load::Mode, conns: usize) -> load::Config {
     load::Config {
-        addr: h.addr(),
-        conns,
-        mode,
-        path: "/",
-        expect_body: "hello world!",
-        max_requests_per_conn: 10_000_000,
         max_time: Duration::from_secs(120),
         think: Duration::from_millis(3),
+        ..load::Config::hello(h.addr(), mode, conns)
     }
 }
 

@@ -153,16 +153,8 @@ fn socket_activation_keeps_the_socket_across_reloads() {
     assert!(h.log_text().contains(&format!("listening on web=127.0.0.1:{port}")), "{}", h.log_text());
     let ctl = Arc::new(load::Control::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mk = |mode, conns| load::Config {
-        addr: h.addr(),
-        conns,
-        mode,
-        path: "/",
-        expect_body: "hello world!",
-        max_requests_per_conn: 10_000_000,
-        max_time: Duration::from_secs(60),
-        think: Duration::from_millis(2),
-    };
+    let mk =
+        |mode, conns| load::Config { think: Duration::from_millis(2), ..load::Config::hello(h.addr(), mode, conns) };
     let runs = [
         rt.spawn(load::run(mk(load::Mode::KeepAlive, 8), ctl.clone())),
         rt.spawn(load::run(mk(load::Mode::Fresh, 2), ctl.clone())),

@@ -35,6 +35,22 @@ pub struct Config {
     pub think: Duration,
 }
 
+impl Config {
+    /// `GET /` expecting hello's answer, at most 60 s, back-to-back requests.
+    pub fn hello(addr: SocketAddr, mode: Mode, conns: usize) -> Config {
+        Config {
+            addr,
+            conns,
+            mode,
+            path: "/",
+            expect_body: "hello world!",
+            max_requests_per_conn: u64::MAX,
+            max_time: Duration::from_secs(60),
+            think: Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub ok: u64,

@@ -1,0 +1,56 @@
+//! What the master re-executes, and as whom its workers run.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Uid};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Resolves `--user`/`--group` to ids; an unknown name is a clear error.
+pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(Uid, Gid)> {
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up user {user:?}"), e.into()))?
+        .ok_or_else(|| Error::usage(format!("unknown user {user:?}")))?;
+    let gid = match group {
+        None => u.gid,
+        Some(g) => {
+            nix::unistd::Group::from_name(g)
+                .map_err(|e| Error::io(ErrorKind::Usage, format!("cannot look up group {g:?}"), e.into()))?
+                .ok_or_else(|| Error::usage(format!("unknown group {g:?}")))?
+                .gid
+        }
+    };
+    Ok((u.uid, gid))
+}
+
+/// What identifies the binary on disk: a reload requested while a worker is starting is folded
+/// into that start unless the file changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BinaryId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+pub(crate) fn binary_id(path: &std::path::Path) -> std::io::Result<BinaryId> {
+    let m = std::fs::metadata(path)?;
+    Ok(BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() })
+}
+
+/// The path to re-execute: resolved once at start. `argv[0]` when it names the running file by
+/// a path (so a symlink switched by a deploy is followed), else `/proc/self/exe`'s target.
+pub(crate) fn resolve_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io(ErrorKind::Io, "cannot find the running executable", e))?;
+    let arg0 = std::env::args_os().next().map(PathBuf::from);
+    if let Some(a) = arg0.filter(|a| a.as_os_str().as_bytes().contains(&b'/')) {
+        if let (Ok(abs), Ok(m1), Ok(m2)) = (std::path::absolute(&a), std::fs::metadata(&a), std::fs::metadata(&exe)) {
+            if m1.dev() == m2.dev() && m1.ino() == m2.ino() {
+                return Ok(abs);
+            }
+        }
+    }
+    Ok(exe)
+}
