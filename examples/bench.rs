@@ -31,6 +31,13 @@ fn main() -> ExitCode {
         _ => {}
     }
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    // Client and server on different cores (when there are two and taskset exists): otherwise
+    // they steal from each other and throughput swings by a third between identical runs.
+    let pinned = pin_client();
+    println!(
+        "{}",
+        if pinned { "load client on CPU 1, servers on CPU 0" } else { "not pinned (needs 2 CPUs and taskset)" }
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     if what == "compare" {
         // Ablation: plain axum against baton with the given flags, 6 s each, 4 rounds.
@@ -75,6 +82,20 @@ fn serve_axum() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Pins this process (and the runtime threads it starts later) to CPU 1.
+fn pin_client() -> bool {
+    let ok = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success())
+        && {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(1).is_ok() && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok()
+        };
+    PINNED.store(ok, Ordering::Relaxed);
+    ok
+}
+
 struct Server {
     child: Child,
     addr: SocketAddr,
@@ -87,7 +108,14 @@ impl Server {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = if PINNED.load(Ordering::Relaxed) {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
         cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir);
         if role == "baton" {
             cmd.args(["run", "--listen", &addr.to_string(), "--delay", "0"]).args(extra);
@@ -102,6 +130,7 @@ impl Server {
         Server { child, addr, _dir: dir }
     }
 
+    /// taskset execs the server in place, so this is the server's (or master's) pid.
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }

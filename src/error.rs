@@ -73,7 +73,7 @@ impl std::error::Error for Error {
 }
 
 /// `io::Error`'s Display appends "(os error 98)"; operators want the plain reason.
-fn describe_io(e: &io::Error) -> String {
+pub(crate) fn describe_io(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
         None => e.to_string(),

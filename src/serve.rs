@@ -190,7 +190,7 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: back off (the connection stays queued in the
                 // kernel) instead of spinning on an error that persists.
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::error!("accept failed: {e}; retrying in {backoff:?}");
+                tracing::error!("accept failed: {}; retrying in {backoff:?}", crate::error::describe_io(&e));
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
                     _ = tokio::time::sleep(backoff) => {}

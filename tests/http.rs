@@ -187,3 +187,24 @@ fn bad_command_lines_name_the_bad_value() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 }
+
+#[test]
+#[ignore = "needs prlimit (Debian package util-linux)"]
+fn accept_errors_back_off_and_the_server_recovers() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--no-master"]);
+    // Lower the server's fd limit (prlimit, util-linux) so that accepting fails with EMFILE.
+    let st = std::process::Command::new("prlimit").args(["--pid", &h.pid.to_string(), "--nofile=48:48"]).status();
+    assert!(st.is_ok_and(|s| s.success()), "prlimit failed");
+    let hog: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(h.addr()).unwrap()).collect();
+    wait_until(Duration::from_secs(10), "EMFILE on accept", || {
+        h.log_text().contains("accept failed: too many open files")
+    });
+    assert!(support::alive(h.pid), "the server died on EMFILE");
+    drop(hog);
+    wait_until(Duration::from_secs(20), "the server to serve again", || {
+        get(h.addr(), "/").is_ok_and(|r| r.status == 200)
+    });
+    // Backing off (10 ms doubling to 1 s), not spinning: a spinning loop logs thousands of lines.
+    let retries = h.log_text().matches("accept failed").count();
+    assert!(retries < 50, "{retries} accept failures logged: spinning?");
+}
