@@ -208,3 +208,48 @@ fn accept_errors_back_off_and_the_server_recovers() {
     let retries = h.log_text().matches("accept failed").count();
     assert!(retries < 50, "{retries} accept failures logged: spinning?");
 }
+
+#[test]
+fn listens_on_ipv4_ipv6_and_unix_sockets() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = support::TempDir::new("listen");
+    let sock = dir.join("hello.sock");
+    // A socket file left by a dead server is replaced.
+    drop(UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let v6 = std::net::TcpListener::bind("[::1]:0").map(|l| l.local_addr().unwrap().port());
+    let mut args =
+        vec!["--delay".to_owned(), "0".to_owned(), "--listen".to_owned(), format!("unix:{}", sock.display())];
+    if let Ok(p) = v6 {
+        args.extend(["--listen".to_owned(), format!("v6=[::1]:{p}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut h = Hello::start(&hello_bin(), &args);
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let r = support::parse(&buf).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o660);
+    if let Ok(p) = v6 {
+        let r = get(std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, p)), "/").unwrap();
+        assert_eq!(r.body, "hello world!");
+        assert!(h.log_text().contains(&format!("v6=[::1]:{p}")), "{}", h.log_text());
+    }
+    // The access log names unix clients.
+    wait_until(Duration::from_secs(5), "the unix line in the access log", || h.log_text().contains("unix - - ["));
+    signal(h.pid, Signal::SIGTERM);
+    assert!(h.wait_exit(Duration::from_secs(30)).success());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+    // A file that is not a socket is never replaced.
+    std::fs::write(&sock, "precious").unwrap();
+    let out = std::process::Command::new(hello_bin())
+        .args(["run", "--listen", &format!("unix:{}", sock.display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("file exists"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
+}

@@ -243,3 +243,23 @@ fn after_reload_returns_only_the_new_worker_accepts() {
         }
     }
 }
+
+#[test]
+fn draining_generations_are_capped_and_further_reloads_wait() {
+    let h = Hello::start(&hello_bin(), &["--delay", "3s", "-p", "x.pid", "--max-draining", "1"]);
+    let addr = h.addr();
+    let first = h.worker_pid();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    std::thread::sleep(Duration::from_millis(200));
+    // Generation 1 drains (its request runs 3 s): the next reload must wait for it.
+    let (code, out) = ctl(&h, &["reload"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = ctl(&h, &["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(h.log_text().contains("reload deferred: 1 generations still draining"), "{}", h.log_tail(20));
+    assert!(!alive(first), "the queued reload started only after generation 1 finished draining");
+    let r = slow.join().unwrap().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    wait_one_worker(&h);
+    assert!(ctl(&h, &["status"]).1.contains("generation: 3"));
+}
