@@ -118,6 +118,8 @@ struct Master {
     started: Instant,
     last_reload: Option<LastReload>,
     ack: Option<PendingAck>,
+    /// Why the first start failed, for `start`'s launcher.
+    start_failure: Option<String>,
 }
 
 /// Runs `run`/`start` as the master; returns the process's exit code.
@@ -211,6 +213,7 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         started: Instant::now(),
         last_reload: None,
         ack: None,
+        start_failure: None,
     };
     let names: Vec<String> = m.listeners.iter().map(Bound::describe).collect();
     tracing::info!("master started (binary {}), listening on {}", m.exe.display(), names.join(", "));
@@ -556,9 +559,8 @@ impl Master {
         if !self.ever_ready {
             // Nothing ever served: the start itself failed.
             tracing::error!("start failed: {why}");
-            if let Some(s) = self.daemon_status.take() {
-                s.failed(&why);
-            }
+            // Told to the launcher in `finish`, once the pid file and the sockets are gone.
+            self.start_failure = Some(why);
             self.exit_code = 1;
             self.stop(Stopping::Fast);
             return;
@@ -773,15 +775,16 @@ impl Master {
         for mut l in self.listeners.drain(..) {
             l.remove_socket_file();
         }
-        if let Some(s) = self.daemon_status.take() {
-            s.failed("the master stopped before a worker was ready");
-        }
         if let Some(c) = self.control.take() {
             c.remove();
         }
         tracing::info!("master exiting with status {}", self.exit_code);
         if let Some(p) = self.pidfile.take() {
             p.remove();
+        }
+        // Last: `start` returns when it reads this, and then nothing of ours may be left.
+        if let Some(s) = self.daemon_status.take() {
+            s.failed(self.start_failure.as_deref().unwrap_or("the master stopped before a worker was ready"));
         }
     }
 }
