@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 #[derive(clap::Args, Debug)]
@@ -18,8 +19,8 @@ struct Args {
     /// How long `GET /` waits before answering.
     #[arg(long, default_value = "5s", value_parser = baton::parse_duration)]
     delay: Duration,
-    /// Also serve `/panic` (a handler that panics) and `POST /echo` (returns the body size),
-    /// for trying the production defaults.
+    /// Also serve `/panic` (a handler that panics), `POST /echo` (returns the body size) and
+    /// `/events` (server-sent ticks until shutdown), for trying the production defaults.
     #[arg(long)]
     debug_routes: bool,
     /// Fail in the app's start-up (to try failed starts and rollbacks).
@@ -56,6 +57,19 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
     }
     app.route("/panic", get(|| async { panic_route() }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+        .route("/events", get(events))
+}
+
+/// Server-sent events: a tick every 100 ms until the worker drains, then `bye` and the end.
+async fn events(shutdown: baton::Shutdown) -> axum::response::Response {
+    let ticks = futures_util::stream::unfold((0u32, Some(shutdown)), |(n, shutdown)| async move {
+        let shutdown = shutdown?;
+        tokio::select! {
+            _ = shutdown.wait() => Some((Ok::<_, std::convert::Infallible>("data: bye\n\n".to_owned()), (n, None))),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => Some((Ok(format!("data: tick {n}\n\n")), (n + 1, Some(shutdown)))),
+        }
+    });
+    ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], axum::body::Body::from_stream(ticks)).into_response()
 }
 
 fn panic_route() -> &'static str {

@@ -253,3 +253,25 @@ fn listens_on_ipv4_ipv6_and_unix_sockets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("file exists"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
 }
+
+#[test]
+fn long_lived_streams_see_the_shutdown_and_end_cleanly() {
+    let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes"]);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("data: tick 1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    signal(h.pid, Signal::SIGTERM);
+    s.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("data: bye\n\n"), "the handler saw the drain: {text}");
+    assert!(text.ends_with("0\r\n\r\n"), "the chunked body ended properly: {text:?}");
+    assert!(h.wait_exit(Duration::from_secs(30)).success());
+    assert!(h.log_text().contains("drained in"), "drained, not cut at the deadline:\n{}", h.log_text());
+}
