@@ -222,7 +222,8 @@ fn serve_bench(rt: &tokio::runtime::Runtime) {
     println!(
         "serve: hello router, --delay 0, {CONNS} keep-alive connections, 5 s per run, {ROUNDS} alternating rounds"
     );
-    println!(" (client and server share this machine's cores: compare within a round; the medians are the figures)");
+    println!(" (compare within a round; the medians are the figures. Server CPU per request is the framework's cost;");
+    println!("  throughput is often bound by the load client and varies by up to a third between identical rounds)");
     let names = ["plain axum::serve", "baton (access log off)", "baton (default, access log)"];
     let mut rps: [Vec<f64>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
