@@ -26,8 +26,6 @@ pub(crate) enum Control {
     ReopenLogs,
 }
 
-pub(crate) type Request = Control;
-
 impl Control {
     fn word(self) -> &'static str {
         match self {
@@ -109,7 +107,7 @@ impl ControlServer {
     }
 
     /// Accepts new clients and returns the complete requests.
-    pub(crate) fn poll_requests(&mut self) -> Vec<(Request, Waiter)> {
+    pub(crate) fn poll_requests(&mut self) -> Vec<(Control, Waiter)> {
         while let Ok((stream, _)) = self.listener.accept() {
             if stream.set_nonblocking(true).is_ok() {
                 self.pending.push(Pending { stream, buf: Vec::new(), since: Instant::now() });

@@ -226,10 +226,10 @@ impl App {
         let result = match cli.command {
             cli::Command::Run(s) => self.serve_command(&name, s, false, factory),
             cli::Command::Start(s) => self.serve_command(&name, s, true, factory),
-            cli::Command::Stop(c) => master::control(&name, master::Control::Stop, c),
-            cli::Command::Reload(c) => master::control(&name, master::Control::Reload, c),
-            cli::Command::Status(c) => master::control(&name, master::Control::Status, c),
-            cli::Command::ReopenLogs(c) => master::control(&name, master::Control::ReopenLogs, c),
+            cli::Command::Stop(c) => control::control(&name, control::Control::Stop, c),
+            cli::Command::Reload(c) => control::control(&name, control::Control::Reload, c),
+            cli::Command::Status(c) => control::control(&name, control::Control::Status, c),
+            cli::Command::ReopenLogs(c) => control::control(&name, control::Control::ReopenLogs, c),
         };
         match result {
             Ok(code) => code,

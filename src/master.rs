@@ -17,7 +17,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::cli::ServeOpts;
-use crate::control::{ControlServer, Reply, Request};
+use crate::control::{Control, ControlServer, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::exe::{BinaryId, binary_id, resolve_exe};
 use crate::listen::Bound;
@@ -27,8 +27,6 @@ use crate::sys::WorkerExec;
 use crate::{daemon, listen, log, sys, worker};
 
 pub(crate) use crate::exe::lookup_user;
-
-pub(crate) use crate::control::{Control, control};
 
 /// A draining worker still alive this long after its drain timeout is killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -81,6 +79,16 @@ struct PendingAck {
 enum Stopping {
     Graceful,
     Fast,
+}
+
+impl Stopping {
+    /// What workers are sent: TERM drains, QUIT stops at once.
+    fn signal(self) -> Signal {
+        match self {
+            Stopping::Graceful => Signal::SIGTERM,
+            Stopping::Fast => Signal::SIGQUIT,
+        }
+    }
 }
 
 /// The outcome of the last reload, for `status`.
@@ -322,7 +330,7 @@ impl Master {
                 continue;
             };
             if let Some(s) = notify::field(&msg, "STATUS") {
-                if s == "draining" {
+                if s == notify::STATUS_DRAINING {
                     w.accepting = false;
                 } else {
                     w.status = Some(s.to_owned());
@@ -341,16 +349,16 @@ impl Master {
         };
         for (req, waiter) in ctl.poll_requests() {
             match req {
-                Request::Reload => self.reload(Some(waiter)),
-                Request::Stop => {
+                Control::Reload => self.reload(Some(waiter)),
+                Control::Stop => {
                     waiter.reply(Reply::Ok("stopping".into()));
                     self.stop(Stopping::Graceful);
                 }
-                Request::ReopenLogs => {
+                Control::ReopenLogs => {
                     self.reopen_logs();
                     waiter.reply(Reply::Ok("reopened".into()));
                 }
-                Request::Status => {
+                Control::Status => {
                     let s = self.status_text();
                     waiter.reply(Reply::Ok(s));
                 }
@@ -507,8 +515,7 @@ impl Master {
         };
         if let Some(how) = self.stopping {
             // Started just before the shutdown: it was told to stop; make sure it heard.
-            let sig = if how == Stopping::Fast { Signal::SIGQUIT } else { Signal::SIGTERM };
-            let _ = kill(pid, sig);
+            let _ = kill(pid, how.signal());
             self.workers[idx].state = State::Draining { kill_at: drain_deadline };
             return;
         }
@@ -729,13 +736,13 @@ impl Master {
             (Some(Stopping::Fast), _) => return,
             (Some(Stopping::Graceful), Stopping::Fast) => {}
         }
-        let fast = self.stopping.is_some() || how == Stopping::Fast;
-        let sig = if fast { Signal::SIGQUIT } else { Signal::SIGTERM };
+        // A second request of either kind means now.
+        let now_how = if self.stopping.is_some() { Stopping::Fast } else { how };
         for w in &self.workers {
-            let _ = kill(w.pid, sig);
+            let _ = kill(w.pid, now_how.signal());
         }
-        self.stopping = Some(if fast { Stopping::Fast } else { Stopping::Graceful });
-        let grace = if fast { FAST_GRACE } else { self.opts.drain_timeout + KILL_GRACE };
+        self.stopping = Some(now_how);
+        let grace = if now_how == Stopping::Fast { FAST_GRACE } else { self.opts.drain_timeout + KILL_GRACE };
         self.force_at = Some(Instant::now() + grace);
     }
 

@@ -102,6 +102,10 @@ impl NotifyServer {
     }
 }
 
+/// The `STATUS=` a worker sends once its listeners are closed: the master then knows a
+/// replaced generation takes no new connection (baton's own word; systemd just shows it).
+pub(crate) const STATUS_DRAINING: &str = "draining";
+
 /// Finds `KEY=value` in a notify message (newline-separated assignments).
 pub(crate) fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))

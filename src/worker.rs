@@ -184,7 +184,7 @@ async fn run<A>(
     }
     server.stop_accepting().await;
     // Tells the master this process takes no new connection: a reload is complete.
-    notify("STATUS=draining");
+    notify(&format!("STATUS={}", crate::notify::STATUS_DRAINING));
     let timeout = shared.cfg.drain_timeout;
     tracing::info!("draining (at most {timeout:?})");
     let started = std::time::Instant::now();
