@@ -187,12 +187,14 @@ pub(crate) fn control(name: &str, cmd: Control, args: ControlArgs) -> Result<Exi
         }
     };
     let deadline = Instant::now() + args.timeout;
+    // Taken before asking, so that "gone" means this very process exited.
+    let exited = Exited::watch(pid);
     let reply = match ask(&pidfile::control_path(&pid_path), cmd, args.timeout) {
         Ok(r) => r,
         Err(e) => {
             // No control socket (or it does not answer): plain signals still work.
             eprintln!("{name}: control socket unavailable ({e}); using signals");
-            return signal_fallback(cmd, pid, &pid_path, deadline);
+            return signal_fallback(cmd, pid, exited, deadline);
         }
     };
     match reply {
@@ -202,7 +204,7 @@ pub(crate) fn control(name: &str, cmd: Control, args: ControlArgs) -> Result<Exi
         )),
         Reply::Ok(t) => {
             if cmd == Control::Stop {
-                wait_gone(&pid_path, pid, deadline)?;
+                exited.wait(deadline)?;
                 println!("stopped (pid {pid})");
             } else {
                 println!("{}", t.trim_end());
@@ -229,7 +231,7 @@ fn ask(path: &Path, cmd: Control, timeout: Duration) -> io::Result<Reply> {
     }
 }
 
-fn signal_fallback(cmd: Control, pid: i32, pid_path: &Path, deadline: Instant) -> Result<ExitCode> {
+fn signal_fallback(cmd: Control, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
     let send = |sig| {
         kill(Pid::from_raw(pid), sig)
             .map_err(|e| Error::io(ErrorKind::Io, format!("cannot signal pid {pid}"), e.into()))
@@ -237,7 +239,7 @@ fn signal_fallback(cmd: Control, pid: i32, pid_path: &Path, deadline: Instant) -
     match cmd {
         Control::Stop => {
             send(Signal::SIGTERM)?;
-            wait_gone(pid_path, pid, deadline)?;
+            exited.wait(deadline)?;
             println!("stopped (pid {pid})");
         }
         Control::Reload => {
@@ -253,16 +255,51 @@ fn signal_fallback(cmd: Control, pid: i32, pid_path: &Path, deadline: Instant) -
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits until the pid file's lock is released (the master's fds close at exit, zombie or not).
-fn wait_gone(pid_path: &Path, pid: i32, deadline: Instant) -> Result<()> {
-    loop {
-        match pidfile::probe(pid_path) {
-            Ok(Probe::Running(_)) | Err(_) => {}
-            Ok(Probe::Missing | Probe::Stale(_)) => return Ok(()),
+/// Waits for the master to exit: `stop` returns only once the process is gone (its pid file
+/// disappears a moment earlier, while it still finishes its log).
+struct Exited {
+    pid: i32,
+    /// `None` on kernels without `pidfd_open` (before 5.3): then `/proc` is polled.
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Exited {
+    fn watch(pid: i32) -> Exited {
+        Exited { pid, pidfd: crate::sys::pidfd_open(pid).ok() }
+    }
+
+    fn wait(&self, deadline: Instant) -> Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let gone = match &self.pidfd {
+                Some(fd) => {
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(PollTimeout::MAX);
+                    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+                }
+                None => {
+                    std::thread::sleep(left.min(Duration::from_millis(20)));
+                    !process_alive(self.pid)
+                }
+            };
+            if gone {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("pid {} still running after the timeout", self.pid),
+                ));
+            }
         }
-        if Instant::now() >= deadline {
-            return Err(Error::new(ErrorKind::Timeout, format!("pid {pid} still running after the timeout")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie (a daemon's zombie waits for PID 1 to reap it).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
     }
 }

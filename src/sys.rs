@@ -44,6 +44,19 @@ pub(crate) fn adopt_fd(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// A descriptor that becomes readable when process `pid` has exited (Linux 5.3+ `pidfd_open`).
+/// Unlike polling `kill(pid, 0)` it cannot be fooled by a zombie or by a reused pid.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1; no memory is
+    // passed to the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Points fds 1 and 2 at `file` (a log file opened with O_APPEND): every writer follows at once.
 pub(crate) fn redirect_stdout_stderr(file: &File) -> io::Result<()> {
     for target in [1, 2] {
