@@ -180,6 +180,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     let req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
                     let method = req.method().clone();
                     let path = req.uri().path().to_owned();
+                    // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
+                    // has begun, which the access log (written at the end) cannot.
+                    tracing::debug!("request started: {method} {path}");
                     let fut = CatchPanic { inner: Box::pin(app.oneshot(req)), enabled: cfg.catch_panic };
                     let outcome = match cfg.request_timeout {
                         Some(t) => tokio::time::timeout(t, fut).await.ok(),

@@ -33,11 +33,21 @@ impl Daemon {
         Command::new(hello_bin()).args(args).current_dir(self.dir.path()).output().unwrap()
     }
 
-    fn start(&self, extra: &[&str]) -> Output {
+    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `RUST_LOG` if given.
+    fn start_with(&self, extra: &[&str], rust_log: Option<&str>) -> Output {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
         args.extend_from_slice(extra);
-        self.hello(&args)
+        let mut cmd = Command::new(hello_bin());
+        cmd.args(&args).current_dir(self.dir.path());
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn start(&self, extra: &[&str]) -> Output {
+        self.start_with(extra, None)
     }
 
     fn pid(&self) -> i32 {
@@ -270,13 +280,13 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
 #[test]
 fn the_original_scenario() {
     let d = Daemon::new("original");
-    let out = d.start(&[]); // --delay defaults to 5s, as in the Go demo
+    let out = d.start_with(&[], Some(support::TRACE_REQUESTS)); // --delay defaults to 5s, as in the Go demo
     assert!(out.status.success(), "{}", text(&out));
     let master = d.pid();
     let first: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
     let addr = d.addr();
     let slow = std::thread::spawn(move || get(addr, "/"));
-    std::thread::sleep(Duration::from_millis(200));
+    support::wait_request_started(&d.dir.join("x.log"), "/");
     signal(master, Signal::SIGUSR2);
     wait_until(Duration::from_secs(20), "the new worker", || {
         get(addr, "/pid").is_ok_and(|r| r.body.parse::<i32>().is_ok_and(|p| p != first && alive(p) && p != master))

@@ -56,12 +56,10 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
         if no_master {
             args.push("--no-master");
         }
-        let mut h = Hello::start(&hello_bin(), &args);
+        let mut h = Hello::start_traced(&hello_bin(), &args);
         let addr = h.addr();
         let slow = std::thread::spawn(move || get(addr, "/"));
-        // The slow request is on its way once another request has been answered after it.
-        wait_until(Duration::from_secs(10), "the server answering", || get(addr, "/pid").is_ok());
-        std::thread::sleep(Duration::from_millis(100));
+        support::wait_request_started(&h.log, "/");
         signal(h.pid, Signal::SIGTERM);
         // The listener closes at once: new connections are refused while the slow one finishes.
         wait_until(Duration::from_secs(10), "the listener to close", || TcpStream::connect(addr).is_err());

@@ -72,11 +72,11 @@ fn reload_storm_under_load_loses_nothing() {
 
 #[test]
 fn slow_request_survives_several_reloads() {
-    let h = Hello::start(&hello_bin(), &["--delay", "5s"]);
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "5s"]);
     let addr = h.addr();
     let first = h.worker_pid();
     let slow = std::thread::spawn(move || get(addr, "/"));
-    std::thread::sleep(Duration::from_millis(100));
+    support::wait_request_started(&h.log, "/");
     for _ in 0..3 {
         h.reload_and_wait();
     }
@@ -246,11 +246,11 @@ fn after_reload_returns_only_the_new_worker_accepts() {
 
 #[test]
 fn draining_generations_are_capped_and_further_reloads_wait() {
-    let h = Hello::start(&hello_bin(), &["--delay", "3s", "-p", "x.pid", "--max-draining", "1"]);
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "3s", "-p", "x.pid", "--max-draining", "1"]);
     let addr = h.addr();
     let first = h.worker_pid();
     let slow = std::thread::spawn(move || get(addr, "/"));
-    std::thread::sleep(Duration::from_millis(200));
+    support::wait_request_started(&h.log, "/");
     // Generation 1 drains (its request runs 3 s): the next reload must wait for it.
     let (code, out) = ctl(&h, &["reload"]);
     assert_eq!(code, 0, "{out}");

@@ -132,13 +132,28 @@ impl Hello {
 
     /// Starts without waiting.
     pub fn spawn(bin: &Path, args: &[&str]) -> Hello {
+        let (cmd, port) = Hello::command(bin, args);
+        Hello::launch(cmd, port)
+    }
+
+    /// Like [`Hello::start`], with workers logging "request started: METHOD PATH" (see
+    /// [`wait_request_started`]).
+    pub fn start_traced(bin: &Path, args: &[&str]) -> Hello {
+        let (mut cmd, port) = Hello::command(bin, args);
+        cmd.env("RUST_LOG", TRACE_REQUESTS);
+        let h = Hello::launch(cmd, port);
+        h.wait_ready();
+        h
+    }
+
+    fn command(bin: &Path, args: &[&str]) -> (Command, u16) {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec!["run", "--listen", &listen];
         all.extend_from_slice(args);
         let mut cmd = Command::new(bin);
         cmd.args(&all);
-        Hello::launch(cmd, port)
+        (cmd, port)
     }
 
     /// Runs `cmd` (which must serve on 127.0.0.1:`port`) in a fresh directory, stdio to files.
@@ -254,6 +269,18 @@ impl Drop for Hello {
             let _ = c.wait();
         }
     }
+}
+
+/// `RUST_LOG` under which workers log each request as it begins.
+pub const TRACE_REQUESTS: &str = "info,baton=debug";
+
+/// Waits until the log at `log` says a handler began `GET <path>` (needs [`TRACE_REQUESTS`]):
+/// the synchronisation point for "the slow request is in flight".
+pub fn wait_request_started(log: &Path, path: &str) {
+    let line = format!("request started: GET {path}");
+    wait_until(Duration::from_secs(20), &line, || {
+        std::fs::read_to_string(log).unwrap_or_default().lines().any(|l| l.ends_with(&line))
+    });
 }
 
 /// A parsed HTTP/1.1 response.
