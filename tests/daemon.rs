@@ -5,77 +5,12 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{TempDir, alive, children, free_port, get, hello_bin, load, signal, wait_until};
-
-/// A daemon started by a test: killed (master and workers, by pid) on drop.
-struct Daemon {
-    dir: TempDir,
-    port: u16,
-}
-
-impl Daemon {
-    fn new(tag: &str) -> Daemon {
-        Daemon { dir: TempDir::new(tag), port: free_port() }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    /// Runs `hello <args>` in the test directory.
-    fn hello(&self, args: &[&str]) -> Output {
-        Command::new(hello_bin()).args(args).current_dir(self.dir.path()).output().unwrap()
-    }
-
-    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `RUST_LOG` if given.
-    fn start_with(&self, extra: &[&str], rust_log: Option<&str>) -> Output {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
-        args.extend_from_slice(extra);
-        let mut cmd = Command::new(hello_bin());
-        cmd.args(&args).current_dir(self.dir.path());
-        if let Some(v) = rust_log {
-            cmd.env("RUST_LOG", v);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn start(&self, extra: &[&str]) -> Output {
-        self.start_with(extra, None)
-    }
-
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("x.pid")).unwrap().trim().parse().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("x.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(s) = std::fs::read_to_string(self.dir.join("x.pid")) {
-            if let Ok(pid) = s.trim().parse::<i32>() {
-                let kids = children(pid);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                for k in kids {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(k), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use support::{Daemon, alive, children, free_port, get, load, signal, text, wait_until};
 
 fn stat_fields(pid: i32) -> Vec<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -8,7 +8,7 @@ pub mod load;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -343,4 +343,69 @@ pub fn install_script(dst: &Path, body: &str) {
     std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
     install(&staging, dst);
+}
+
+/// A daemon started by a test: killed (master and workers, by pid) on drop.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub port: u16,
+}
+
+impl Daemon {
+    pub fn new(tag: &str) -> Daemon {
+        Daemon { dir: TempDir::new(tag), port: free_port() }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Runs `hello <args>` in the test directory.
+    pub fn hello(&self, args: &[&str]) -> Output {
+        Command::new(hello_bin()).args(args).current_dir(self.dir.path()).output().unwrap()
+    }
+
+    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `RUST_LOG` if given.
+    pub fn start_with(&self, extra: &[&str], rust_log: Option<&str>) -> Output {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(hello_bin());
+        cmd.args(&args).current_dir(self.dir.path());
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd.output().unwrap()
+    }
+
+    pub fn start(&self, extra: &[&str]) -> Output {
+        self.start_with(extra, None)
+    }
+
+    pub fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.join("x.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("x.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(s) = std::fs::read_to_string(self.dir.join("x.pid")) {
+            if let Ok(pid) = s.trim().parse::<i32>() {
+                let kids = children(pid);
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                for k in kids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(k), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
