@@ -112,6 +112,15 @@ pub(crate) struct ServeOpts {
     /// machine it cost about 7% throughput on small keep-alive responses (see the bench).
     #[arg(long)]
     pub(crate) tcp_nodelay: bool,
+    /// Serve TLS on every TCP listener with this PEM certificate chain (leaf first); needs
+    /// `--tls-key`. ALPN offers `h2` and `http/1.1`. Unix sockets stay plain. Read by each new
+    /// worker, so a reload picks up a renewed certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1). Read before workers drop
+    /// privileges, so it may be readable by root only.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Health route answering 200, and 503 once shutting down (e.g. `/healthz`). Off by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) health_path: Option<String>,

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     NotRunning,
     /// A worker failed to start or to become ready.
     Worker,
+    /// The TLS certificate or key cannot be used.
+    Tls,
     /// Something did not happen within its time limit.
     Timeout,
     /// Any other operating-system error (files, sockets, processes).

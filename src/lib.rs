@@ -40,6 +40,7 @@ mod serve;
 mod service;
 mod shutdown;
 mod sys;
+mod tls;
 mod worker;
 
 use std::convert::Infallible;
@@ -269,6 +270,7 @@ impl App {
             shutdown_delay: s.opts.shutdown_delay,
             idle_grace: self.idle_grace,
             tcp_nodelay: s.opts.tcp_nodelay,
+            tls: None,
         };
         if let Some(role) = worker::WorkerRole::from_env()? {
             return worker::main(role, s.opts, http, s.app, factory);

@@ -143,6 +143,8 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
     }
     let pid_path = opts.pid.as_ref().map(|p| abs(p, "pid file")).transpose()?;
     let log_path = opts.log.as_ref().map(|p| abs(p, "log file")).transpose()?;
+    opts.tls_cert = opts.tls_cert.as_ref().map(|p| abs(p, "TLS certificate")).transpose()?;
+    opts.tls_key = opts.tls_key.as_ref().map(|p| abs(p, "TLS key")).transpose()?;
     let log_owner = opts.user.as_deref().map(|u| lookup_user(u, opts.group.as_deref())).transpose()?;
     let exe = resolve_exe()?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
@@ -188,7 +190,16 @@ pub(crate) fn main(name: &str, mut opts: ServeOpts, start: bool) -> Result<ExitC
         .map_err(|e| Error::io(ErrorKind::Io, "signalfd", e.into()))?;
     let notify = NotifyServer::bind().map_err(|e| Error::io(ErrorKind::Io, "cannot bind the notify socket", e))?;
 
-    let skip = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", worker::ENV_WORKER, worker::ENV_LOG];
+    let skip = [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        worker::ENV_WORKER,
+        worker::ENV_LOG,
+        worker::ENV_TLS_CERT,
+        worker::ENV_TLS_KEY,
+    ];
     let env = std::env::vars_os()
         .filter(|(k, _)| !skip.iter().any(|s| k == s))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -432,6 +443,10 @@ impl Master {
         env.push((worker::ENV_WORKER.as_bytes().to_vec(), format!("{}:{generation}", std::process::id()).into_bytes()));
         if let Some(p) = &self.log_path {
             env.push((worker::ENV_LOG.as_bytes().to_vec(), p.as_os_str().as_bytes().to_vec()));
+        }
+        if let (Some(cert), Some(key)) = (&self.opts.tls_cert, &self.opts.tls_key) {
+            env.push((worker::ENV_TLS_CERT.as_bytes().to_vec(), cert.as_os_str().as_bytes().to_vec()));
+            env.push((worker::ENV_TLS_KEY.as_bytes().to_vec(), key.as_os_str().as_bytes().to_vec()));
         }
         let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let argv: Vec<&std::ffi::OsStr> = self.argv.iter().map(|a| a.as_os_str()).collect();

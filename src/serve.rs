@@ -53,12 +53,15 @@ impl Listener {
 trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
+    /// Whether `--tls-cert` applies (TCP; unix sockets stay plain).
+    const TLS: bool;
     /// Per-connection socket options (TCP_NODELAY).
     fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
 }
 
 impl Acceptor for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
+    const TLS: bool = true;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| (s, Some(a)))
     }
@@ -71,6 +74,7 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Acceptor for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
+    const TLS: bool = false;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
     }
@@ -88,6 +92,7 @@ pub(crate) struct Server {
 
 struct Ctx {
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: AppService,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
@@ -110,7 +115,8 @@ impl Server {
         let (stop_accept, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
-        let ctx = Arc::new(Ctx { builder, app, shared: shared.clone(), drain: drain_rx });
+        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let ctx = Arc::new(Ctx { builder, tls, app, shared: shared.clone(), drain: drain_rx });
         let accept_tasks = listeners
             .into_iter()
             .map(|l| {
@@ -169,16 +175,14 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
             })
             .await
             {
-                L::prepare(&io, &ctx.shared.cfg);
-                tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
+                spawn_conn::<L>(io, peer, &ctx, &alive);
             }
             break;
         };
         match accepted {
             Ok((io, peer)) => {
                 backoff = Duration::ZERO;
-                L::prepare(&io, &ctx.shared.cfg);
-                tokio::spawn(serve_conn(io, peer, ctx.clone(), alive.clone()));
+                spawn_conn::<L>(io, peer, &ctx, &alive);
             }
             // The peer gave up before we accepted: nothing to do.
             Err(e)
@@ -199,6 +203,27 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
         }
     }
     // Dropping `l` here closes this process's copy of the listening socket.
+}
+
+/// One task per connection; a TLS handshake first where it applies. The handshake shares
+/// the header-read timeout: a client that connects and says nothing is cut either way.
+fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
+    L::prepare(&io, &ctx.shared.cfg);
+    let (ctx, alive) = (ctx.clone(), alive.clone());
+    let Some(acceptor) = ctx.tls.clone().filter(|_| L::TLS) else {
+        tokio::spawn(serve_conn(io, peer, ctx, alive));
+        return;
+    };
+    tokio::spawn(async move {
+        let limit = Some(ctx.shared.cfg.header_timeout).filter(|d| !d.is_zero()).unwrap_or(Duration::MAX);
+        let who = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+        match tokio::time::timeout(limit, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => serve_conn(tls, peer, ctx, alive).await,
+            // Scanners and plain-HTTP clients: not worth more than a debug line each.
+            Ok(Err(e)) => tracing::debug!("TLS handshake with {who} failed: {e}"),
+            Err(_) => tracing::debug!("TLS handshake with {who} timed out after {limit:?}"),
+        }
+    });
 }
 
 async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)

@@ -40,6 +40,8 @@ pub(crate) struct HttpConfig {
     pub(crate) shutdown_delay: Duration,
     pub(crate) idle_grace: Duration,
     pub(crate) tcp_nodelay: bool,
+    /// TLS for TCP listeners (loaded by the worker).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// State shared by every connection of a worker.

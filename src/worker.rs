@@ -2,6 +2,7 @@
 //! fds 3.. with `LISTEN_FDS`, readiness sent to the master's `NOTIFY_SOCKET`), or alone with
 //! `--no-master` (binds itself, or adopts systemd's sockets).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +19,15 @@ use crate::{Factory, listen, log, sys};
 /// Environment variables the master sets for its workers.
 pub(crate) const ENV_WORKER: &str = "BATON_WORKER";
 pub(crate) const ENV_LOG: &str = "BATON_LOG";
+/// `--tls-cert` and `--tls-key` made absolute by the master (a daemon's workers run in `/`).
+pub(crate) const ENV_TLS_CERT: &str = "BATON_TLS_CERT";
+pub(crate) const ENV_TLS_KEY: &str = "BATON_TLS_KEY";
 
 /// How this worker was started.
 #[derive(Debug)]
 pub(crate) enum WorkerRole {
     /// By a master: `BATON_WORKER=<master pid>:<generation>`.
-    UnderMaster { master: i32, generation: u64, log: Option<std::path::PathBuf> },
+    UnderMaster { master: i32, generation: u64, log: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)> },
     /// `--no-master`: one process does everything.
     Single,
 }
@@ -34,12 +38,13 @@ impl WorkerRole {
             return Ok(None);
         };
         let log = std::env::var_os(ENV_LOG).map(Into::into);
-        sys::remove_env(&[ENV_WORKER, ENV_LOG]);
+        let tls = std::env::var_os(ENV_TLS_CERT).map(PathBuf::from).zip(std::env::var_os(ENV_TLS_KEY).map(Into::into));
+        sys::remove_env(&[ENV_WORKER, ENV_LOG, ENV_TLS_CERT, ENV_TLS_KEY]);
         let parsed =
             v.to_str().and_then(|s| s.split_once(':')).and_then(|(m, g)| Some((m.parse().ok()?, g.parse().ok()?)));
         let (master, generation) =
             parsed.ok_or_else(|| Error::usage(format!("invalid {ENV_WORKER} {v:?}: expected <pid>:<generation>")))?;
-        Ok(Some(WorkerRole::UnderMaster { master, generation, log }))
+        Ok(Some(WorkerRole::UnderMaster { master, generation, log, tls }))
     }
 }
 
@@ -57,6 +62,24 @@ pub(crate) fn main<A>(
     http: HttpConfig,
     args: A,
     factory: Factory<A>,
+) -> Result<ExitCode> {
+    let notifier = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
+    let result = serve(role, opts, http, args, factory, notifier.as_ref());
+    if let (Err(e), Some(n)) = (&result, &notifier) {
+        // The master (or systemd) shows this with the exit status: `start` and `reload` then
+        // print the reason itself, not just "exited with status 1".
+        let _ = n.send(&format!("STATUS={}", e.to_string().replace('\n', " ")));
+    }
+    result
+}
+
+fn serve<A>(
+    role: WorkerRole,
+    opts: ServeOpts,
+    mut http: HttpConfig,
+    args: A,
+    factory: Factory<A>,
+    notifier: Option<&Notifier>,
 ) -> Result<ExitCode> {
     let under_master = matches!(role, WorkerRole::UnderMaster { .. });
     let log_path = match &role {
@@ -80,7 +103,12 @@ pub(crate) fn main<A>(
         }
         inherited => listen::resolve(&opts.listen, inherited)?,
     };
-    let notifier = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
+    // Before the privilege drop: the key is often readable by root only.
+    let tls = match &role {
+        WorkerRole::UnderMaster { tls, .. } => tls.clone(),
+        WorkerRole::Single => opts.tls_cert.clone().zip(opts.tls_key.clone()),
+    };
+    http.tls = tls.map(|(cert, key)| crate::tls::load(&cert, &key)).transpose()?;
     if let Some(user) = &opts.user {
         let (uid, gid) = crate::master::lookup_user(user, opts.group.as_deref())?;
         sys::drop_privileges(user, uid, gid)
@@ -112,13 +140,13 @@ async fn run<A>(
     http: HttpConfig,
     args: A,
     factory: Factory<A>,
-    notifier: Option<Notifier>,
+    notifier: Option<&Notifier>,
     log_path: Option<std::path::PathBuf>,
     generation: u64,
     under_master: bool,
 ) -> Result<ExitCode> {
     let notify = |msg: &str| {
-        if let Some(n) = &notifier {
+        if let Some(n) = notifier {
             if let Err(e) = n.send(msg) {
                 tracing::warn!("cannot notify {msg:?}: {e}");
             }
@@ -144,11 +172,12 @@ async fn run<A>(
         .map(Listener::from_bound)
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
+    let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
     let shared = Arc::new(Shared::new(http));
     let mut server = Server::start(listeners, app, shared.clone());
     let (rx, weak) = server.drain_signal();
     crate::shutdown::install(rx, weak);
-    tracing::info!("generation {generation} serving on {}", names.join(", "));
+    tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
     notify(&format!("READY=1\nSTATUS=generation {generation} serving"));
 
     let stop = loop {
