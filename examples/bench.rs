@@ -255,12 +255,20 @@ fn serve_bench(rt: &tokio::runtime::Runtime) {
     }
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+/// `(RSS, private, PSS)` in KiB. RSS counts the clean pages of the binary and libc that the
+/// process has mapped, which it shares with its workers and the page cache; private memory
+/// (anonymous and dirty pages) is what the process alone costs, and PSS splits the shared
+/// pages among their users.
+fn mem_kib(pid: i32) -> (u64, u64, u64) {
+    let field = |file: &str, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with(name)).map(str::to_owned))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+    let private = field("smaps_rollup", "Private_Clean:") + field("smaps_rollup", "Private_Dirty:");
+    (field("status", "VmRSS:"), private, field("smaps_rollup", "Pss:"))
 }
 
 fn get_pid(addr: SocketAddr) -> Option<i32> {
@@ -311,10 +319,13 @@ fn reload_bench(rt: &tokio::runtime::Runtime) {
     let ctl = Arc::new(load::Control::default());
     let bg = rt.spawn(load::run(cfg(server.addr, 5), ctl.clone()));
     std::thread::sleep(Duration::from_secs(2));
-    let (m_rss, w_rss) = (rss_kib(master), rss_kib(worker));
+    let (m, w) = (mem_kib(master), mem_kib(worker));
     ctl.stop.store(true, Ordering::SeqCst);
     let _ = rt.block_on(bg);
-    println!("  RSS: master {m_rss} KiB, worker under load {w_rss} KiB");
+    println!(
+        "  memory (KiB): master RSS {} (private {}, PSS {}); worker under load RSS {} (private {}, PSS {})",
+        m.0, m.1, m.2, w.0, w.1, w.2
+    );
     // Reload latency: signal -> the new worker answers (idle server, 20 samples).
     std::thread::sleep(Duration::from_millis(500));
     let mut lat = Vec::new();
