@@ -183,11 +183,15 @@ impl Hello {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Waits until a worker answers `/pid` and, under a master, until the master has taken
+    /// its `READY=1` (the worker answers a moment earlier; a USR2 sent in between is folded
+    /// into the starting generation and starts no new one).
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = get(self.addr(), "/pid") {
-                if r.status == 200 {
+                let pid: i32 = r.body.parse().unwrap_or(0);
+                if r.status == 200 && (pid == self.pid || self.log_text().contains(&format!("(pid {pid}) serving\n"))) {
                     return;
                 }
             }
