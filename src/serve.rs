@@ -53,15 +53,17 @@ impl Listener {
 trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
-    /// Whether `--tls-cert` applies (TCP; unix sockets stay plain).
-    const TLS: bool;
+    /// The TCP stream, which `--tls-cert` applies to; unix sockets stay plain (`Err`).
+    fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io>;
     /// Per-connection socket options (TCP_NODELAY).
     fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
 }
 
 impl Acceptor for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    const TLS: bool = true;
+    fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io> {
+        Ok(io)
+    }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| (s, Some(a)))
     }
@@ -74,7 +76,9 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Acceptor for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    const TLS: bool = false;
+    fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io> {
+        Err(io)
+    }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
     }
@@ -210,20 +214,60 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
 fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
     L::prepare(&io, &ctx.shared.cfg);
     let (ctx, alive) = (ctx.clone(), alive.clone());
-    let Some(acceptor) = ctx.tls.clone().filter(|_| L::TLS) else {
+    let Some(acceptor) = ctx.tls.clone() else {
         tokio::spawn(serve_conn(io, peer, ctx, alive));
         return;
+    };
+    let mut tcp = match L::tcp(io) {
+        Ok(tcp) => tcp,
+        Err(io) => {
+            tokio::spawn(serve_conn(io, peer, ctx, alive));
+            return;
+        }
     };
     tokio::spawn(async move {
         let limit = Some(ctx.shared.cfg.header_timeout).filter(|d| !d.is_zero()).unwrap_or(Duration::MAX);
         let who = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
-        match tokio::time::timeout(limit, acceptor.accept(io)).await {
+        let handshake = async {
+            let mut first = [0u8; 1];
+            if tcp.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
+                // An HTTP method where a TLS record (0x16) belongs: say so, as nginx does,
+                // instead of a handshake failure the user cannot read.
+                answer_plain_http(&mut tcp).await;
+                return Err(io::Error::other("a plain HTTP request on the TLS port (answered 400)"));
+            }
+            acceptor.accept(tcp).await
+        };
+        match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(tls)) => serve_conn(tls, peer, ctx, alive).await,
             // Scanners and plain-HTTP clients: not worth more than a debug line each.
             Ok(Err(e)) => tracing::debug!("TLS handshake with {who} failed: {e}"),
             Err(_) => tracing::debug!("TLS handshake with {who} timed out after {limit:?}"),
         }
     });
+}
+
+/// Answers a plain HTTP request on a TLS port with 400, then closes gently: the request is
+/// read and discarded (up to 64 KiB) so that closing does not reset the connection before the
+/// client has read the answer.
+async fn answer_plain_http(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "This port speaks TLS: use https://\n";
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if tcp.write_all(resp.as_bytes()).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
