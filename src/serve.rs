@@ -214,12 +214,12 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
 fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
     L::prepare(&io, &ctx.shared.cfg);
     let (ctx, alive) = (ctx.clone(), alive.clone());
-    let Some(acceptor) = ctx.tls.clone() else {
-        tokio::spawn(serve_conn(io, peer, ctx, alive));
-        return;
+    let tls = match ctx.tls.clone() {
+        Some(acceptor) => L::tcp(io).map(|tcp| (acceptor, tcp)),
+        None => Err(io),
     };
-    let mut tcp = match L::tcp(io) {
-        Ok(tcp) => tcp,
+    let (acceptor, mut tcp) = match tls {
+        Ok(both) => both,
         Err(io) => {
             tokio::spawn(serve_conn(io, peer, ctx, alive));
             return;

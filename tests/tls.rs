@@ -29,6 +29,10 @@ fn rt() -> tokio::runtime::Runtime {
 fn client(alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
+    connector(roots, alpn)
+}
+
+fn connector(roots: rustls::RootCertStore, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -149,15 +153,7 @@ fn tls_port_survives_clients_that_do_not_speak_tls() {
     let n = silent.read(&mut [0u8; 16]);
     assert!(matches!(n, Ok(0)) || n.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{n:?}");
     // A client that does not trust the certificate fails its handshake; the server lives on.
-    let untrusting = {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-    };
+    let untrusting = connector(rustls::RootCertStore::empty(), b"http/1.1");
     let err = rt
         .block_on(async {
             let tcp = tokio::net::TcpStream::connect(d.addr()).await?;
