@@ -84,6 +84,39 @@ async fn fetch(addr: SocketAddr, alpn: &[u8], path: &str) -> anyhow::Result<Fetc
     Ok(Fetched { leaf, alpn, status: r.status, version, body: r.body })
 }
 
+/// One request on an open HTTP/1.1 connection; returns the head (lowercased) and the body
+/// (by `content-length`).
+async fn exchange<S>(s: &mut S, path: &str) -> anyhow::Result<(String, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no content-length: {head}"))?;
+    while buf.len() < end + len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed in the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((head, String::from_utf8_lossy(&buf[end..end + len]).into_owned()))
+}
+
 fn der(pem_file: &str) -> Vec<u8> {
     CertificateDer::from_pem_file(fixture(pem_file)).unwrap().to_vec()
 }
@@ -116,10 +149,26 @@ fn tls_serves_h1_and_h2_by_alpn_and_reload_renews_the_certificate() {
     assert_ne!(first, master, "served by a worker");
     assert!(d.log().contains("serving on http=127.0.0.1") && d.log().contains("(TLS on TCP listeners)"), "{}", d.log());
 
+    // A keep-alive TLS connection open across the reload: its next request is still answered
+    // by the old worker, with `Connection: close`, as on plain TCP.
+    let mut kept = rt
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(d.addr()).await?;
+            let mut tls = client(b"http/1.1").connect(ServerName::try_from("localhost")?, tcp).await?;
+            let (head, body) = exchange(&mut tls, "/pid").await?;
+            anyhow::ensure!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+            anyhow::ensure!(body == first.to_string(), "{body}");
+            Ok(tls)
+        })
+        .unwrap();
+
     // Renewal: new files, then a reload; the new worker presents the new certificate.
     install_cert(d.dir.path(), "two");
     let out = d.hello(&["reload", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
+    let (head, body) = rt.block_on(exchange(&mut kept, "/pid")).unwrap();
+    assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "{head}");
+    assert_eq!(body, first.to_string(), "the old worker answers its own connection");
     let after = rt.block_on(fetch(d.addr(), b"http/1.1", "/pid")).unwrap();
     assert_eq!(after.leaf, der("two.pem"));
     assert_ne!(after.body, first.to_string());
