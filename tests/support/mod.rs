@@ -191,7 +191,7 @@ impl Hello {
         loop {
             if let Ok(r) = get(self.addr(), "/pid") {
                 let pid: i32 = r.body.parse().unwrap_or(0);
-                if r.status == 200 && (pid == self.pid || self.log_text().contains(&format!("(pid {pid}) serving\n"))) {
+                if r.status == 200 && (pid == self.pid || self.master_says_serving(pid)) {
                     return;
                 }
             }
@@ -199,6 +199,11 @@ impl Hello {
             assert!(Instant::now() < deadline, "hello not ready; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether the master has logged worker `pid` as the generation that serves.
+    fn master_says_serving(&self, pid: i32) -> bool {
+        self.log_text().contains(&format!("(pid {pid}) serving\n"))
     }
 
     /// The last `n` lines of the log that are not access log lines.
@@ -230,10 +235,7 @@ impl Hello {
             // A new worker answers a little before the master has taken its READY=1, and the
             // old one until it has closed its listeners; the reload is over when the master
             // says so (a USR2 before that is folded into it).
-            if now != 0
-                && !self.seen.borrow().contains(&now)
-                && self.log_text().contains(&format!("(pid {now}) serving\n"))
-            {
+            if now != 0 && !self.seen.borrow().contains(&now) && self.master_says_serving(now) {
                 self.seen.borrow_mut().push(now);
                 return now;
             }
@@ -366,7 +368,13 @@ impl Daemon {
 
     /// Runs `hello <args>` in the test directory.
     pub fn hello(&self, args: &[&str]) -> Output {
-        Command::new(hello_bin()).args(args).current_dir(self.dir.path()).output().unwrap()
+        self.command(args).output().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(hello_bin());
+        cmd.args(args).current_dir(self.dir.path());
+        cmd
     }
 
     /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `RUST_LOG` if given.
@@ -374,8 +382,7 @@ impl Daemon {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
         args.extend_from_slice(extra);
-        let mut cmd = Command::new(hello_bin());
-        cmd.args(&args).current_dir(self.dir.path());
+        let mut cmd = self.command(&args);
         if let Some(v) = rust_log {
             cmd.env("RUST_LOG", v);
         }
