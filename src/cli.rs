@@ -3,11 +3,15 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use baton_supervise::control::{self, protocol::Command as ControlCommand};
+use baton_supervise::listen::{ListenSpec, ListenSpecs};
+use baton_supervise::{Error, ErrorKind, MasterConfig, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::listen::ListenSpec;
+use crate::access_log;
 
 /// The parsed command line of an app with its own flags `A`.
 #[derive(Debug, Parser)]
@@ -60,10 +64,7 @@ pub(crate) struct ServeOpts {
     /// Address to serve on: `[NAME=]IP:PORT` or `[NAME=]unix:/path`; repeatable.
     /// Default is the app's (`0.0.0.0:1234` for hello).
     #[arg(long = "listen", value_name = "[NAME=]ADDR")]
-    pub(crate) listen_given: Vec<ListenSpec>,
-    /// The values above with the app's default: filled in after parsing.
-    #[arg(skip)]
-    pub(crate) listen: crate::listen::ListenSpecs,
+    pub(crate) listen: Vec<ListenSpec>,
     /// Log file (master, workers, access log). `run` logs to stderr without it;
     /// `start` defaults to `<app>.log` in the current directory.
     #[arg(short, long, value_name = "FILE")]
@@ -94,7 +95,7 @@ pub(crate) struct ServeOpts {
     pub(crate) no_master: bool,
     /// Access log format: `combined`, `json` or `off`.
     #[arg(long, value_name = "FORMAT", default_value = "combined")]
-    pub(crate) access_log: crate::AccessLog,
+    pub(crate) access_log: access_log::Format,
     /// Cut a request whose response has not started after this long (503); `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
@@ -125,6 +126,58 @@ pub(crate) struct ServeOpts {
     #[arg(long, value_name = "PATH")]
     pub(crate) health_path: Option<String>,
 }
+
+impl ControlArgs {
+    /// Runs `cmd` against the running instance and prints the outcome.
+    pub(crate) fn run(self, name: &str, cmd: ControlCommand) -> Result<ExitCode> {
+        control::client::run(name, cmd, self.pid, self.timeout)
+    }
+}
+
+impl ServeOpts {
+    /// What the master needs. TLS paths are made absolute here (the daemon changes to `/`) and
+    /// reach each worker through its environment; the master itself never reads them.
+    pub(crate) fn master_config(&self, name: &str, daemon: bool, listen: ListenSpecs) -> Result<MasterConfig> {
+        let mut worker_env = Vec::new();
+        for (var, path, what) in
+            [(ENV_TLS_CERT, &self.tls_cert, "TLS certificate"), (ENV_TLS_KEY, &self.tls_key, "TLS key")]
+        {
+            if let Some(p) = path {
+                let abs = std::path::absolute(p)
+                    .map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))?;
+                worker_env.push((OsString::from(var), abs.into_os_string()));
+            }
+        }
+        Ok(MasterConfig {
+            name: name.to_owned(),
+            daemon,
+            listen,
+            pid: self.pid.clone(),
+            log: self.log.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            ready_timeout: self.ready_timeout,
+            drain_timeout: self.drain_timeout,
+            max_draining: self.max_draining,
+            worker_env,
+        })
+    }
+
+    /// `--tls-cert` and `--tls-key`: as the master passed them to this worker (absolute), or as
+    /// given (`--no-master`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_paths(&self, under_master: bool) -> Option<(PathBuf, PathBuf)> {
+        if under_master {
+            let get = |k| std::env::var_os(k).map(PathBuf::from);
+            return get(ENV_TLS_CERT).zip(get(ENV_TLS_KEY));
+        }
+        self.tls_cert.clone().zip(self.tls_key.clone())
+    }
+}
+
+/// `--tls-cert` and `--tls-key` made absolute by `run`/`start`, for the workers.
+const ENV_TLS_CERT: &str = "BATON_TLS_CERT";
+const ENV_TLS_KEY: &str = "BATON_TLS_KEY";
 
 /// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use crate::AppService;
-use crate::listen::Bound;
 use crate::service::{ConnService, ConnState, Shared};
+use baton_supervise::listen::Bound;
 
 /// How often a draining HTTP/1 connection checks whether it has been idle for the grace.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
@@ -54,6 +54,7 @@ trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
     /// The TCP stream, which `--tls-cert` applies to; unix sockets stay plain (`Err`).
+    #[cfg(feature = "tls")]
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io>;
     /// Per-connection socket options (TCP_NODELAY).
     fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
@@ -61,6 +62,7 @@ trait Acceptor: Send + Sync + 'static {
 
 impl Acceptor for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
+    #[cfg(feature = "tls")]
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io> {
         Ok(io)
     }
@@ -76,6 +78,7 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Acceptor for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
+    #[cfg(feature = "tls")]
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io> {
         Err(io)
     }
@@ -94,11 +97,13 @@ pub(crate) struct Server {
     alive_rx: mpsc::Receiver<()>,
 }
 
-struct Ctx {
+/// What every connection of a server shares.
+pub(crate) struct Ctx {
     builder: auto::Builder<TokioExecutor>,
+    #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: AppService,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 }
 
@@ -119,8 +124,14 @@ impl Server {
         let (stop_accept, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
-        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let ctx = Arc::new(Ctx { builder, tls, app, shared: shared.clone(), drain: drain_rx });
+        let ctx = Arc::new(Ctx {
+            builder,
+            #[cfg(feature = "tls")]
+            tls: cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            app,
+            shared: shared.clone(),
+            drain: drain_rx,
+        });
         let accept_tasks = listeners
             .into_iter()
             .map(|l| {
@@ -198,7 +209,7 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: back off (the connection stays queued in the
                 // kernel) instead of spinning on an error that persists.
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::error!("accept failed: {}; retrying in {backoff:?}", crate::error::describe_io(&e));
+                tracing::error!("accept failed: {}; retrying in {backoff:?}", baton_supervise::describe_io(&e));
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -209,68 +220,25 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
     // Dropping `l` here closes this process's copy of the listening socket.
 }
 
-/// One task per connection; a TLS handshake first where it applies. The handshake shares
-/// the header-read timeout: a client that connects and says nothing is cut either way.
+/// One task per connection; a TLS handshake first where it applies.
 fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
     L::prepare(&io, &ctx.shared.cfg);
     let (ctx, alive) = (ctx.clone(), alive.clone());
-    let tls = match ctx.tls.clone() {
-        Some(acceptor) => L::tcp(io).map(|tcp| (acceptor, tcp)),
-        None => Err(io),
-    };
-    let (acceptor, mut tcp) = match tls {
-        Ok(both) => both,
-        Err(io) => {
-            tokio::spawn(serve_conn(io, peer, ctx, alive));
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        let limit = Some(ctx.shared.cfg.header_timeout).filter(|d| !d.is_zero()).unwrap_or(Duration::MAX);
-        let who = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
-        let handshake = async {
-            let mut first = [0u8; 1];
-            if tcp.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
-                // An HTTP method where a TLS record (0x16) belongs: say so, as nginx does,
-                // instead of a handshake failure the user cannot read.
-                answer_plain_http(&mut tcp).await;
-                return Err(io::Error::other("a plain HTTP request on the TLS port (answered 400)"));
+    #[cfg(feature = "tls")]
+    let io = match ctx.tls.clone() {
+        Some(acceptor) => match L::tcp(io) {
+            Ok(tcp) => {
+                tokio::spawn(crate::tls::serve(acceptor, tcp, peer, ctx, alive));
+                return;
             }
-            acceptor.accept(tcp).await
-        };
-        match tokio::time::timeout(limit, handshake).await {
-            Ok(Ok(tls)) => serve_conn(tls, peer, ctx, alive).await,
-            // Scanners and plain-HTTP clients: not worth more than a debug line each.
-            Ok(Err(e)) => tracing::debug!("TLS handshake with {who} failed: {e}"),
-            Err(_) => tracing::debug!("TLS handshake with {who} timed out after {limit:?}"),
-        }
-    });
+            Err(io) => io,
+        },
+        None => io,
+    };
+    tokio::spawn(serve_conn(io, peer, ctx, alive));
 }
 
-/// Answers a plain HTTP request on a TLS port with 400, then closes gently: the request is
-/// read and discarded (up to 64 KiB) so that closing does not reset the connection before the
-/// client has read the answer.
-async fn answer_plain_http(tcp: &mut tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str = "This port speaks TLS: use https://\n";
-    let resp = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    if tcp.write_all(resp.as_bytes()).await.is_err() || tcp.shutdown().await.is_err() {
-        return;
-    }
-    let mut buf = [0u8; 4096];
-    let mut left: usize = 64 * 1024;
-    while left > 0 {
-        match tcp.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => left = left.saturating_sub(n),
-        }
-    }
-}
-
-async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
+pub(crate) async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -2,50 +2,28 @@
 //! fds 3.. with `LISTEN_FDS`, readiness sent to the master's `NOTIFY_SOCKET`), or alone with
 //! `--no-master` (binds itself, or adopts systemd's sockets).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_supervise::handoff::Message;
+use baton_supervise::listen::{self, Bound, ListenSpecs};
+use baton_supervise::worker::{self as supervised, Handoff};
+use baton_supervise::{Error, ErrorKind, Notifier, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::app::Factory;
 use crate::cli::ServeOpts;
-use crate::error::{Error, ErrorKind, Result};
-use crate::notify::Notifier;
 use crate::serve::{Listener, Server};
 use crate::service::{HttpConfig, Shared};
-use crate::{Factory, listen, log, sys};
-
-/// Environment variables the master sets for its workers.
-pub(crate) const ENV_WORKER: &str = "BATON_WORKER";
-pub(crate) const ENV_LOG: &str = "BATON_LOG";
-/// `--tls-cert` and `--tls-key` made absolute by the master (a daemon's workers run in `/`).
-pub(crate) const ENV_TLS_CERT: &str = "BATON_TLS_CERT";
-pub(crate) const ENV_TLS_KEY: &str = "BATON_TLS_KEY";
 
 /// How this worker was started.
 #[derive(Debug)]
-pub(crate) enum WorkerRole {
-    /// By a master: `BATON_WORKER=<master pid>:<generation>`.
-    UnderMaster { master: i32, generation: u64, log: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)> },
-    /// `--no-master`: one process does everything.
-    Single,
-}
-
-impl WorkerRole {
-    pub(crate) fn from_env() -> Result<Option<WorkerRole>> {
-        let Some(v) = std::env::var_os(ENV_WORKER) else {
-            return Ok(None);
-        };
-        let log = std::env::var_os(ENV_LOG).map(Into::into);
-        let tls = std::env::var_os(ENV_TLS_CERT).map(PathBuf::from).zip(std::env::var_os(ENV_TLS_KEY).map(Into::into));
-        sys::remove_env(&[ENV_WORKER, ENV_LOG, ENV_TLS_CERT, ENV_TLS_KEY]);
-        let parsed =
-            v.to_str().and_then(|s| s.split_once(':')).and_then(|(m, g)| Some((m.parse().ok()?, g.parse().ok()?)));
-        let (master, generation) =
-            parsed.ok_or_else(|| Error::usage(format!("invalid {ENV_WORKER} {v:?}: expected <pid>:<generation>")))?;
-        Ok(Some(WorkerRole::UnderMaster { master, generation, log, tls }))
-    }
+pub(crate) enum Role {
+    /// By a master, which handed over the listeners.
+    UnderMaster(Handoff),
+    /// `--no-master`: one process does everything, listening where told.
+    Single(ListenSpecs),
 }
 
 /// How the serving loop ended.
@@ -56,73 +34,56 @@ enum Stop {
     Fast,
 }
 
-pub(crate) fn main<A>(
-    role: WorkerRole,
-    opts: ServeOpts,
-    http: HttpConfig,
-    args: A,
-    factory: Factory<A>,
-) -> Result<ExitCode> {
-    let notifier = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, "NOTIFY_SOCKET", e))?;
+pub(crate) fn main<A>(role: Role, opts: ServeOpts, http: HttpConfig, args: A, factory: Factory<A>) -> Result<ExitCode> {
+    let notifier = supervised::notifier()?;
     let result = serve(role, opts, http, args, factory, notifier.as_ref());
     if let (Err(e), Some(n)) = (&result, &notifier) {
         // The master (or systemd) shows this with the exit status: `start` and `reload` then
         // print the reason itself, not just "exited with status 1".
-        let _ = n.send(&format!("STATUS={}", e.to_string().replace('\n', " ")));
+        let _ = n.send(&Message::status(&format!("{e:#}")));
     }
     result
 }
 
 fn serve<A>(
-    role: WorkerRole,
+    role: Role,
     opts: ServeOpts,
+    #[allow(unused_mut)] // set only with the `tls` feature
     mut http: HttpConfig,
     args: A,
     factory: Factory<A>,
     notifier: Option<&Notifier>,
 ) -> Result<ExitCode> {
-    let under_master = matches!(role, WorkerRole::UnderMaster { .. });
-    let log_path = match &role {
-        WorkerRole::UnderMaster { log, .. } => log.clone(),
-        WorkerRole::Single => match &opts.log {
-            Some(p) => {
-                let p = std::path::absolute(p)
-                    .map_err(|e| Error::io(ErrorKind::Io, format!("log file {}", p.display()), e))?;
-                log::reopen(&p)
-                    .map_err(|e| Error::io(ErrorKind::Io, format!("cannot open log file {}", p.display()), e))?;
-                Some(p)
-            }
-            None => None,
-        },
-    };
-    log::init("worker");
-    let listeners = match listen::take_inherited()? {
-        Some(l) if under_master => l,
-        None if under_master => {
-            return Err(Error::new(ErrorKind::Listen, "started as a worker without LISTEN_FDS"));
+    let under_master = matches!(role, Role::UnderMaster(_));
+    let (listeners, log_path, generation, master) = match role {
+        Role::UnderMaster(h) => (h.listeners, h.log, h.generation, Some(h.master)),
+        Role::Single(specs) => {
+            let log_path = match &opts.log {
+                Some(p) => {
+                    let p = std::path::absolute(p)
+                        .map_err(|e| Error::io(ErrorKind::Io, format!("log file {}", p.display()), e))?;
+                    baton_supervise::log::reopen(&p)
+                        .map_err(|e| Error::io(ErrorKind::Io, format!("cannot open log file {}", p.display()), e))?;
+                    Some(p)
+                }
+                None => None,
+            };
+            (listen::resolve(&specs, listen::take_inherited()?)?, log_path, 1, None)
         }
-        inherited => listen::resolve(&opts.listen, inherited)?,
     };
+    baton_supervise::log::init("worker");
     // Before the privilege drop: the key is often readable by root only.
-    let tls = match &role {
-        WorkerRole::UnderMaster { tls, .. } => tls.clone(),
-        WorkerRole::Single => opts.tls_cert.clone().zip(opts.tls_key.clone()),
-    };
-    http.tls = tls.map(|(cert, key)| crate::tls::load(&cert, &key)).transpose()?;
+    #[cfg(feature = "tls")]
+    {
+        http.tls = opts.tls_paths(under_master).map(|(cert, key)| crate::tls::load(&cert, &key)).transpose()?;
+    }
     if let Some(user) = &opts.user {
-        let (uid, gid) = crate::master::lookup_user(user, opts.group.as_deref())?;
-        sys::drop_privileges(user, uid, gid)
-            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot switch to user {user}"), e))?;
+        supervised::drop_privileges(user, opts.group.as_deref())?;
     }
-    if let WorkerRole::UnderMaster { master, .. } = role {
+    if let Some(master) = master {
         // After the privilege drop: changing credentials clears the parent-death signal.
-        sys::die_with_parent(libc::SIGTERM, master)
-            .map_err(|e| Error::io(ErrorKind::Worker, format!("master {master}"), e))?;
+        supervised::die_with_master(master)?;
     }
-    let generation = match role {
-        WorkerRole::UnderMaster { generation, .. } => generation,
-        WorkerRole::Single => 1,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,13 +91,13 @@ fn serve<A>(
     let result = rt.block_on(run(listeners, http, args, factory, notifier, log_path, generation, under_master));
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
-    log::flush_access_log();
+    crate::access_log::flush();
     result
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 async fn run<A>(
-    listeners: Vec<listen::Bound>,
+    listeners: Vec<Bound>,
     http: HttpConfig,
     args: A,
     factory: Factory<A>,
@@ -160,10 +121,10 @@ async fn run<A>(
 
     let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
     let app = match factory(args).await {
-        Ok(app) => app.0,
+        Ok(app) => app,
         Err(e) => {
             tracing::error!("app failed to start: {e}");
-            notify(&format!("STATUS=app failed to start: {e}"));
+            notify(&Message::status(&format!("app failed to start: {e}")));
             return Ok(ExitCode::from(1));
         }
     };
@@ -172,13 +133,16 @@ async fn run<A>(
         .map(Listener::from_bound)
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
+    #[cfg(feature = "tls")]
     let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
+    #[cfg(not(feature = "tls"))]
+    let tls_note = "";
     let shared = Arc::new(Shared::new(http));
     let mut server = Server::start(listeners, app, shared.clone());
     let (rx, weak) = server.drain_signal();
     crate::shutdown::install(rx, weak);
     tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
-    notify(&format!("READY=1\nSTATUS=generation {generation} serving"));
+    notify(&Message::ready(generation));
 
     let stop = loop {
         tokio::select! {
@@ -213,7 +177,7 @@ async fn run<A>(
     }
     server.stop_accepting().await;
     // Tells the master this process takes no new connection: a reload is complete.
-    notify(&format!("STATUS={}", crate::notify::STATUS_DRAINING));
+    notify(&Message::draining());
     let timeout = shared.cfg.drain_timeout;
     tracing::info!("draining (at most {timeout:?})");
     let started = std::time::Instant::now();
@@ -235,8 +199,8 @@ fn now(sig: &str) -> ExitCode {
 fn reopen(path: Option<&std::path::Path>) {
     if let Some(p) = path {
         // Lines logged before the rotation belong in the old file.
-        log::flush_access_log();
-        match log::reopen(p) {
+        crate::access_log::flush();
+        match baton_supervise::log::reopen(p) {
             Ok(()) => tracing::info!("reopened log file {}", p.display()),
             Err(e) => tracing::error!("cannot reopen log file {}: {e}", p.display()),
         }

@@ -11,7 +11,7 @@ use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixCredentials, soc
 /// Sends notifications to the socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
 /// abstract namespace).
 #[derive(Debug)]
-pub(crate) struct Notifier {
+pub struct Notifier {
     sock: UnixDatagram,
     addr: SocketAddr,
 }
@@ -19,11 +19,11 @@ pub(crate) struct Notifier {
 impl Notifier {
     /// Takes `NOTIFY_SOCKET` from the environment (and removes it: it is for this process
     /// only). Must run before threads exist. `None` when it is unset.
-    pub(crate) fn from_env() -> io::Result<Option<Notifier>> {
-        let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        let Some(name) = std::env::var_os(crate::handoff::NOTIFY_SOCKET) else {
             return Ok(None);
         };
-        crate::sys::remove_env(&["NOTIFY_SOCKET"]);
+        crate::sys::remove_env(&[crate::handoff::NOTIFY_SOCKET]);
         let name = name.to_str().ok_or_else(|| io::Error::other("NOTIFY_SOCKET is not UTF-8"))?;
         Self::connect(name).map(Some)
     }
@@ -41,7 +41,7 @@ impl Notifier {
     }
 
     /// Sends one message, e.g. `"READY=1"` or `"STATUS=serving"`.
-    pub(crate) fn send(&self, msg: &str) -> io::Result<()> {
+    pub fn send(&self, msg: &str) -> io::Result<()> {
         self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(drop)
     }
 }
@@ -102,27 +102,9 @@ impl NotifyServer {
     }
 }
 
-/// The `STATUS=` a worker sends once its listeners are closed: the master then knows a
-/// replaced generation takes no new connection (baton's own word; systemd just shows it).
-pub(crate) const STATUS_DRAINING: &str = "draining";
-
-/// Finds `KEY=value` in a notify message (newline-separated assignments).
-pub(crate) fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
-    msg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fields() {
-        let m = "READY=1\nSTATUS=serving gen 2\nMAINPID=4";
-        assert_eq!(field(m, "READY"), Some("1"));
-        assert_eq!(field(m, "STATUS"), Some("serving gen 2"));
-        assert_eq!(field(m, "MAIN"), None);
-        assert_eq!(field(m, "ERRNO"), None);
-    }
 
     #[test]
     fn round_trip_with_sender_pid() {

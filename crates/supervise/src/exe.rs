@@ -35,6 +35,14 @@ pub(crate) struct BinaryId {
     mtime_ns: i64,
 }
 
+#[cfg(test)]
+impl BinaryId {
+    /// A binary identity for tests: build `n`.
+    pub(crate) fn fake(n: u64) -> BinaryId {
+        BinaryId { dev: 1, ino: n, size: 0, mtime_ns: 0 }
+    }
+}
+
 pub(crate) fn binary_id(path: &std::path::Path) -> std::io::Result<BinaryId> {
     let m = std::fs::metadata(path)?;
     Ok(BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() })

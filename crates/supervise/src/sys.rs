@@ -12,8 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use libc::c_char;
 
-/// systemd passes sockets from fd 3 on.
-pub(crate) const LISTEN_FDS_START: RawFd = 3;
+use crate::handoff::LISTEN_FDS_START;
 
 /// Most listeners one worker can be handed (the child keeps them in a stack array).
 pub(crate) const MAX_LISTENERS: usize = 64;

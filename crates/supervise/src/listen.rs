@@ -12,10 +12,11 @@ use std::str::FromStr;
 use socket2::{Domain, Socket, Type};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::{self, ListenVars};
 use crate::sys;
 
 /// The name a listener gets when `--listen` names none.
-pub(crate) const DEFAULT_NAME: &str = "http";
+pub const DEFAULT_NAME: &str = "http";
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,16 +87,18 @@ impl fmt::Display for ListenSpec {
 
 /// A bound, listening socket with its name. Owned by the master for its whole life.
 #[derive(Debug)]
-pub(crate) struct Bound {
-    pub(crate) name: String,
-    pub(crate) fd: OwnedFd,
+pub struct Bound {
+    /// Its name (`LISTEN_FDNAMES`).
+    pub name: String,
+    /// The socket.
+    pub fd: OwnedFd,
     /// The unix socket file this process created and removes on exit.
-    pub(crate) unix_path: Option<PathBuf>,
+    pub unix_path: Option<PathBuf>,
 }
 
 impl Bound {
     /// What the socket is bound to, for logs and `status`.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let sock = socket2::SockRef::from(&self.fd);
         match sock.local_addr() {
             Ok(a) => match a.as_socket() {
@@ -110,7 +113,7 @@ impl Bound {
     }
 
     /// Removes a unix socket file this process created.
-    pub(crate) fn remove_socket_file(&mut self) {
+    pub fn remove_socket_file(&mut self) {
         if let Some(p) = self.unix_path.take() {
             let _ = std::fs::remove_file(p);
         }
@@ -120,7 +123,7 @@ impl Bound {
 const BACKLOG: i32 = 1024;
 
 /// Binds every spec; nothing is left bound if one fails.
-pub(crate) fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
+fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
     let mut out: Vec<Bound> = Vec::with_capacity(specs.len());
     for spec in specs {
         match bind(spec) {
@@ -187,7 +190,7 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
 /// (socket activation), each `--listen` spec takes the inherited socket of its name (systemd's
 /// `FileDescriptorName=`) or is bound here if none has it; inherited sockets no spec named are
 /// served too; with no `--listen` at all, the inherited sockets alone.
-pub(crate) fn resolve(specs: &ListenSpecs, inherited: Option<Vec<Bound>>) -> Result<Vec<Bound>> {
+pub fn resolve(specs: &ListenSpecs, inherited: Option<Vec<Bound>>) -> Result<Vec<Bound>> {
     let Some(mut pool) = inherited else {
         return bind_all(specs.effective());
     };
@@ -215,44 +218,29 @@ pub(crate) fn resolve(specs: &ListenSpecs, inherited: Option<Vec<Bound>>) -> Res
 
 /// The `--listen` values as given, and the app's default used when none is.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ListenSpecs {
-    pub(crate) given: Vec<ListenSpec>,
-    pub(crate) default: Vec<ListenSpec>,
+pub struct ListenSpecs {
+    /// `--listen` values.
+    pub given: Vec<ListenSpec>,
+    /// The app's default.
+    pub default: Vec<ListenSpec>,
 }
 
 impl ListenSpecs {
-    pub(crate) fn effective(&self) -> &[ListenSpec] {
+    /// What to bind: the given values, or the default when none was given.
+    pub fn effective(&self) -> &[ListenSpec] {
         if self.given.is_empty() { &self.default } else { &self.given }
     }
 }
 
 /// Sockets passed with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, if they are for this
 /// process. Removes the variables from the environment (must run before threads exist).
-pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let pid = std::env::var("LISTEN_PID").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
-    sys::remove_env(&["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]);
-    let Some(fds) = fds else { return Ok(None) };
-    let bad = |what: String| Error::new(ErrorKind::Listen, what);
-    let me = std::process::id();
-    match pid.as_deref().map(str::parse::<u32>) {
-        Some(Ok(p)) if p == me => {}
-        // Meant for another process (our parent's): not ours to take.
-        Some(Ok(_)) => return Ok(None),
-        _ => {
-            return Err(bad(format!("LISTEN_FDS is set but LISTEN_PID {pid:?} is not a pid")));
-        }
-    }
-    let n: i32 = fds
-        .parse()
-        .ok()
-        .filter(|n| (1..=4096).contains(n))
-        .ok_or_else(|| bad(format!("invalid LISTEN_FDS {fds:?}")))?;
-    let names = parse_names(names.as_deref(), n as usize);
-    let mut out = Vec::with_capacity(n as usize);
-    for (i, name) in names.into_iter().enumerate() {
-        let raw = sys::LISTEN_FDS_START + i as i32;
+pub fn take_inherited() -> Result<Option<Vec<Bound>>> {
+    let vars = ListenVars::from_vars(|k| std::env::var_os(k), Some(std::process::id()));
+    sys::remove_env(&[handoff::LISTEN_FDS, handoff::LISTEN_PID, handoff::LISTEN_FDNAMES]);
+    let Some(vars) = vars? else { return Ok(None) };
+    let mut out = Vec::with_capacity(vars.names.len());
+    for (i, name) in vars.names.into_iter().enumerate() {
+        let raw = handoff::LISTEN_FDS_START + i as i32;
         let fd =
             sys::adopt_fd(raw).map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
         let sock = socket2::SockRef::from(&fd);
@@ -267,14 +255,6 @@ pub(crate) fn take_inherited() -> Result<Option<Vec<Bound>>> {
         out.push(Bound { name, fd, unix_path: None });
     }
     Ok(Some(out))
-}
-
-/// `LISTEN_FDNAMES` is colon-separated; missing names are "unknown", as in systemd.
-fn parse_names(names: Option<&str>, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = names.map(|s| s.split(':').map(str::to_owned).collect()).unwrap_or_default();
-    v.resize(n, "unknown".to_owned());
-    v.truncate(n);
-    v
 }
 
 #[cfg(test)]
@@ -297,13 +277,5 @@ mod tests {
             let e = bad.parse::<ListenSpec>().unwrap_err();
             assert!(e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad), "{e}");
         }
-    }
-
-    #[test]
-    fn fd_names() {
-        assert_eq!(parse_names(Some("a:b"), 2), ["a", "b"]);
-        assert_eq!(parse_names(Some("a"), 2), ["a", "unknown"]);
-        assert_eq!(parse_names(None, 1), ["unknown"]);
-        assert_eq!(parse_names(Some("a:b:c"), 2), ["a", "b"]);
     }
 }

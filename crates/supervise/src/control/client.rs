@@ -1,0 +1,167 @@
+//! The control commands' end: `stop`, `reload`, `status`, `reopen-logs` against the instance
+//! a pid file names, over its control socket, or with plain signals when there is none.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::protocol::{Command, Reply};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pidfile::{self, Probe};
+
+/// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
+/// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`:
+/// 0 running, 1 dead with pid file, 3 not running (LSB).
+pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) -> Result<ExitCode> {
+    let pid_path = pid.unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
+    let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
+    let shown = pid_path.display();
+    let pid = match pidfile::probe(&pid_path)? {
+        Probe::Running(pid) => pid,
+        Probe::Missing => {
+            return match cmd {
+                Command::Status => {
+                    println!("not running (no pid file {shown})");
+                    Ok(ExitCode::from(3))
+                }
+                Command::Stop => {
+                    println!("not running (no pid file {shown})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => Err(Error::new(ErrorKind::NotRunning, format!("not running (no pid file {shown})"))),
+            };
+        }
+        Probe::Stale(pid) => {
+            let what =
+                format!("not running (stale pid file {shown}, pid {})", pid.map_or("?".into(), |p| p.to_string()));
+            return match cmd {
+                Command::Status => {
+                    println!("dead: {what}");
+                    Ok(ExitCode::from(1))
+                }
+                Command::Stop => {
+                    println!("{what}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => Err(Error::new(ErrorKind::NotRunning, what)),
+            };
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    // Taken before asking, so that "gone" means this very process exited.
+    let exited = Exited::watch(pid);
+    let reply = match ask(&pidfile::control_path(&pid_path), cmd, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            // No control socket (or it does not answer): plain signals still work.
+            eprintln!("{name}: control socket unavailable ({e}); using signals");
+            return signal_fallback(cmd, pid, exited, deadline);
+        }
+    };
+    match reply {
+        Reply::Err(t) => Err(Error::new(
+            if cmd == Command::Reload { ErrorKind::Worker } else { ErrorKind::Io },
+            format!("{} failed: {t}", cmd.word()),
+        )),
+        Reply::Ok(t) => {
+            if cmd == Command::Stop {
+                exited.wait(deadline)?;
+                println!("stopped (pid {pid})");
+            } else {
+                println!("{t}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn ask(path: &Path, cmd: Command, timeout: Duration) -> io::Result<Reply> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(cmd.request().as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    let mut rest = String::new();
+    r.read_to_string(&mut rest)?;
+    Reply::decode(&first, rest)
+}
+
+fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
+    let send = |sig| {
+        kill(Pid::from_raw(pid), sig)
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot signal pid {pid}"), e.into()))
+    };
+    match cmd {
+        Command::Stop => {
+            send(Signal::SIGTERM)?;
+            exited.wait(deadline)?;
+            println!("stopped (pid {pid})");
+        }
+        Command::Reload => {
+            send(Signal::SIGUSR2)?;
+            println!("sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)");
+        }
+        Command::ReopenLogs => {
+            send(Signal::SIGUSR1)?;
+            println!("sent USR1 to pid {pid}");
+        }
+        Command::Status => println!("pid: {pid}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for the master to exit: `stop` returns only once the process is gone (its pid file
+/// disappears a moment earlier, while it still finishes its log).
+struct Exited {
+    pid: i32,
+    /// `None` on kernels without `pidfd_open` (before 5.3): then `/proc` is polled.
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Exited {
+    fn watch(pid: i32) -> Exited {
+        Exited { pid, pidfd: crate::sys::pidfd_open(pid).ok() }
+    }
+
+    fn wait(&self, deadline: Instant) -> Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let gone = match &self.pidfd {
+                Some(fd) => {
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(PollTimeout::MAX);
+                    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+                }
+                None => {
+                    std::thread::sleep(left.min(Duration::from_millis(20)));
+                    !process_alive(self.pid)
+                }
+            };
+            if gone {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("pid {} still running after the timeout", self.pid),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie (a daemon's zombie waits for PID 1 to reap it).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,103 @@
+//! The master's end of the control socket (`x.pid` -> `x.ctl`, mode 0600).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::protocol::{Command, Reply};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A client waiting for the answer to its request.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    stream: UnixStream,
+}
+
+impl Waiter {
+    pub(crate) fn reply(mut self, r: &Reply) {
+        // The client may be gone (timed out): nothing to do about it.
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = self.stream.write_all(r.encode().as_bytes());
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+/// The listening control socket and the clients whose request line is not complete yet.
+#[derive(Debug)]
+pub(crate) struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    pending: Vec<Pending>,
+}
+
+impl ControlServer {
+    /// Binds the socket (mode 0600: owner only). A stale socket file is replaced; the pid file
+    /// lock already proved no other master runs.
+    pub(crate) fn bind(path: &Path) -> Result<ControlServer> {
+        let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(fail)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(ControlServer { listener, path: path.to_owned(), pending: Vec::new() })
+    }
+
+    pub(crate) fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd()).chain(self.pending.iter().map(|p| p.stream.as_fd())).collect()
+    }
+
+    /// Accepts new clients and returns the complete requests.
+    pub(crate) fn poll_requests(&mut self) -> Vec<(Command, Waiter)> {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.pending.push(Pending { stream, buf: Vec::new(), since: Instant::now() });
+            }
+        }
+        let mut out = Vec::new();
+        let mut keep = Vec::with_capacity(self.pending.len());
+        for mut p in self.pending.drain(..) {
+            let mut chunk = [0u8; 128];
+            let closed = loop {
+                match p.stream.read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+                if p.buf.len() > 256 {
+                    break true;
+                }
+            };
+            if let Some(end) = p.buf.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&p.buf[..end]).trim().to_owned();
+                let w = Waiter { stream: p.stream };
+                match Command::parse(&line) {
+                    Some(c) => out.push((c, w)),
+                    None => w.reply(&Reply::Err(format!("unknown command {line:?}"))),
+                }
+            } else if !closed && p.since.elapsed() < Duration::from_secs(5) {
+                keep.push(p);
+            }
+        }
+        self.pending = keep;
+        out
+    }
+
+    pub(crate) fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,245 @@
+//! The whole master ↔ worker contract on one page: what the master puts in a worker's
+//! environment and file table, what the worker sends back, and which signals mean what.
+//! Any program that honours it can be a worker (see `docs/handoff.md`).
+//!
+//! | direction | what | meaning |
+//! |---|---|---|
+//! | master → worker | fds 3, 4, … | the listening sockets, non-blocking, in `--listen` order |
+//! | master → worker | `LISTEN_FDS=n` `LISTEN_FDNAMES=a:b` `LISTEN_PID=<worker pid>` | systemd's socket-passing protocol |
+//! | master → worker | `NOTIFY_SOCKET=@name` | where to send readiness (systemd's protocol, the master's own socket) |
+//! | master → worker | `BATON_WORKER=<master pid>:<generation>` | "you are a worker": die with this parent; which generation |
+//! | master → worker | `BATON_LOG=/abs/path` | the log file to reopen on USR1 (stdout and stderr already point at it) |
+//! | master → worker | the app's own variables | [`crate::MasterConfig::worker_env`] |
+//! | worker → master | `READY=1` | serving: the master switches generations |
+//! | worker → master | `STATUS=<text>` | the worker's last words, shown if it dies before it is ready |
+//! | worker → master | `STATUS=draining` | listeners closed: a reload that replaced it is complete |
+//! | master → worker | TERM / USR2 / QUIT / USR1 | shut down (after `--shutdown-delay`) / replaced, drain now / stop now / reopen the log |
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// systemd passes sockets from fd 3 on.
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Number of sockets passed.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Colon-separated names of the sockets passed.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The pid the sockets are meant for (the master writes the worker's own pid after fork).
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Where readiness messages go.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// `<master pid>:<generation>`: set only for workers of a baton master.
+pub const BATON_WORKER: &str = "BATON_WORKER";
+/// The absolute log file path, for workers to reopen on USR1.
+pub const BATON_LOG: &str = "BATON_LOG";
+/// The `STATUS=` a worker sends once its listeners are closed: the master then knows a
+/// replaced generation takes no new connection (baton's own word; systemd just shows it).
+pub const STATUS_DRAINING: &str = "draining";
+
+/// Variables of the contract: the master never passes its own copies on to a worker.
+pub const CONTRACT_VARS: [&str; 6] = [LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, BATON_WORKER, BATON_LOG];
+
+/// What the master tells one worker through its environment (besides `LISTEN_PID`, which only
+/// the forked child can know).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEnv {
+    /// The master's pid: the worker exits when its parent is no longer this process.
+    pub master: i32,
+    /// The generation number, counted from 1 by the master.
+    pub generation: u64,
+    /// One name per listening socket, in fd order.
+    pub listen_names: Vec<String>,
+    /// The master's notify socket (`@abstract` or a path).
+    pub notify_socket: String,
+    /// The log file, if the master writes to one.
+    pub log: Option<PathBuf>,
+}
+
+impl WorkerEnv {
+    /// The variables to set (`LISTEN_PID` is added after fork).
+    pub fn to_vars(&self) -> Vec<(OsString, OsString)> {
+        let mut v: Vec<(OsString, OsString)> = vec![
+            (LISTEN_FDS.into(), self.listen_names.len().to_string().into()),
+            (LISTEN_FDNAMES.into(), self.listen_names.join(":").into()),
+            (NOTIFY_SOCKET.into(), self.notify_socket.clone().into()),
+            (BATON_WORKER.into(), format!("{}:{}", self.master, self.generation).into()),
+        ];
+        if let Some(p) = &self.log {
+            v.push((BATON_LOG.into(), p.clone().into()));
+        }
+        v
+    }
+
+    /// Reads the worker's side from `get` (the environment, or a map in tests). `None` when
+    /// `BATON_WORKER` is unset: this process was not started by a baton master.
+    pub fn from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<Option<WorkerEnv>> {
+        let Some(v) = get(BATON_WORKER) else { return Ok(None) };
+        let parsed =
+            v.to_str().and_then(|s| s.split_once(':')).and_then(|(m, g)| Some((m.parse().ok()?, g.parse().ok()?)));
+        let (master, generation) =
+            parsed.ok_or_else(|| Error::usage(format!("invalid {BATON_WORKER} {v:?}: expected <pid>:<generation>")))?;
+        let listen = ListenVars::from_vars(&get, None)?
+            .ok_or_else(|| Error::new(ErrorKind::Listen, format!("started as a worker without {LISTEN_FDS}")))?;
+        let notify_socket = get(NOTIFY_SOCKET)
+            .and_then(|s| s.into_string().ok())
+            .ok_or_else(|| Error::usage(format!("started as a worker without a UTF-8 {NOTIFY_SOCKET}")))?;
+        let log = get(BATON_LOG).map(PathBuf::from);
+        Ok(Some(WorkerEnv { master, generation, listen_names: listen.names, notify_socket, log }))
+    }
+}
+
+/// systemd's socket-passing variables as a receiving process reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenVars {
+    /// The names, one per fd from [`LISTEN_FDS_START`] on (`unknown` where none was given, as
+    /// in systemd).
+    pub names: Vec<String>,
+}
+
+impl ListenVars {
+    /// Most sockets accepted in `LISTEN_FDS`.
+    pub const MAX: usize = 4096;
+
+    /// `None` when `LISTEN_FDS` is unset, or when `LISTEN_PID` is missing or names another
+    /// process (the variables were meant for a parent; systemd's own library ignores them too).
+    /// `me` is this process's pid, or `None` to skip the pid check (tests).
+    pub fn from_vars(get: impl Fn(&str) -> Option<OsString>, me: Option<u32>) -> Result<Option<ListenVars>> {
+        let Some(fds) = get(LISTEN_FDS) else { return Ok(None) };
+        let fds = fds.to_string_lossy().into_owned();
+        match get(LISTEN_PID).map(|p| p.to_string_lossy().parse::<u32>()) {
+            None => return Ok(None),
+            Some(Ok(p)) if me.is_none_or(|me| me == p) => {}
+            Some(Ok(_)) => return Ok(None),
+            Some(Err(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Listen,
+                    format!("{LISTEN_FDS} is set but {LISTEN_PID} is not a pid"),
+                ));
+            }
+        }
+        let n: usize = fds
+            .parse()
+            .ok()
+            .filter(|n| (1..=Self::MAX).contains(n))
+            .ok_or_else(|| Error::new(ErrorKind::Listen, format!("invalid {LISTEN_FDS} {fds:?}")))?;
+        let given = get(LISTEN_FDNAMES).map(|s| s.to_string_lossy().into_owned());
+        let mut names: Vec<String> = given.map(|s| s.split(':').map(str::to_owned).collect()).unwrap_or_default();
+        names.resize(n, "unknown".to_owned());
+        Ok(Some(ListenVars { names }))
+    }
+}
+
+/// What one notify datagram says, for the master. Unknown assignments are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// `READY=1`.
+    pub ready: bool,
+    /// `STATUS=draining`.
+    pub draining: bool,
+    /// Any other `STATUS=` text.
+    pub status: Option<String>,
+}
+
+impl Message {
+    /// Parses newline-separated `KEY=value` assignments.
+    pub fn parse(msg: &str) -> Message {
+        let status = field(msg, "STATUS");
+        Message {
+            ready: field(msg, "READY") == Some("1"),
+            draining: status == Some(STATUS_DRAINING),
+            status: status.filter(|s| *s != STATUS_DRAINING).map(str::to_owned),
+        }
+    }
+
+    /// What a worker sends once it serves.
+    pub fn ready(generation: u64) -> String {
+        format!("READY=1\nSTATUS=generation {generation} serving")
+    }
+
+    /// What a worker sends once its listeners are closed.
+    pub fn draining() -> String {
+        format!("STATUS={STATUS_DRAINING}")
+    }
+
+    /// A worker's last words (one line: newlines would start new assignments).
+    pub fn status(text: &str) -> String {
+        format!("STATUS={}", text.replace('\n', " "))
+    }
+}
+
+/// Finds `KEY=value` in a notify message (newline-separated assignments).
+pub fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Whether a variable is the master's to set for its workers, so its own copy is not passed on.
+pub(crate) fn is_contract_var(key: &std::ffi::OsStr) -> bool {
+    CONTRACT_VARS.iter().any(|v| key.as_bytes() == v.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: Vec<(OsString, OsString)>) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<OsString, OsString> = vars.into_iter().collect();
+        move |k| map.get(std::ffi::OsStr::new(k)).cloned()
+    }
+
+    #[test]
+    fn handoff_round_trip_master_writes_worker_reads() {
+        for log in [None, Some(PathBuf::from("/var/log/app.log"))] {
+            let sent = WorkerEnv {
+                master: 4242,
+                generation: 7,
+                listen_names: vec!["http".into(), "admin".into()],
+                notify_socket: "@baton-notify-4242-1".into(),
+                log,
+            };
+            let mut vars = sent.to_vars();
+            assert!(vars.iter().all(|(k, _)| is_contract_var(k)), "{vars:?}");
+            // What the forked child adds.
+            vars.push((LISTEN_PID.into(), "4300".into()));
+            let got = WorkerEnv::from_vars(lookup(vars.clone())).unwrap().unwrap();
+            assert_eq!(got, sent);
+            let listen = ListenVars::from_vars(lookup(vars), Some(4300)).unwrap().unwrap();
+            assert_eq!(listen.names, ["http", "admin"]);
+        }
+    }
+
+    #[test]
+    fn handoff_round_trip_notify_messages() {
+        let m = Message::parse(&Message::ready(3));
+        assert!(m.ready && !m.draining);
+        assert_eq!(m.status.as_deref(), Some("generation 3 serving"));
+        let m = Message::parse(&Message::draining());
+        assert!(m.draining && !m.ready && m.status.is_none());
+        let m = Message::parse(&Message::status("bad\nthing"));
+        assert_eq!(m.status.as_deref(), Some("bad thing"));
+        assert_eq!(Message::parse("READY=0\nMAINPID=4"), Message::default());
+    }
+
+    #[test]
+    fn handoff_listen_vars_follow_systemd() {
+        let vars = |v: &[(&str, &str)]| lookup(v.iter().map(|(k, v)| (k.into(), v.into())).collect());
+        // Not for us, or not meant for anyone in particular: ignored, as sd_listen_fds does.
+        assert_eq!(ListenVars::from_vars(vars(&[("LISTEN_FDS", "1"), ("LISTEN_PID", "9")]), Some(8)).unwrap(), None);
+        assert_eq!(ListenVars::from_vars(vars(&[("LISTEN_FDS", "1")]), Some(8)).unwrap(), None);
+        assert_eq!(ListenVars::from_vars(vars(&[]), Some(8)).unwrap(), None);
+        let named =
+            ListenVars::from_vars(vars(&[("LISTEN_FDS", "2"), ("LISTEN_PID", "8"), ("LISTEN_FDNAMES", "a")]), Some(8));
+        assert_eq!(named.unwrap().unwrap().names, ["a", "unknown"]);
+        for bad in ["0", "x", "4097"] {
+            let e = ListenVars::from_vars(vars(&[("LISTEN_FDS", bad), ("LISTEN_PID", "8")]), Some(8)).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        assert!(ListenVars::from_vars(vars(&[("LISTEN_FDS", "1"), ("LISTEN_PID", "me")]), Some(8)).is_err());
+        let e = WorkerEnv::from_vars(vars(&[("BATON_WORKER", "x")])).unwrap_err();
+        assert!(e.to_string().contains("BATON_WORKER"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Logging: every line is formatted in memory and written to fd 2 with one `write`, so lines
+//! from the master and the workers (which share the log file, opened `O_APPEND`) never
+//! interleave within a line. Reopening (USR1) re-points fds 1 and 2 at a fresh file, so every
+//! writer follows at once.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::sys;
+
+/// Opens (creating, mode 0640) a log file for appending.
+pub fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(path)
+}
+
+/// Opens `path` afresh and points stdout and stderr at it (what USR1 does after logrotate).
+pub fn reopen(path: &Path) -> io::Result<()> {
+    let f = open(path)?;
+    sys::redirect_stdout_stderr(&f)
+}
+
+/// Installs the process-wide subscriber: `RUST_LOG` filters (default `info`); each line names
+/// `role` and the pid. Does nothing when a subscriber is already installed.
+pub fn init(role: &'static str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .event_format(LineFormat { role, pid: std::process::id() })
+        .try_init();
+}
+
+struct LineFormat {
+    role: &'static str,
+    pid: u32,
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let mut ts = String::with_capacity(24);
+        rfc3339(&mut ts, SystemTime::now());
+        write!(w, "{ts} {:<5} {}[{}] ", event.metadata().level(), self.role, self.pid)?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn split(t: SystemTime) -> (i64, u32, u32, u64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil((secs / 86_400) as i64);
+    (y, m, day, secs % 86_400, d.subsec_millis())
+}
+
+/// `2026-11-25T09:40:00.123Z`
+pub fn rfc3339(out: &mut String, t: SystemTime) {
+    let (y, m, d, s, ms) = split(t);
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", s / 3600, s / 60 % 60, s % 60);
+}
+
+/// `25/Nov/2026:09:40:00 +0000` (the common/combined log format's time).
+pub fn clf_time(out: &mut String, t: SystemTime) {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (y, m, d, s, _) = split(t);
+    let _ =
+        write!(out, "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000", MONTHS[m as usize - 1], s / 3600, s / 60 % 60, s % 60);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_times() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
+        let mut s = String::new();
+        rfc3339(&mut s, t);
+        assert_eq!(s, "2026-11-25T09:40:00.123Z");
+        s.clear();
+        clf_time(&mut s, t);
+        assert_eq!(s, "25/Nov/2026:09:40:00 +0000");
+        s.clear();
+        rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day 2000
+        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,152 @@
+//! The master: one thread, no async runtime, no user code. It owns the listening sockets, the
+//! pid file, the log file, the control socket and the notify socket; it starts workers by
+//! re-executing its own binary, reloads, rolls back and supervises them.
+//!
+//! This file sets the master up (everything that can fail for a reason the operator must see
+//! happens here, still attached to the terminal); `state.rs` decides, `run.rs` acts.
+
+mod run;
+pub(crate) mod state;
+
+#[cfg(test)]
+mod model;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{Gid, Uid};
+
+use crate::control::server::ControlServer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::exe::{lookup_user, resolve_exe};
+use crate::listen::{self, ListenSpecs};
+use crate::notify::{Notifier, NotifyServer};
+use crate::pidfile::PidFile;
+use crate::{daemon, handoff, log, sys};
+
+/// How to run the master (`run` and `start`).
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// The app's name: `start` defaults to `<name>.pid` and `<name>.log`.
+    pub name: String,
+    /// Daemonize (`start`) or stay in the foreground (`run`).
+    pub daemon: bool,
+    /// Where to listen.
+    pub listen: ListenSpecs,
+    /// The pid file, locked while the master lives. Default: none for `run`, `<name>.pid` for
+    /// `start`.
+    pub pid: Option<PathBuf>,
+    /// The log file of the master and its workers. Default: stderr for `run`, `<name>.log` for
+    /// `start`.
+    pub log: Option<PathBuf>,
+    /// The user workers run as; the master chowns the log file to it.
+    pub user: Option<String>,
+    /// The group workers run as. Default is the user's primary group.
+    pub group: Option<String>,
+    /// How long a new worker may take to report ready.
+    pub ready_timeout: Duration,
+    /// How long a worker may drain before it is killed (plus a grace of 5 s).
+    pub drain_timeout: Duration,
+    /// At most this many generations draining at once; further reloads wait for a slot.
+    pub max_draining: u32,
+    /// Extra variables for every worker (e.g. paths the app made absolute before the daemon
+    /// changed to `/`). They replace the master's own variables of the same name.
+    pub worker_env: Vec<(OsString, OsString)>,
+}
+
+/// Runs the master (`run` or `start`) until it stops; returns the process's exit code.
+pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
+    let abs = |p: &PathBuf, what: &str| {
+        std::path::absolute(p).map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))
+    };
+    if cfg.daemon {
+        cfg.pid.get_or_insert_with(|| PathBuf::from(format!("{}.pid", cfg.name)));
+        cfg.log.get_or_insert_with(|| PathBuf::from(format!("{}.log", cfg.name)));
+    }
+    let pid_path = cfg.pid.as_ref().map(|p| abs(p, "pid file")).transpose()?;
+    let log_path = cfg.log.as_ref().map(|p| abs(p, "log file")).transpose()?;
+    let log_owner = cfg.user.as_deref().map(|u| lookup_user(u, cfg.group.as_deref())).transpose()?;
+    let exe = resolve_exe()?;
+    let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, handoff::NOTIFY_SOCKET, e))?;
+    let mut pidfile = pid_path.as_deref().map(PidFile::lock).transpose()?;
+    let log_file = match &log_path {
+        Some(p) => Some(open_log(p, log_owner)?),
+        None => None,
+    };
+    let listeners = listen::resolve(&cfg.listen, listen::take_inherited()?)?;
+    let control = match &pidfile {
+        Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
+        None => None,
+    };
+    let daemon_status = if cfg.daemon { Some(daemon::daemonize()?) } else { None };
+    if let Some(f) = &log_file {
+        sys::redirect_stdout_stderr(f)
+            .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output to the log file", e))?;
+    }
+    drop(log_file);
+    log::init("master");
+    if let Some(p) = pidfile.as_mut() {
+        p.write_pid()
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot write pid file {}", p.path().display()), e))?;
+    }
+
+    let handled = [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ];
+    let mut signals = SigSet::empty();
+    for s in handled {
+        signals.add(s);
+    }
+    sys::install_noop_handlers(&handled).map_err(|e| Error::io(ErrorKind::Io, "sigaction", e))?;
+    let orig_mask = SigSet::thread_get_mask().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
+    signals.thread_block().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::io(ErrorKind::Io, "signalfd", e.into()))?;
+    let notify = NotifyServer::bind().map_err(|e| Error::io(ErrorKind::Io, "cannot bind the notify socket", e))?;
+
+    let limits = state::Limits {
+        ready_timeout: cfg.ready_timeout,
+        drain_timeout: cfg.drain_timeout,
+        max_draining: cfg.max_draining as usize,
+    };
+    let mut m = run::Runner::new(run::Io {
+        exe,
+        argv: std::env::args_os().collect(),
+        worker_env: cfg.worker_env,
+        listeners,
+        log_path,
+        log_owner,
+        orig_mask,
+        sigfd,
+        notify,
+        control,
+        systemd,
+        daemon_status,
+        pidfile,
+    });
+    Ok(ExitCode::from(m.run(limits)))
+}
+
+/// Opens the log file for appending and gives it to the workers' user, who reopen it
+/// themselves on USR1.
+pub(crate) fn open_log(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File> {
+    let f =
+        log::open(path).map_err(|e| Error::io(ErrorKind::Io, format!("cannot open log file {}", path.display()), e))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchown(f.as_raw_fd(), Some(uid), Some(gid))
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot chown log file {}", path.display()), e.into()))?;
+    }
+    Ok(f)
+}

@@ -1,0 +1,345 @@
+//! The master's poll loop: turns readable fds (signalfd, notify socket, control socket) and
+//! reaped children into [`Event`]s for the state machine, and carries out the [`Action`]s it
+//! returns as syscalls. No decisions are made here.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Pid, Uid};
+
+use super::state::{Action, Event, Limits, Sig, State, Stopping, WaiterId};
+use crate::control::protocol::{Command, Reply};
+use crate::control::server::{ControlServer, Waiter};
+use crate::daemon::StatusPipe;
+use crate::exe::binary_id;
+use crate::handoff::{self, WorkerEnv};
+use crate::listen::Bound;
+use crate::notify::{Notifier, NotifyServer};
+use crate::pidfile::PidFile;
+use crate::sys::{self, WorkerExec};
+
+/// Everything the master holds open.
+#[derive(Debug)]
+pub(super) struct Io {
+    pub(super) exe: PathBuf,
+    pub(super) argv: Vec<OsString>,
+    pub(super) worker_env: Vec<(OsString, OsString)>,
+    pub(super) listeners: Vec<Bound>,
+    pub(super) log_path: Option<PathBuf>,
+    pub(super) log_owner: Option<(Uid, Gid)>,
+    pub(super) orig_mask: SigSet,
+    pub(super) sigfd: SignalFd,
+    pub(super) notify: NotifyServer,
+    pub(super) control: Option<ControlServer>,
+    pub(super) systemd: Option<Notifier>,
+    pub(super) daemon_status: Option<StatusPipe>,
+    pub(super) pidfile: Option<PidFile>,
+}
+
+/// The loop's own bookkeeping around the state machine.
+#[derive(Debug)]
+pub(super) struct Runner {
+    io: Io,
+    /// The environment every worker starts from: the master's own, without the contract's
+    /// variables and without those `worker_env` replaces.
+    base_env: Vec<(Vec<u8>, Vec<u8>)>,
+    waiters: HashMap<WaiterId, Waiter>,
+    next_waiter: WaiterId,
+    started: Instant,
+    /// Set by [`Action::Exit`]: the exit code and what `start` prints.
+    exit: Option<(u8, Option<String>)>,
+}
+
+impl Runner {
+    pub(super) fn new(io: Io) -> Runner {
+        let base_env = std::env::vars_os()
+            .filter(|(k, _)| !handoff::is_contract_var(k) && !io.worker_env.iter().any(|(w, _)| w == k))
+            .chain(io.worker_env.iter().cloned())
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        Runner { io, base_env, waiters: HashMap::new(), next_waiter: 0, started: Instant::now(), exit: None }
+    }
+
+    /// Runs until the state machine says exit; returns the exit code.
+    pub(super) fn run(&mut self, limits: Limits) -> u8 {
+        let names: Vec<String> = self.io.listeners.iter().map(Bound::describe).collect();
+        tracing::info!("master started (binary {}), listening on {}", self.io.exe.display(), names.join(", "));
+        let mut state = State::new(limits);
+        self.dispatch(&mut state, Event::Start);
+        while self.exit.is_none() {
+            self.wait(state.next_deadline());
+            for event in self.collect_events() {
+                self.dispatch(&mut state, event);
+            }
+            self.dispatch(&mut state, Event::Tick);
+        }
+        self.finish()
+    }
+
+    /// Waits until an fd is readable or `deadline` passes.
+    fn wait(&self, deadline: Option<Instant>) {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let ms = timeout.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::try_from(t.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+        });
+        let control_fds = self.io.control.as_ref().map(|c| c.poll_fds()).unwrap_or_default();
+        let mut fds = vec![
+            PollFd::new(self.io.sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.io.notify.as_fd(), PollFlags::POLLIN),
+        ];
+        fds.extend(control_fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Everything that happened since the last call, in the order signals, notify messages,
+    /// control requests, reaped children.
+    fn collect_events(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            match self.io.sigfd.read_signal() {
+                Ok(Some(info)) => events.extend(self.signal_event(info.ssi_signo as i32)),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading signals failed: {e}");
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.io.notify.recv() {
+                Ok(Some((pid, msg))) => events.push(Event::Notify { pid: Pid::from_raw(pid), msg }),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("notify socket: {e}");
+                    break;
+                }
+            }
+        }
+        let requests = self.io.control.as_mut().map(ControlServer::poll_requests).unwrap_or_default();
+        for (cmd, waiter) in requests {
+            let id = self.next_waiter;
+            self.next_waiter += 1;
+            self.waiters.insert(id, waiter);
+            let w = Some(id);
+            events.push(match cmd {
+                Command::Reload => Event::Reload { waiter: w, on_disk: binary_id(&self.io.exe).ok() },
+                Command::Stop => Event::Shutdown { how: Stopping::Graceful, waiter: w },
+                Command::ReopenLogs => Event::ReopenLogs { waiter: w },
+                Command::Status => Event::Status { waiter: id },
+            });
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        events.push(Event::Exited { pid, how: describe_status(status) });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    break;
+                }
+            }
+        }
+        events
+    }
+
+    fn signal_event(&self, signo: i32) -> Option<Event> {
+        match Signal::try_from(signo).ok()? {
+            Signal::SIGTERM | Signal::SIGINT => Some(Event::Shutdown { how: Stopping::Graceful, waiter: None }),
+            Signal::SIGQUIT => Some(Event::Shutdown { how: Stopping::Fast, waiter: None }),
+            Signal::SIGHUP | Signal::SIGUSR2 => {
+                Some(Event::Reload { waiter: None, on_disk: binary_id(&self.io.exe).ok() })
+            }
+            Signal::SIGUSR1 => Some(Event::ReopenLogs { waiter: None }),
+            // SIGCHLD: the reaping that follows every wake-up handles it.
+            _ => None,
+        }
+    }
+
+    /// Feeds one event to the state machine and carries out what it decides (a spawn's
+    /// outcome goes straight back in).
+    fn dispatch(&mut self, state: &mut State, event: Event) {
+        let now = Instant::now();
+        let mut queue: VecDeque<Action> = state.on(now, event).into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(feedback) = self.execute(state, action) {
+                queue.extend(state.on(now, feedback));
+            }
+        }
+    }
+
+    fn execute(&mut self, state: &State, action: Action) -> Option<Event> {
+        match action {
+            Action::Spawn { generation } => return Some(self.spawn(generation)),
+            Action::Signal { pid, sig } => {
+                let sig = match sig {
+                    Sig::Term => Signal::SIGTERM,
+                    Sig::Quit => Signal::SIGQUIT,
+                    Sig::Usr1 => Signal::SIGUSR1,
+                    Sig::Usr2 => Signal::SIGUSR2,
+                    Sig::Kill => Signal::SIGKILL,
+                };
+                let _ = kill(pid, sig);
+            }
+            Action::Reply { waiter, reply } => self.reply(waiter, &reply),
+            Action::ReplyStatus { waiter } => {
+                let text = self.status_text(state);
+                self.reply(waiter, &Reply::Ok(text));
+            }
+            Action::ReopenLog => self.reopen_log(),
+            Action::Systemd(msg) => self.systemd_send(&msg),
+            Action::SystemdReloading => {
+                if self.io.systemd.is_some() {
+                    // systemd needs `MONOTONIC_USEC` with `RELOADING=1`, or it waits forever.
+                    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+                        .unwrap_or(0);
+                    self.systemd_send(&format!("RELOADING=1\nMONOTONIC_USEC={ts}"));
+                }
+            }
+            Action::CloseListeners => {
+                for mut l in self.io.listeners.drain(..) {
+                    l.remove_socket_file();
+                }
+            }
+            Action::DaemonReady => {
+                if let Some(s) = self.io.daemon_status.take() {
+                    s.ready();
+                }
+            }
+            Action::Exit { code, start_failure } => self.exit = Some((code, start_failure)),
+        }
+        None
+    }
+
+    fn reply(&mut self, waiter: WaiterId, reply: &Reply) {
+        match self.waiters.remove(&waiter) {
+            Some(w) => w.reply(reply),
+            None => tracing::error!("no control client {waiter} to answer"),
+        }
+    }
+
+    /// Forks and execs generation `generation` from the binary on disk.
+    fn spawn(&mut self, generation: u64) -> Event {
+        let io = &self.io;
+        let binary = match binary_id(&io.exe) {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!("cannot execute {}: {e}", io.exe.display());
+                return Event::Spawned { generation, result: Err(why) };
+            }
+        };
+        let contract = WorkerEnv {
+            master: std::process::id() as i32,
+            generation,
+            listen_names: io.listeners.iter().map(|l| l.name.clone()).collect(),
+            notify_socket: io.notify.name().to_owned(),
+            log: io.log_path.clone(),
+        };
+        let mut env = self.base_env.clone();
+        env.extend(contract.to_vars().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())));
+        let fds: Vec<i32> = io.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        let argv: Vec<&std::ffi::OsStr> = io.argv.iter().map(|a| a.as_os_str()).collect();
+        let spawned = WorkerExec::new(io.exe.as_os_str(), &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
+        let result = match spawned {
+            Ok(pid) => Ok((Pid::from_raw(pid), binary)),
+            Err(e) => Err(format!("fork/exec failed: {e}")),
+        };
+        Event::Spawned { generation, result }
+    }
+
+    fn status_text(&self, state: &State) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "pid: {}", std::process::id());
+        let _ = writeln!(s, "uptime: {}s", self.started.elapsed().as_secs());
+        let _ = writeln!(s, "generation: {}", state.active().map_or(0, |g| g.generation));
+        for g in &state.gens {
+            let _ = writeln!(s, "worker: pid {} generation {} {}", g.pid, g.generation, g.state.word());
+        }
+        for l in &self.io.listeners {
+            let _ = writeln!(s, "listener: {}", l.describe());
+        }
+        match &state.last_reload {
+            None => s.push_str("last reload: none\n"),
+            Some(r) => {
+                let mut at = String::new();
+                crate::log::rfc3339(&mut at, SystemTime::now() - r.at.elapsed());
+                let _ = match &r.result {
+                    Ok(g) => writeln!(s, "last reload: {at} ok (generation {g})"),
+                    Err(e) => writeln!(s, "last reload: {at} failed: {e}"),
+                };
+            }
+        }
+        s
+    }
+
+    fn reopen_log(&mut self) {
+        if let Some(p) = &self.io.log_path {
+            match super::open_log(p, self.io.log_owner).and_then(|f| {
+                sys::redirect_stdout_stderr(&f)
+                    .map_err(|e| crate::Error::io(crate::ErrorKind::Io, "cannot redirect output", e))
+            }) {
+                Ok(()) => tracing::info!("reopened log file {}", p.display()),
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+    }
+
+    fn systemd_send(&self, msg: &str) {
+        if let Some(n) = &self.io.systemd {
+            if let Err(e) = n.send(msg) {
+                tracing::warn!("cannot notify systemd: {e}");
+            }
+        }
+    }
+
+    fn finish(&mut self) -> u8 {
+        let (code, start_failure) = self.exit.take().unwrap_or((0, None));
+        for mut l in self.io.listeners.drain(..) {
+            l.remove_socket_file();
+        }
+        if let Some(c) = self.io.control.take() {
+            c.remove();
+        }
+        // Control clients that asked in the very last moment.
+        for (_, w) in self.waiters.drain() {
+            w.reply(&Reply::Err("shutting down".into()));
+        }
+        tracing::info!("master exiting with status {code}");
+        if let Some(p) = self.io.pidfile.take() {
+            p.remove();
+        }
+        // Last: `start` returns when it reads this, and then nothing of ours may be left.
+        if let Some(s) = self.io.daemon_status.take() {
+            s.failed(start_failure.as_deref().unwrap_or("the master stopped before a worker was ready"));
+        }
+        code
+    }
+}
+
+fn describe_status(s: WaitStatus) -> String {
+    match s {
+        WaitStatus::Exited(_, 0) => "exited with status 0".to_owned(),
+        WaitStatus::Exited(_, 127) => "exited with status 127 (could not execute the binary)".to_owned(),
+        WaitStatus::Exited(_, c) => format!("exited with status {c}"),
+        WaitStatus::Signaled(_, sig, core) => format!("killed by {sig}{}", if core { " (core dumped)" } else { "" }),
+        other => format!("{other:?}"),
+    }
+}

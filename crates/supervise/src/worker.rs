@@ -1,0 +1,56 @@
+//! The worker's side of the contract, for workers written in Rust: take what the master (or
+//! systemd) handed over, drop privileges, and die with the master.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::WorkerEnv;
+use crate::listen::Bound;
+use crate::notify::Notifier;
+use crate::{handoff, listen, sys};
+
+/// What a worker of a baton master receives.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The master's pid: see [`die_with_master`].
+    pub master: i32,
+    /// This worker's generation.
+    pub generation: u64,
+    /// The log file to reopen on USR1.
+    pub log: Option<PathBuf>,
+    /// The listening sockets, in `--listen` order.
+    pub listeners: Vec<Bound>,
+}
+
+impl Handoff {
+    /// Takes the contract's variables out of the environment (they are for this process only)
+    /// and adopts the listening sockets. `None` when this process was not started by a baton
+    /// master. Must run before any thread exists.
+    pub fn take() -> Result<Option<Handoff>> {
+        let Some(env) = WorkerEnv::from_vars(|k| std::env::var_os(k))? else { return Ok(None) };
+        sys::remove_env(&[handoff::BATON_WORKER, handoff::BATON_LOG]);
+        let listeners = listen::take_inherited()?
+            .ok_or_else(|| Error::new(ErrorKind::Listen, format!("{} names another process", handoff::LISTEN_PID)))?;
+        Ok(Some(Handoff { master: env.master, generation: env.generation, log: env.log, listeners }))
+    }
+}
+
+/// The notify socket of this process (`NOTIFY_SOCKET`, the master's or systemd's), taken out
+/// of the environment. `None` when it is unset. Must run before any thread exists.
+pub fn notifier() -> Result<Option<Notifier>> {
+    Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, handoff::NOTIFY_SOCKET, e))
+}
+
+/// Switches to `user` (and `group`, default the user's primary group) with the user's
+/// supplementary groups, and checks root cannot be regained. Must run before threads exist.
+pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<()> {
+    let (uid, gid) = crate::exe::lookup_user(user, group)?;
+    sys::drop_privileges(user, uid, gid)
+        .map_err(|e| Error::io(ErrorKind::Io, format!("cannot switch to user {user}"), e))
+}
+
+/// Makes this process get SIGTERM when the master dies (and fails if it already has). Call it
+/// after [`drop_privileges`]: changing credentials clears the parent-death signal.
+pub fn die_with_master(master: i32) -> Result<()> {
+    sys::die_with_parent(libc::SIGTERM, master).map_err(|e| Error::io(ErrorKind::Worker, format!("master {master}"), e))
+}

@@ -1,0 +1,81 @@
+//! What the drain needs to know of each connection (protocol, requests in flight, idle since
+//! when), and the `Connection: close` every HTTP/1 response carries once the drain started.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::header::CONNECTION;
+use http::{HeaderMap, HeaderValue, Version};
+
+use super::Shared;
+
+/// One connection's state.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    pub(crate) peer: Option<SocketAddr>,
+    h2: AtomicBool,
+    in_flight: AtomicU32,
+    last_active_ms: AtomicU64,
+}
+
+impl ConnState {
+    pub(crate) fn new(peer: Option<SocketAddr>, shared: &Shared) -> Self {
+        ConnState {
+            peer,
+            h2: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            last_active_ms: AtomicU64::new(shared.now_ms()),
+        }
+    }
+
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn saw(&self, version: Version) {
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the connection has had no request in flight, counting from `since` at the
+    /// earliest (the start of the drain).
+    pub(crate) fn idle_since(&self, shared: &Shared, since_ms: u64) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_active_ms.load(Ordering::Acquire).max(since_ms);
+        Duration::from_millis(shared.now_ms().saturating_sub(last))
+    }
+}
+
+/// Counts a request as in flight until dropped (with the response body).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    conn: Arc<ConnState>,
+    shared: Arc<Shared>,
+}
+
+impl InFlight {
+    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { conn: conn.clone(), shared: shared.clone() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn.last_active_ms.store(self.shared.now_ms(), Ordering::Release);
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Checked when the response goes out, not when the request came in: a request that began
+/// before the drain still tells its client to reconnect elsewhere.
+pub(crate) fn mark_closing(headers: &mut HeaderMap, version: Version, shared: &Shared) {
+    if version <= Version::HTTP_11 && shared.draining.load(Ordering::Relaxed) {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+}

@@ -1,0 +1,195 @@
+//! The production defaults in front of the app, composed in one place ([`ConnService::call`]),
+//! one module each: request id, health route, body limit (413), panic -> 500, request timeout
+//! (503), `Connection: close` while draining, and the access log. One allocation per request
+//! beyond what `axum::serve` does (the boxed future).
+
+mod drain;
+mod health;
+mod limits;
+mod panic;
+mod request_id;
+mod timeout;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tower::ServiceExt as _;
+
+pub(crate) use drain::ConnState;
+use drain::InFlight;
+
+use crate::AppService;
+use crate::access_log::{self, Record};
+
+/// Settings of the HTTP layer (from the command line and the [`App`](crate::App) builder).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpConfig {
+    pub(crate) access_log: access_log::Format,
+    pub(crate) request_id: bool,
+    pub(crate) catch_panic: bool,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) health_path: Option<String>,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) shutdown_delay: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) tcp_nodelay: bool,
+    /// TLS for TCP listeners (loaded by the worker).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// State shared by every connection of a worker.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cfg: HttpConfig,
+    /// Responses carry `Connection: close` (HTTP/1) once set.
+    pub(crate) draining: AtomicBool,
+    /// The health route answers 503 once set.
+    pub(crate) unhealthy: AtomicBool,
+    epoch: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: HttpConfig) -> Self {
+        Shared { cfg, draining: AtomicBool::new(false), unhealthy: AtomicBool::new(false), epoch: Instant::now() }
+    }
+
+    /// Milliseconds since this worker started serving: the clock of idle and drain times.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The hyper service of one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnService {
+    pub(crate) app: AppService,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: Arc<ConnState>,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn call(&self, mut req: Request<Incoming>) -> BoxFuture {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let version = req.version();
+        self.conn.saw(version);
+        let guard = InFlight::new(&self.conn, &shared);
+        let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
+        let record = (cfg.access_log != access_log::Format::Off)
+            .then(|| Box::new(Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start)));
+        let early = health::answer(&req, &shared).or_else(|| limits::refuse(&req, cfg.max_body_bytes));
+        let app = self.app.clone();
+        Box::pin(async move {
+            let cfg = &shared.cfg;
+            let mut resp = match early {
+                Some(r) => r,
+                None => {
+                    let req = limits::limit(req, cfg.max_body_bytes);
+                    let method = req.method().clone();
+                    let path = req.uri().path().to_owned();
+                    // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
+                    // has begun, which the access log (written at the end) cannot.
+                    tracing::debug!("request started: {method} {path}");
+                    let fut = panic::CatchPanic { inner: Box::pin(app.oneshot(req)), enabled: cfg.catch_panic };
+                    match timeout::within(cfg.request_timeout, fut).await {
+                        Some(Ok(Ok(r))) => r,
+                        Some(Ok(Err(never))) => match never {},
+                        Some(Err(panic)) => {
+                            tracing::error!("handler panicked on {method} {path}: {panic}");
+                            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+                        }
+                        None => {
+                            tracing::warn!("request timeout on {method} {path}");
+                            plain(StatusCode::SERVICE_UNAVAILABLE, "request timeout\n")
+                        }
+                    }
+                }
+            };
+            let headers = resp.headers_mut();
+            if let Some(rid) = rid {
+                headers.insert(request_id::X_REQUEST_ID.clone(), rid);
+            }
+            drain::mark_closing(headers, version, &shared);
+            let mut record = record;
+            if let Some(r) = record.as_mut() {
+                r.status = resp.status();
+            }
+            Ok(resp.map(|body| TrackedBody { body, record, _guard: guard }))
+        })
+    }
+}
+
+/// A short plain-text answer of baton's own.
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The response body: counts bytes for the access log, which is written when the body is
+/// done (or dropped), and keeps the request counted as in flight until then.
+pub(crate) struct TrackedBody {
+    body: Body,
+    record: Option<Box<Record>>,
+    _guard: InFlight,
+}
+
+impl std::fmt::Debug for TrackedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedBody").finish_non_exhaustive()
+    }
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(r)) = (&polled, this.record.as_mut()) {
+            if let Some(data) = frame.data_ref() {
+                r.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.write();
+        }
+    }
+}

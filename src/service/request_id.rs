@@ -1,0 +1,48 @@
+//! `x-request-id`: kept when the client sent a sane one, else made from a per-process prefix
+//! and a counter; set on the request (for the app) and on the response.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use http::{HeaderName, HeaderValue, Request};
+
+/// The request id header.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Keeps a well-formed incoming id (visible ASCII, at most 128 bytes); otherwise makes one.
+pub(crate) fn ensure<B>(req: &mut Request<B>) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let v = HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value");
+    req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut req = Request::new(());
+        let a = ensure(&mut req);
+        assert_eq!(req.headers()[&X_REQUEST_ID], a);
+        let mut req2 = Request::new(());
+        assert_ne!(ensure(&mut req2), a);
+        let mut given = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        assert_eq!(ensure(&mut given), "abc-123");
+        let mut bad = Request::builder().header("x-request-id", "has space").body(()).unwrap();
+        assert_ne!(ensure(&mut bad), "has space");
+    }
+}
