@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+mod event;
+mod generation;
+
+pub(crate) use event::{Action, Event, Sig, Stopping};
+use generation::PendingAck;
+pub(crate) use generation::{Gen, GenState, LastReload};
+
 use crate::control::protocol::Reply;
 use crate::exe::BinaryId;
 
@@ -39,96 +46,6 @@ pub(crate) struct Limits {
     pub(crate) max_draining: usize,
 }
 
-/// A signal the master sends to a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sig {
-    /// Shut down (after the worker's shutdown delay).
-    Term,
-    /// Stop now.
-    Quit,
-    /// Reopen the log file.
-    Usr1,
-    /// Replaced by a newer generation: drain now.
-    Usr2,
-    Kill,
-}
-
-/// How the master shuts down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stopping {
-    Graceful,
-    Fast,
-}
-
-impl Stopping {
-    /// What workers are sent: TERM drains, QUIT stops at once.
-    fn signal(self) -> Sig {
-        match self {
-            Stopping::Graceful => Sig::Term,
-            Stopping::Fast => Sig::Quit,
-        }
-    }
-}
-
-/// What happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Event {
-    /// The master is set up: start the first worker.
-    Start,
-    /// TERM or INT (graceful), QUIT (fast), or `stop` (graceful, answered "stopping").
-    Shutdown { how: Stopping, waiter: Option<WaiterId> },
-    /// USR2, HUP or `reload`; `on_disk` identifies the binary on disk now (`None`: unreadable).
-    Reload { waiter: Option<WaiterId>, on_disk: Option<BinaryId> },
-    /// USR1 or `reopen-logs`.
-    ReopenLogs { waiter: Option<WaiterId> },
-    /// `status`.
-    Status { waiter: WaiterId },
-    /// A datagram on the notify socket, stamped by the kernel with its sender's pid.
-    Notify { pid: Pid, msg: String },
-    /// A child was reaped; `how` describes its wait status.
-    Exited { pid: Pid, how: String },
-    /// The outcome of [`Action::Spawn`], fed back at once by whoever carried it out.
-    Spawned { generation: u64, result: Result<(Pid, BinaryId), String> },
-    /// Time passed (deadlines are acted on with every event).
-    Tick,
-}
-
-/// What to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// Fork and exec a worker of this generation; answer with [`Event::Spawned`].
-    Spawn {
-        generation: u64,
-    },
-    Signal {
-        pid: Pid,
-        sig: Sig,
-    },
-    Reply {
-        waiter: WaiterId,
-        reply: Reply,
-    },
-    /// Answer `status` from [`State::view`].
-    ReplyStatus {
-        waiter: WaiterId,
-    },
-    /// Reopen the master's own log file.
-    ReopenLog,
-    /// A message for systemd's notify socket, if there is one.
-    Systemd(String),
-    /// `RELOADING=1` for systemd, with the `MONOTONIC_USEC` it requires.
-    SystemdReloading,
-    /// Close the master's copy of the listening sockets (first thing on shutdown).
-    CloseListeners,
-    /// Tell `start`'s launcher that the server serves.
-    DaemonReady,
-    /// Clean up and exit with `code`; `start_failure` is what `start` prints.
-    Exit {
-        code: u8,
-        start_failure: Option<String>,
-    },
-}
-
 /// The master's lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -140,61 +57,6 @@ pub(crate) enum Phase {
     Stopping { how: Stopping, force_at: Instant, start_failure: Option<String> },
     /// [`Action::Exit`] was emitted: nothing more happens.
     Exited,
-}
-
-/// Where one generation is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GenState {
-    Starting { deadline: Instant },
-    Active,
-    Draining { kill_at: Instant },
-}
-
-impl GenState {
-    pub(crate) fn word(self) -> &'static str {
-        match self {
-            GenState::Starting { .. } => "starting",
-            GenState::Active => "serving",
-            GenState::Draining { .. } => "draining",
-        }
-    }
-}
-
-/// One worker process and what the master knows of it.
-#[derive(Debug, Clone)]
-pub(crate) struct Gen {
-    pub(crate) pid: Pid,
-    pub(crate) generation: u64,
-    pub(crate) state: GenState,
-    pub(crate) binary: BinaryId,
-    started: Instant,
-    ready_at: Option<Instant>,
-    /// The last `STATUS=` it sent: its last words if it dies.
-    status: Option<String>,
-    /// Why the master killed it, if it did.
-    killed_for: Option<String>,
-    /// Control clients waiting for this generation's outcome.
-    waiters: Vec<WaiterId>,
-    /// Still accepting connections (until it reports `STATUS=draining` or exits).
-    pub(crate) accepting: bool,
-}
-
-/// A reload whose new generation is ready, answered once every replaced worker has stopped
-/// accepting: after `reload` returns, no new connection reaches the old code.
-#[derive(Debug, Clone)]
-struct PendingAck {
-    old: Vec<Pid>,
-    waiters: Vec<WaiterId>,
-    reply: String,
-    systemd: String,
-    deadline: Instant,
-}
-
-/// The outcome of the last reload, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LastReload {
-    pub(crate) at: Instant,
-    pub(crate) result: Result<u64, String>,
 }
 
 /// The master's whole state.
