@@ -27,7 +27,7 @@ pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(Uid, Gid)>
 
 /// What identifies the binary on disk: a reload requested while a worker is starting is folded
 /// into that start unless the file changed since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct BinaryId {
     dev: u64,
     ino: u64,
@@ -44,8 +44,28 @@ impl BinaryId {
 }
 
 pub(crate) fn binary_id(path: &std::path::Path) -> std::io::Result<BinaryId> {
-    let m = std::fs::metadata(path)?;
-    Ok(BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() })
+    Ok(BinaryId::of(&std::fs::metadata(path)?))
+}
+
+impl BinaryId {
+    fn of(m: &std::fs::Metadata) -> BinaryId {
+        BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+    }
+
+    /// For `status`: size and modification time.
+    pub(crate) fn describe(&self) -> String {
+        let mut t = String::new();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.mtime_ns.max(0) as u64);
+        crate::log::rfc3339(&mut t, at);
+        format!("{} bytes, modified {t}", self.size)
+    }
+}
+
+/// Opens the binary at `path` for a generation to run: the master keeps the fd, so the file
+/// on disk may be replaced or deleted while the generation (or a restart of it) needs it.
+pub(crate) fn pin(path: &std::path::Path) -> std::io::Result<(BinaryId, std::os::fd::OwnedFd)> {
+    let f = std::fs::File::open(path)?;
+    Ok((BinaryId::of(&f.metadata()?), f.into()))
 }
 
 /// The path to re-execute: resolved once at start. `argv[0]` when it names the running file by

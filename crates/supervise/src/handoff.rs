@@ -9,16 +9,19 @@
 //! | master → worker | `NOTIFY_SOCKET=@name` | where to send readiness (systemd's protocol, the master's own socket) |
 //! | master → worker | `BATON_WORKER=<master pid>:<generation>` | "you are a worker": die with this parent; which generation |
 //! | master → worker | `BATON_LOG=/abs/path` | the log file to reopen on USR1 (stdout and stderr already point at it) |
+//! | master → worker | `BATON_WATCHDOG_USEC=n` | send `WATCHDOG=1` more often than this once ready, or be replaced |
 //! | master → worker | the app's own variables | [`crate::MasterConfig::worker_env`] |
 //! | worker → master | `READY=1` | serving: the master switches generations |
 //! | worker → master | `STATUS=<text>` | the worker's last words, shown if it dies before it is ready |
 //! | worker → master | `STATUS=draining` | listeners closed: a reload that replaced it is complete |
+//! | worker → master | `WATCHDOG=1` | heartbeat from inside the serving runtime |
 //! | master → worker | TERM / USR2 / QUIT / USR1 | shut down (after `--shutdown-delay`) / replaced, drain now / stop now / reopen the log |
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -36,12 +39,16 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const BATON_WORKER: &str = "BATON_WORKER";
 /// The absolute log file path, for workers to reopen on USR1.
 pub const BATON_LOG: &str = "BATON_LOG";
+/// How often the master expects `WATCHDOG=1`, in microseconds (unset: no watchdog). Send it
+/// at a third of this from inside the code path that serves (baton's workers: a runtime task).
+pub const BATON_WATCHDOG_USEC: &str = "BATON_WATCHDOG_USEC";
 /// The `STATUS=` a worker sends once its listeners are closed: the master then knows a
 /// replaced generation takes no new connection (baton's own word; systemd just shows it).
 pub const STATUS_DRAINING: &str = "draining";
 
 /// Variables of the contract: the master never passes its own copies on to a worker.
-pub const CONTRACT_VARS: [&str; 6] = [LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, BATON_WORKER, BATON_LOG];
+pub const CONTRACT_VARS: [&str; 7] =
+    [LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, BATON_WORKER, BATON_LOG, BATON_WATCHDOG_USEC];
 
 /// What the master tells one worker through its environment (besides `LISTEN_PID`, which only
 /// the forked child can know).
@@ -57,6 +64,8 @@ pub struct WorkerEnv {
     pub notify_socket: String,
     /// The log file, if the master writes to one.
     pub log: Option<PathBuf>,
+    /// The watchdog time: the worker must send `WATCHDOG=1` more often than this.
+    pub watchdog: Option<Duration>,
 }
 
 impl WorkerEnv {
@@ -70,6 +79,9 @@ impl WorkerEnv {
         ];
         if let Some(p) = &self.log {
             v.push((BATON_LOG.into(), p.clone().into()));
+        }
+        if let Some(w) = self.watchdog {
+            v.push((BATON_WATCHDOG_USEC.into(), w.as_micros().to_string().into()));
         }
         v
     }
@@ -88,7 +100,15 @@ impl WorkerEnv {
             .and_then(|s| s.into_string().ok())
             .ok_or_else(|| Error::usage(format!("started as a worker without a UTF-8 {NOTIFY_SOCKET}")))?;
         let log = get(BATON_LOG).map(PathBuf::from);
-        Ok(Some(WorkerEnv { master, generation, listen_names: listen.names, notify_socket, log }))
+        let watchdog = match get(BATON_WATCHDOG_USEC) {
+            None => None,
+            Some(v) => {
+                Some(v.to_str().and_then(|s| s.parse().ok()).map(Duration::from_micros).ok_or_else(|| {
+                    Error::usage(format!("invalid {BATON_WATCHDOG_USEC} {v:?}: expected microseconds"))
+                })?)
+            }
+        };
+        Ok(Some(WorkerEnv { master, generation, listen_names: listen.names, notify_socket, log, watchdog }))
     }
 }
 
@@ -140,6 +160,8 @@ pub struct Message {
     pub ready: bool,
     /// `STATUS=draining`.
     pub draining: bool,
+    /// `WATCHDOG=1`: the worker's runtime is alive.
+    pub watchdog: bool,
     /// Any other `STATUS=` text.
     pub status: Option<String>,
 }
@@ -151,6 +173,7 @@ impl Message {
         Message {
             ready: field(msg, "READY") == Some("1"),
             draining: status == Some(STATUS_DRAINING),
+            watchdog: field(msg, "WATCHDOG") == Some("1"),
             status: status.filter(|s| *s != STATUS_DRAINING).map(str::to_owned),
         }
     }
@@ -164,6 +187,9 @@ impl Message {
     pub fn draining() -> String {
         format!("STATUS={STATUS_DRAINING}")
     }
+
+    /// The heartbeat a worker sends from inside its runtime.
+    pub const HEARTBEAT: &'static str = "WATCHDOG=1";
 
     /// A worker's last words (one line: newlines would start new assignments).
     pub fn status(text: &str) -> String {
@@ -193,13 +219,15 @@ mod tests {
 
     #[test]
     fn handoff_round_trip_master_writes_worker_reads() {
-        for log in [None, Some(PathBuf::from("/var/log/app.log"))] {
+        let cases = [(None, None), (Some(PathBuf::from("/var/log/app.log")), Some(Duration::from_millis(2500)))];
+        for (log, watchdog) in cases {
             let sent = WorkerEnv {
                 master: 4242,
                 generation: 7,
                 listen_names: vec!["http".into(), "admin".into()],
                 notify_socket: "@baton-notify-4242-1".into(),
                 log,
+                watchdog,
             };
             let mut vars = sent.to_vars();
             assert!(vars.iter().all(|(k, _)| is_contract_var(k)), "{vars:?}");
@@ -219,6 +247,7 @@ mod tests {
         assert_eq!(m.status.as_deref(), Some("generation 3 serving"));
         let m = Message::parse(&Message::draining());
         assert!(m.draining && !m.ready && m.status.is_none());
+        assert!(Message::parse(Message::HEARTBEAT).watchdog);
         let m = Message::parse(&Message::status("bad\nthing"));
         assert_eq!(m.status.as_deref(), Some("bad thing"));
         assert_eq!(Message::parse("READY=0\nMAINPID=4"), Message::default());

@@ -7,7 +7,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use libc::c_char;
@@ -134,7 +134,9 @@ pub(crate) fn install_noop_handlers(signals: &[nix::sys::signal::Signal]) -> io:
 /// nothing. `LISTEN_PID` holds room for the digits of the child's pid, written after the fork.
 #[derive(Debug)]
 pub(crate) struct WorkerExec {
-    path: CString,
+    /// The pinned binary: executed with `execveat(fd, "", AT_EMPTY_PATH)`, so the file on
+    /// disk may be replaced or deleted meanwhile.
+    exe: RawFd,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     env: Vec<Vec<u8>>,
@@ -163,10 +165,11 @@ const RESET_SIGNALS: [libc::c_int; 8] = [
 const PID_ROOM: usize = 20;
 
 impl WorkerExec {
-    /// Prepares an exec of `path` with `argv` and `env` (without `LISTEN_PID`, which is added),
-    /// handing `fds` as 3, 4, ... and restoring the signal mask `mask` in the child.
+    /// Prepares an exec of the open file `exe` with `argv` and `env` (without `LISTEN_PID`,
+    /// which is added), handing `fds` as 3, 4, ... and restoring the signal mask `mask` in the
+    /// child. `exe` must stay open until [`WorkerExec::spawn`] returned.
     pub(crate) fn new(
-        path: &OsStr,
+        exe: BorrowedFd<'_>,
         argv: &[&OsStr],
         env: &[(Vec<u8>, Vec<u8>)],
         fds: &[RawFd],
@@ -176,7 +179,6 @@ impl WorkerExec {
             return Err(io::Error::other(format!("at most {MAX_LISTENERS} listeners")));
         }
         let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"));
-        let path = cstr(path.as_bytes())?;
         let argv: Vec<CString> = argv.iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<_>>()?;
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -204,7 +206,7 @@ impl WorkerExec {
         let mut fd_arr = [-1; MAX_LISTENERS];
         fd_arr[..fds.len()].copy_from_slice(fds);
         Ok(WorkerExec {
-            path,
+            exe: exe.as_raw_fd(),
             _argv: argv,
             argv_ptrs,
             env: env_bufs,
@@ -235,7 +237,8 @@ impl WorkerExec {
     /// Runs in the child between fork and exec: async-signal-safe calls only, no allocation.
     unsafe fn child_after_fork(&self) -> ! {
         // SAFETY (whole function): every call is async-signal-safe per signal-safety(7) (or a
-        // plain syscall: prctl), and reads only memory prepared before the fork. The pid
+        // plain syscall: prctl, execveat; reading errno), and reads only memory prepared
+        // before the fork. The pid
         // digits are written into a buffer this (copy-on-write) child owns.
         unsafe {
             // Default dispositions first, then the mask: a signal sent to this pid before exec
@@ -279,7 +282,18 @@ impl WorkerExec {
             }
             std::ptr::copy_nonoverlapping(digits.as_ptr().add(PID_ROOM - len), self.pid_digits, len);
             *self.pid_digits.add(len) = 0;
-            libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
+            let exec = || {
+                let empty = c"".as_ptr();
+                let (argv, envp) = (self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
+                libc::syscall(libc::SYS_execveat, self.exe, empty, argv, envp, libc::AT_EMPTY_PATH)
+            };
+            exec();
+            if *libc::__errno_location() == libc::ENOENT {
+                // A script: its interpreter opens it as /dev/fd/N, which a close-on-exec fd
+                // would not survive. Keep it open across exec (it stays open in the worker).
+                libc::fcntl(self.exe, libc::F_SETFD, 0);
+                exec();
+            }
             fail(b"baton worker: cannot execute the binary\n");
         }
     }

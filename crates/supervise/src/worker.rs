@@ -20,6 +20,9 @@ pub struct Handoff {
     pub log: Option<PathBuf>,
     /// The listening sockets, in `--listen` order.
     pub listeners: Vec<Bound>,
+    /// Send [`Message::HEARTBEAT`](crate::handoff::Message::HEARTBEAT) more often than this
+    /// once ready (a third of it is a good period), or the master replaces this worker.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl Handoff {
@@ -28,10 +31,16 @@ impl Handoff {
     /// master. Must run before any thread exists.
     pub fn take() -> Result<Option<Handoff>> {
         let Some(env) = WorkerEnv::from_vars(|k| std::env::var_os(k))? else { return Ok(None) };
-        sys::remove_env(&[handoff::BATON_WORKER, handoff::BATON_LOG]);
+        sys::remove_env(&[handoff::BATON_WORKER, handoff::BATON_LOG, handoff::BATON_WATCHDOG_USEC]);
         let listeners = listen::take_inherited()?
             .ok_or_else(|| Error::new(ErrorKind::Listen, format!("{} names another process", handoff::LISTEN_PID)))?;
-        Ok(Some(Handoff { master: env.master, generation: env.generation, log: env.log, listeners }))
+        Ok(Some(Handoff {
+            master: env.master,
+            generation: env.generation,
+            log: env.log,
+            listeners,
+            watchdog: env.watchdog,
+        }))
     }
 }
 

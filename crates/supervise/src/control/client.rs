@@ -16,8 +16,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pidfile::{self, Probe};
 
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
-/// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`:
-/// 0 running, 1 dead with pid file, 3 not running (LSB).
+/// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`
+/// (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs but no worker
+/// serves (starting, crash-looping, stopping).
 pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) -> Result<ExitCode> {
     let pid_path = pid.unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
     let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
@@ -66,7 +67,11 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     };
     match reply {
         Reply::Err(t) => Err(Error::new(
-            if cmd == Command::Reload { ErrorKind::Worker } else { ErrorKind::Io },
+            if matches!(cmd, Command::Reload | Command::ReloadWaitProbation) {
+                ErrorKind::Worker
+            } else {
+                ErrorKind::Io
+            },
             format!("{} failed: {t}", cmd.word()),
         )),
         Reply::Ok(t) => {
@@ -75,6 +80,10 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 println!("stopped (pid {pid})");
             } else {
                 println!("{t}");
+            }
+            if cmd == Command::Status && !t.lines().any(|l| l == "state: serving") {
+                // LSB's "unknown": the master runs, but no worker serves.
+                return Ok(ExitCode::from(4));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -104,7 +113,7 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
             exited.wait(deadline)?;
             println!("stopped (pid {pid})");
         }
-        Command::Reload => {
+        Command::Reload | Command::ReloadWaitProbation => {
             send(Signal::SIGUSR2)?;
             println!("sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)");
         }

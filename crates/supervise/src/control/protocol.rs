@@ -11,6 +11,9 @@ pub enum Command {
     Stop,
     /// Zero-downtime reload; answered once the new generation serves (or failed).
     Reload,
+    /// A reload answered only once the new generation passed its probation (or was rolled
+    /// back).
+    ReloadWaitProbation,
     /// Pid, uptime, generations, listeners, last reload.
     Status,
     /// Reopen the log file in every process.
@@ -18,13 +21,15 @@ pub enum Command {
 }
 
 impl Command {
-    const ALL: [Command; 4] = [Command::Stop, Command::Reload, Command::Status, Command::ReopenLogs];
+    const ALL: [Command; 5] =
+        [Command::Stop, Command::Reload, Command::ReloadWaitProbation, Command::Status, Command::ReopenLogs];
 
     /// The request line's word.
     pub fn word(self) -> &'static str {
         match self {
             Command::Stop => "stop",
             Command::Reload => "reload",
+            Command::ReloadWaitProbation => "reload-wait-probation",
             Command::Status => "status",
             Command::ReopenLogs => "reopen-logs",
         }

@@ -55,6 +55,13 @@ pub struct MasterConfig {
     pub drain_timeout: Duration,
     /// At most this many generations draining at once; further reloads wait for a slot.
     pub max_draining: u32,
+    /// How long a reload's new binary is on probation: if it crashes (or fails the watchdog)
+    /// within this time after it became active, the last good binary is started again. Zero
+    /// turns probation off.
+    pub probation: Duration,
+    /// A serving worker that sends no `WATCHDOG=1` for this long is killed and replaced.
+    /// `None` turns the watchdog off.
+    pub watchdog: Option<Duration>,
     /// Extra variables for every worker (e.g. paths the app made absolute before the daemon
     /// changed to `/`). They replace the master's own variables of the same name.
     pub worker_env: Vec<(OsString, OsString)>,
@@ -120,23 +127,41 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
         max_draining: cfg.max_draining as usize,
+        probation: cfg.probation,
+        watchdog: cfg.watchdog,
+        systemd_watchdog: systemd_watchdog(),
     };
-    let mut m = run::Runner::new(run::Io {
-        exe,
-        argv: std::env::args_os().collect(),
-        worker_env: cfg.worker_env,
-        listeners,
-        log_path,
-        log_owner,
-        orig_mask,
-        sigfd,
-        notify,
-        control,
-        systemd,
-        daemon_status,
-        pidfile,
-    });
+    let mut m = run::Runner::new(
+        run::Io {
+            exe,
+            argv: std::env::args_os().collect(),
+            worker_env: cfg.worker_env,
+            listeners,
+            log_path,
+            log_owner,
+            orig_mask,
+            sigfd,
+            notify,
+            control,
+            systemd,
+            daemon_status,
+            pidfile,
+        },
+        cfg.watchdog,
+    );
     Ok(ExitCode::from(m.run(limits)))
+}
+
+/// systemd's watchdog for this process (`WATCHDOG_USEC`, for `WATCHDOG_PID` if set), taken out
+/// of the environment so workers do not see it.
+fn systemd_watchdog() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?;
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    sys::remove_env(&["WATCHDOG_USEC", "WATCHDOG_PID"]);
+    if pid.is_some_and(|p| p.parse() != Ok(std::process::id())) {
+        return None;
+    }
+    usec.parse().ok().filter(|u| *u > 0).map(Duration::from_micros)
 }
 
 /// Opens the log file for appending and gives it to the workers' user, who reopen it

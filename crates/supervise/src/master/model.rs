@@ -12,16 +12,16 @@ use nix::unistd::Pid;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use super::state::{Action, Event, GenState, Limits, Phase, Sig, State, Stopping, WaiterId};
+use super::state::{Action, Event, GenState, Limits, Phase, Sig, State, Stopping, WaiterId, Waiting};
 use crate::exe::BinaryId;
 
 /// What can happen to the master, as the model generates it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Op {
     Term,
     Quit,
-    /// USR2/HUP (`None`) or `reload` (`Some`).
-    Reload(bool),
+    /// USR2/HUP (`None`), `reload` (`Some(false)`) or `reload --wait-probation`.
+    Reload(Option<bool>),
     Stop,
     ReopenLogs(bool),
     Status,
@@ -31,6 +31,8 @@ enum Op {
     StoppedAccepting(usize),
     /// ... sends its last words.
     Says(usize),
+    /// ... sends its heartbeat.
+    Heartbeat(usize),
     /// ... exits (crash, clean exit, killed: all look the same to the master but the words).
     Exits(usize),
     /// A datagram from a process that is not a worker.
@@ -50,16 +52,18 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => Just(Op::Term),
         1 => Just(Op::Quit),
-        60 => any::<bool>().prop_map(Op::Reload),
+        60 => any::<Option<bool>>().prop_map(Op::Reload),
         1 => Just(Op::Stop),
         10 => any::<bool>().prop_map(Op::ReopenLogs),
         10 => Just(Op::Status),
         80 => any::<usize>().prop_map(Op::Ready),
         40 => any::<usize>().prop_map(Op::StoppedAccepting),
         10 => any::<usize>().prop_map(Op::Says),
+        60 => any::<usize>().prop_map(Op::Heartbeat),
         50 => any::<usize>().prop_map(Op::Exits),
         10 => Just(Op::Stranger),
-        // Mostly short steps, sometimes past every deadline (ready 60 s, drain 30 s + 5 s).
+        // Mostly short steps, sometimes past every deadline (probation 3 s, watchdog 10 s,
+        // ready 60 s, drain 30 s + 5 s).
         60 => prop_oneof![4 => 0..2_000u64, 1 => 0..120_000u64].prop_map(Op::Advance),
         20 => Just(Op::Deploy),
         5 => Just(Op::RemoveBinary),
@@ -81,6 +85,12 @@ struct Model {
     /// Children that were sent SIGKILL, TERM or QUIT (they exit when the model settles).
     doomed: BTreeSet<Pid>,
     fail_next_spawn: bool,
+    /// Builds that served through their probation (or needed none): the only ones a restart
+    /// or a rollback may run.
+    proven: BTreeSet<u64>,
+    /// Spawns that read the disk, and the requests that allow one (the first start, reloads).
+    disk_spawns: u64,
+    disk_requests: u64,
     next_waiter: WaiterId,
     open_waiters: BTreeSet<WaiterId>,
     /// The build on disk at the last reload requested while not stopping, and whether a start
@@ -88,13 +98,21 @@ struct Model {
     wanted: Option<(Option<u64>, bool)>,
     shutdown_requested: bool,
     exited: Option<u8>,
+    /// The build serving once the operations settled, before the final TERM.
+    settled_build: Option<u64>,
     steps: u64,
 }
 
 impl Model {
-    fn new() -> Model {
-        let limits =
-            Limits { ready_timeout: Duration::from_secs(60), drain_timeout: Duration::from_secs(30), max_draining: 2 };
+    fn new(probation: bool) -> Model {
+        let limits = Limits {
+            ready_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            max_draining: 2,
+            probation: if probation { Duration::from_secs(3) } else { Duration::ZERO },
+            watchdog: Some(Duration::from_secs(10)),
+            systemd_watchdog: Some(Duration::from_secs(20)),
+        };
         let mut m = Model {
             state: State::new(limits),
             now: Instant::now(),
@@ -104,11 +122,15 @@ impl Model {
             live: BTreeMap::new(),
             doomed: BTreeSet::new(),
             fail_next_spawn: false,
+            proven: BTreeSet::new(),
+            disk_spawns: 0,
+            disk_requests: 1,
             next_waiter: 0,
             open_waiters: BTreeSet::new(),
             wanted: None,
             shutdown_requested: false,
             exited: None,
+            settled_build: None,
             steps: 0,
         };
         m.feed(Event::Start).unwrap();
@@ -139,7 +161,9 @@ impl Model {
                 if !self.stopping() {
                     self.wanted = Some((self.disk, false));
                 }
-                Event::Reload { waiter: control.then(|| self.waiter()), on_disk }
+                self.disk_requests += 1;
+                let waiter = control.map(|probation| Waiting { id: self.waiter(), probation });
+                Event::Reload { waiter, on_disk }
             }
             Op::ReopenLogs(control) => Event::ReopenLogs { waiter: control.then(|| self.waiter()) },
             Op::Status => Event::Status { waiter: self.waiter() },
@@ -153,6 +177,10 @@ impl Model {
             },
             Op::Says(n) => match self.nth_live(n) {
                 Some(pid) => Event::Notify { pid, msg: "STATUS=cannot open database".into() },
+                None => Event::Tick,
+            },
+            Op::Heartbeat(n) => match self.nth_live(n) {
+                Some(pid) => Event::Notify { pid, msg: "WATCHDOG=1".into() },
                 None => Event::Tick,
             },
             Op::Exits(n) => match self.nth_live(n) {
@@ -187,8 +215,13 @@ impl Model {
     fn exit(&mut self, pid: Pid) -> Result<(), TestCaseError> {
         self.live.remove(&pid);
         self.doomed.remove(&pid);
-        let was_starting = self.state.gens.iter().any(|g| g.pid == pid && matches!(g.state, GenState::Starting { .. }));
-        if was_starting {
+        // A start that failed, or a new binary that failed its probation: reported either way.
+        let failed = self
+            .state
+            .gens
+            .iter()
+            .any(|g| g.pid == pid && matches!(g.state, GenState::Starting { .. } | GenState::Probation { .. }));
+        if failed {
             if let Some((_, failed)) = &mut self.wanted {
                 *failed = true;
             }
@@ -204,9 +237,23 @@ impl Model {
         while let Some(action) = queue.pop_front() {
             prop_assert!(self.exited.is_none(), "action after exit: {action:?}");
             match action {
-                Action::Spawn { generation } => {
+                Action::Spawn { generation, binary } => {
                     prop_assert!(!self.stopping(), "spawn while stopping");
-                    let result = match (self.disk, std::mem::take(&mut self.fail_next_spawn)) {
+                    let build = match binary {
+                        // A restart or rollback: a crash loop never lands on a binary that was
+                        // never good.
+                        Some(b) => {
+                            prop_assert!(self.proven.iter().any(|p| BinaryId::fake(*p) == b), "unproven {b:?}");
+                            self.proven.iter().copied().find(|p| BinaryId::fake(*p) == b)
+                        }
+                        // Only the first start and reloads read the disk.
+                        None => {
+                            self.disk_spawns += 1;
+                            prop_assert!(self.disk_spawns <= self.disk_requests, "a disk read nobody asked for");
+                            self.disk
+                        }
+                    };
+                    let result = match (build, std::mem::take(&mut self.fail_next_spawn)) {
                         (Some(build), false) => {
                             let pid = Pid::from_raw(self.next_pid);
                             self.next_pid += 1;
@@ -248,11 +295,14 @@ impl Model {
         self.check()
     }
 
-    fn check(&self) -> Result<(), TestCaseError> {
+    fn check(&mut self) -> Result<(), TestCaseError> {
+        for g in self.state.gens.iter().filter(|g| g.state == GenState::Active) {
+            self.proven.insert(self.live[&g.pid]);
+        }
         let s = &self.state;
         let count = |f: fn(&GenState) -> bool| s.gens.iter().filter(|g| f(&g.state)).count();
         prop_assert!(count(|g| matches!(g, GenState::Starting { .. })) <= 1, "two starting: {:?}", s.gens);
-        prop_assert!(count(|g| *g == GenState::Active) <= 1, "two active: {:?}", s.gens);
+        prop_assert!(count(|g| g.serving()) <= 1, "two serving: {:?}", s.gens);
         if !self.stopping() {
             let draining = count(|g| matches!(g, GenState::Draining { .. }));
             prop_assert!(draining <= s.limits.max_draining, "{draining} draining: {:?}", s.gens);
@@ -265,6 +315,16 @@ impl Model {
             prop_assert!(d > self.now, "deadline {:?} not acted on", self.now - d);
         }
         Ok(())
+    }
+
+    /// Whether something is still to happen by itself (a queued reload, a restart, a
+    /// probation, a drain, a shutdown).
+    fn busy(&self) -> bool {
+        let s = &self.state;
+        s.queued.is_some()
+            || s.restart_at().is_some()
+            || self.stopping()
+            || s.gens.iter().any(|g| g.state != GenState::Active)
     }
 
     /// Every worker behaves from now on: starting ones become ready, draining and doomed ones
@@ -286,7 +346,10 @@ impl Model {
             match next {
                 Some((pid, true)) => self.exit(pid)?,
                 Some((pid, false)) => self.feed(Event::Notify { pid, msg: "READY=1".into() })?,
-                None if self.state.queued.is_some() || self.state.next_deadline().is_some() => {
+                None if self.busy() => {
+                    for pid in self.live.keys().copied().collect::<Vec<_>>() {
+                        self.feed(Event::Notify { pid, msg: "WATCHDOG=1".into() })?;
+                    }
                     self.now += Duration::from_secs(1);
                     self.feed(Event::Tick)?;
                 }
@@ -320,6 +383,7 @@ impl Model {
             }
             let active = self.state.active().map(|g| self.live[&g.pid]);
             prop_assert!(active.is_some(), "settled with nothing serving: {:?}", self.state.gens);
+            self.settled_build = active;
             if let Some((wanted, failed)) = self.wanted {
                 // A reload is never lost: what was on disk when it was last asked for (or
                 // something newer) serves, unless a start failed since (and said so).
@@ -341,9 +405,9 @@ fn model_master_state_machine_random_sequences() {
     static STEPS: AtomicU64 = AtomicU64::new(0);
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let sequences = (proptest::bool::weighted(0.9), proptest::collection::vec(op(), 1..300));
-    let result = runner.run(&sequences, |(first_ready, ops)| {
-        let mut m = Model::new();
+    let sequences = (any::<bool>(), proptest::bool::weighted(0.9), proptest::collection::vec(op(), 1..300));
+    let result = runner.run(&sequences, |(probation, first_ready, ops)| {
+        let mut m = Model::new(probation);
         let r = m.run(first_ready, ops);
         SEQUENCES.fetch_add(1, Ordering::Relaxed);
         STEPS.fetch_add(m.steps, Ordering::Relaxed);
@@ -359,35 +423,54 @@ fn model_master_state_machine_random_sequences() {
     }
 }
 
-/// The sequences the bugs of the past came from, spelled out.
+/// The sequences the bugs of the past came from, and each new transition, spelled out with
+/// the build that serves once things settle (`None`: the master exited).
 #[test]
 fn model_known_scenarios() {
     use Op::*;
-    let scenarios: Vec<(&str, Vec<Op>)> = vec![
-        ("first worker fails: start fails, exit 1", vec![Exits(0)]),
-        ("TERM while the first worker starts", vec![Term, Ready(0)]),
-        ("reload storm while one starts", vec![Ready(0), Deploy, Reload(true), Reload(true), Deploy, Reload(false)]),
-        ("crash of the only worker restarts it", vec![Ready(0), Exits(0), Advance(200)]),
-        ("ready after the ready timeout", vec![Ready(0), Reload(true), Advance(61_000), Ready(1)]),
-        (
-            "reload waits for a draining slot",
-            vec![Ready(0), Reload(true), Ready(1), Reload(true), Ready(2), Reload(true)],
-        ),
-        ("stop with a reload queued", vec![Ready(0), Reload(true), Deploy, Reload(true), Stop]),
+    let ctl = Reload(Some(false));
+    let wait = Reload(Some(true));
+    let scenarios: Vec<(&str, Vec<Op>, Option<u64>)> = vec![
+        ("first worker fails: start fails, exit 1", vec![Exits(0)], None),
+        ("TERM while the first worker starts", vec![Term, Ready(0)], None),
+        ("reload storm while one starts", vec![Ready(0), Deploy, ctl, ctl, Deploy, Reload(None)], Some(3)),
+        ("crash of the only worker restarts it", vec![Ready(0), Exits(0), Advance(200)], Some(1)),
+        ("ready after the ready timeout", vec![Ready(0), ctl, Advance(61_000), Ready(1)], Some(1)),
+        ("reload waits for a draining slot", vec![Ready(0), ctl, Ready(1), ctl, Ready(2), ctl], Some(1)),
+        ("stop with a reload queued", vec![Ready(0), ctl, Deploy, ctl, Stop], None),
         // Was a bug: the reload's client was never answered (found by the model).
-        ("reload folded into the first start, then TERM, then ready", vec![Reload(true), Term, Ready(0)]),
-        ("fork fails on reload", vec![Ready(0), FailNextSpawn, Reload(true)]),
-        ("binary deleted, then reload", vec![Ready(0), RemoveBinary, Reload(true), Deploy, Reload(true)]),
+        ("reload folded into the first start, then TERM, then ready", vec![ctl, Term, Ready(0)], None),
+        ("fork fails on reload", vec![Ready(0), FailNextSpawn, ctl], Some(1)),
+        ("binary deleted, then reload", vec![Ready(0), RemoveBinary, ctl, Deploy, ctl], Some(2)),
+        ("a crash restart runs the pinned binary, not the new one on disk", vec![Ready(0), Deploy, Exits(0)], Some(1)),
+        (
+            "a crash restart runs the pinned binary when the disk has none",
+            vec![Ready(0), RemoveBinary, Exits(0)],
+            Some(1),
+        ),
+        (
+            "a new binary crashing in probation is rolled back",
+            vec![Ready(0), Deploy, wait, Ready(1), Exits(1)],
+            Some(1),
+        ),
+        (
+            "a new binary that passed probation stays",
+            vec![Ready(0), Deploy, wait, Ready(1), Advance(3_500), Exits(1)],
+            Some(2),
+        ),
+        ("a silent worker is replaced from the last good binary", vec![Ready(0), Deploy, Advance(10_500)], Some(1)),
+        (
+            "a restart due when a reload's binary passed probation, then watchdog",
+            vec![Ready(0), Exits(0), Deploy, Reload(None), Ready(0), Advance(10_000)],
+            Some(2),
+        ),
     ];
-    for (name, ops) in scenarios {
-        let mut m = Model::new();
+    for (name, ops, build) in scenarios {
+        let mut m = Model::new(true);
         if let Err(e) = m.run(false, ops) {
-            panic!("{name}: {e}");
+            panic!("{name}: {e}\n{:?}", m.state);
         }
-        if name.starts_with("first worker fails") {
-            assert_eq!(m.exited, Some(1), "{name}");
-        } else {
-            assert_eq!(m.exited, Some(0), "{name}");
-        }
+        assert_eq!(m.settled_build, build, "{name}");
+        assert_eq!(m.exited, Some(u8::from(name.starts_with("first worker fails"))), "{name}");
     }
 }

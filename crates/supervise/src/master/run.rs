@@ -15,11 +15,11 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
-use super::state::{Action, Event, Limits, Sig, State, Stopping, WaiterId};
+use super::state::{Action, Event, GenState, Limits, Phase, Sig, State, Stopping, WaiterId, Waiting};
 use crate::control::protocol::{Command, Reply};
 use crate::control::server::{ControlServer, Waiter};
 use crate::daemon::StatusPipe;
-use crate::exe::binary_id;
+use crate::exe::{BinaryId, binary_id, pin};
 use crate::handoff::{self, WorkerEnv};
 use crate::listen::Bound;
 use crate::notify::{Notifier, NotifyServer};
@@ -53,19 +53,31 @@ pub(super) struct Runner {
     base_env: Vec<(Vec<u8>, Vec<u8>)>,
     waiters: HashMap<WaiterId, Waiter>,
     next_waiter: WaiterId,
+    /// An open fd of every binary a generation runs or may run again (see [`State::needs_binary`]).
+    pins: HashMap<BinaryId, std::os::fd::OwnedFd>,
+    watchdog: Option<Duration>,
     started: Instant,
     /// Set by [`Action::Exit`]: the exit code and what `start` prints.
     exit: Option<(u8, Option<String>)>,
 }
 
 impl Runner {
-    pub(super) fn new(io: Io) -> Runner {
+    pub(super) fn new(io: Io, watchdog: Option<Duration>) -> Runner {
         let base_env = std::env::vars_os()
             .filter(|(k, _)| !handoff::is_contract_var(k) && !io.worker_env.iter().any(|(w, _)| w == k))
             .chain(io.worker_env.iter().cloned())
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
-        Runner { io, base_env, waiters: HashMap::new(), next_waiter: 0, started: Instant::now(), exit: None }
+        Runner {
+            io,
+            base_env,
+            waiters: HashMap::new(),
+            next_waiter: 0,
+            pins: HashMap::new(),
+            watchdog,
+            started: Instant::now(),
+            exit: None,
+        }
     }
 
     /// Runs until the state machine says exit; returns the exit code.
@@ -135,8 +147,12 @@ impl Runner {
             self.next_waiter += 1;
             self.waiters.insert(id, waiter);
             let w = Some(id);
+            let on_disk = || binary_id(&self.io.exe).ok();
             events.push(match cmd {
-                Command::Reload => Event::Reload { waiter: w, on_disk: binary_id(&self.io.exe).ok() },
+                Command::Reload => Event::Reload { waiter: Some(Waiting { id, probation: false }), on_disk: on_disk() },
+                Command::ReloadWaitProbation => {
+                    Event::Reload { waiter: Some(Waiting { id, probation: true }), on_disk: on_disk() }
+                }
                 Command::Stop => Event::Shutdown { how: Stopping::Graceful, waiter: w },
                 Command::ReopenLogs => Event::ReopenLogs { waiter: w },
                 Command::Status => Event::Status { waiter: id },
@@ -182,11 +198,13 @@ impl Runner {
                 queue.extend(state.on(now, feedback));
             }
         }
+        // Binaries no generation runs and no restart would run are closed: fd counts stay flat.
+        self.pins.retain(|id, _| state.needs_binary(id));
     }
 
     fn execute(&mut self, state: &State, action: Action) -> Option<Event> {
         match action {
-            Action::Spawn { generation } => return Some(self.spawn(generation)),
+            Action::Spawn { generation, binary } => return Some(self.spawn(generation, binary)),
             Action::Signal { pid, sig } => {
                 let sig = match sig {
                     Sig::Term => Signal::SIGTERM,
@@ -235,28 +253,39 @@ impl Runner {
         }
     }
 
-    /// Forks and execs generation `generation` from the binary on disk.
-    fn spawn(&mut self, generation: u64) -> Event {
-        let io = &self.io;
-        let binary = match binary_id(&io.exe) {
-            Ok(b) => b,
-            Err(e) => {
-                let why = format!("cannot execute {}: {e}", io.exe.display());
-                return Event::Spawned { generation, result: Err(why) };
-            }
+    /// Forks and execs generation `generation` from the pinned `binary`, or from the file on
+    /// disk (pinning it first).
+    fn spawn(&mut self, generation: u64, binary: Option<BinaryId>) -> Event {
+        let binary = match binary {
+            Some(b) => b,
+            None => match pin(&self.io.exe) {
+                Ok((b, fd)) => {
+                    self.pins.entry(b).or_insert(fd);
+                    b
+                }
+                Err(e) => {
+                    let why = format!("cannot execute {}: {}", self.io.exe.display(), crate::describe_io(&e));
+                    return Event::Spawned { generation, result: Err(why) };
+                }
+            },
         };
+        let Some(exe) = self.pins.get(&binary) else {
+            return Event::Spawned { generation, result: Err("the pinned binary is gone".into()) };
+        };
+        let io = &self.io;
         let contract = WorkerEnv {
             master: std::process::id() as i32,
             generation,
             listen_names: io.listeners.iter().map(|l| l.name.clone()).collect(),
             notify_socket: io.notify.name().to_owned(),
             log: io.log_path.clone(),
+            watchdog: self.watchdog,
         };
         let mut env = self.base_env.clone();
         env.extend(contract.to_vars().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())));
         let fds: Vec<i32> = io.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
         let argv: Vec<&std::ffi::OsStr> = io.argv.iter().map(|a| a.as_os_str()).collect();
-        let spawned = WorkerExec::new(io.exe.as_os_str(), &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
+        let spawned = WorkerExec::new(exe.as_fd(), &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
         let result = match spawned {
             Ok(pid) => Ok((Pid::from_raw(pid), binary)),
             Err(e) => Err(format!("fork/exec failed: {e}")),
@@ -266,12 +295,38 @@ impl Runner {
 
     fn status_text(&self, state: &State) -> String {
         use std::fmt::Write as _;
+        let now = Instant::now();
         let mut s = String::new();
         let _ = writeln!(s, "pid: {}", std::process::id());
         let _ = writeln!(s, "uptime: {}s", self.started.elapsed().as_secs());
+        let what = match (&state.phase, state.restart_at()) {
+            (Phase::Stopping { .. } | Phase::Exited, _) => "stopping".to_owned(),
+            _ if state.active().is_some() => "serving".to_owned(),
+            (_, Some(at)) => format!(
+                "crash-looping ({} failures in a row; next start in {:.1}s)",
+                state.crash_streak,
+                at.saturating_duration_since(now).as_secs_f64()
+            ),
+            _ => "starting".to_owned(),
+        };
+        let _ = writeln!(s, "state: {what}");
         let _ = writeln!(s, "generation: {}", state.active().map_or(0, |g| g.generation));
+        let _ = writeln!(s, "binary: {}", self.io.exe.display());
         for g in &state.gens {
-            let _ = writeln!(s, "worker: pid {} generation {} {}", g.pid, g.generation, g.state.word());
+            let mut word = g.state.word().to_owned();
+            if let GenState::Probation { until } = g.state {
+                let _ = write!(word, " (ends in {:.1}s)", until.saturating_duration_since(now).as_secs_f64());
+            }
+            let good = if state.good == Some(g.binary) { ", last good" } else { "" };
+            let _ = writeln!(
+                s,
+                "worker: pid {} generation {} {word} ({}{}; binary {}{good})",
+                g.pid,
+                g.generation,
+                g.cause.word(),
+                if g.accepting { "" } else { ", not accepting" },
+                g.binary.describe(),
+            );
         }
         for l in &self.io.listeners {
             let _ = writeln!(s, "listener: {}", l.describe());

@@ -37,6 +37,48 @@ impl Stopping {
     }
 }
 
+/// A control client and what it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) id: WaiterId,
+    /// Answer only once the new generation passed its probation (or was rolled back).
+    pub(crate) probation: bool,
+}
+
+/// Why a generation was started: decides what its failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The first start: its failure ends the master.
+    Start,
+    /// A reload from the binary on disk: its failure is rolled back.
+    Reload,
+    /// A crash restart from the last good binary.
+    Restart,
+    /// A new generation crashed during its probation: back to the last good binary.
+    Revert,
+}
+
+impl Cause {
+    /// For `status`.
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Cause::Start => "first start",
+            Cause::Reload => "reload",
+            Cause::Restart => "crash restart",
+            Cause::Revert => "rollback",
+        }
+    }
+
+    /// How the log line of its start says why.
+    pub(crate) fn note(self) -> &'static str {
+        match self {
+            Cause::Start | Cause::Reload => "",
+            Cause::Restart => ", a crash restart from the last good binary",
+            Cause::Revert => ", a rollback to the last good binary",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -44,8 +86,9 @@ pub(crate) enum Event {
     Start,
     /// TERM or INT (graceful), QUIT (fast), or `stop` (graceful, answered "stopping").
     Shutdown { how: Stopping, waiter: Option<WaiterId> },
-    /// USR2, HUP or `reload`; `on_disk` identifies the binary on disk now (`None`: unreadable).
-    Reload { waiter: Option<WaiterId>, on_disk: Option<BinaryId> },
+    /// USR2, HUP or `reload` (`reload --wait-probation` waits for the end of the probation);
+    /// `on_disk` identifies the binary on disk now (`None`: unreadable).
+    Reload { waiter: Option<Waiting>, on_disk: Option<BinaryId> },
     /// USR1 or `reopen-logs`.
     ReopenLogs { waiter: Option<WaiterId> },
     /// `status`.
@@ -63,9 +106,11 @@ pub(crate) enum Event {
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Fork and exec a worker of this generation; answer with [`Event::Spawned`].
+    /// Fork and exec a worker of this generation from the pinned `binary`, or from the file on
+    /// disk (pinning it) when `None`; answer with [`Event::Spawned`].
     Spawn {
         generation: u64,
+        binary: Option<BinaryId>,
     },
     Signal {
         pid: Pid,

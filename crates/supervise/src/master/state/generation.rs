@@ -4,14 +4,19 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
-use super::WaiterId;
+use super::{Cause, WaiterId, Waiting};
 use crate::exe::BinaryId;
 
 /// Where one generation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GenState {
+    /// Spawned, waiting for `READY=1` until `deadline` (the ready timeout).
     Starting { deadline: Instant },
+    /// Serving a new binary; a crash before `until` brings back the last good one.
+    Probation { until: Instant },
+    /// Serving.
     Active,
+    /// Replaced or stopping; killed at `kill_at`.
     Draining { kill_at: Instant },
 }
 
@@ -19,9 +24,15 @@ impl GenState {
     pub(crate) fn word(self) -> &'static str {
         match self {
             GenState::Starting { .. } => "starting",
+            GenState::Probation { .. } => "probation",
             GenState::Active => "serving",
             GenState::Draining { .. } => "draining",
         }
+    }
+
+    /// Active or on probation: the generation new connections reach.
+    pub(crate) fn serving(self) -> bool {
+        matches!(self, GenState::Active | GenState::Probation { .. })
     }
 }
 
@@ -31,17 +42,42 @@ pub(crate) struct Gen {
     pub(crate) pid: Pid,
     pub(crate) generation: u64,
     pub(crate) state: GenState,
+    /// The pinned file it runs.
     pub(crate) binary: BinaryId,
+    pub(crate) cause: Cause,
     pub(super) started: Instant,
     pub(super) ready_at: Option<Instant>,
+    /// The last `WATCHDOG=1` (or its readiness).
+    pub(super) heartbeat: Instant,
     /// The last `STATUS=` it sent: its last words if it dies.
     pub(super) status: Option<String>,
     /// Why the master killed it, if it did.
     pub(super) killed_for: Option<String>,
     /// Control clients waiting for this generation's outcome.
-    pub(super) waiters: Vec<WaiterId>,
+    pub(super) waiters: Waiters,
     /// Still accepting connections (until it reports `STATUS=draining` or exits).
     pub(crate) accepting: bool,
+}
+
+/// Control clients waiting for a generation: for its readiness, or for its probation too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Waiters {
+    pub(crate) ready: Vec<WaiterId>,
+    pub(crate) probation: Vec<WaiterId>,
+}
+
+impl Waiters {
+    pub(super) fn add(&mut self, w: Option<Waiting>) {
+        match w {
+            Some(Waiting { id, probation: true }) => self.probation.push(id),
+            Some(Waiting { id, probation: false }) => self.ready.push(id),
+            None => {}
+        }
+    }
+
+    pub(super) fn all(self) -> impl Iterator<Item = WaiterId> {
+        self.ready.into_iter().chain(self.probation)
+    }
 }
 
 /// A reload whose new generation is ready, answered once every replaced worker has stopped

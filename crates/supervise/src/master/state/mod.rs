@@ -6,9 +6,13 @@
 //! Lifecycle ([`Phase`]): `Starting` (no generation has served yet: a failure ends the master)
 //! → `Serving` → `Stopping` (workers told; exits once none is left) → `Exited`.
 //! Each generation ([`GenState`]): `Starting` (spawned, waiting for `READY=1` until the ready
-//! timeout) → `Active` (the one serving) → `Draining` (replaced or stopping; killed at its
-//! deadline). A reload requested while one starts is folded into it (same binary on disk) or
-//! queued; so is one that finds `--max-draining` generations still draining.
+//! timeout) → `Probation` (a reload's new binary serves; a crash before the end brings back
+//! the last good binary) → `Active` (the one serving) → `Draining` (replaced or stopping;
+//! killed at its deadline). Every generation runs a pinned binary: only a reload reads the
+//! disk; crash restarts run the last good one. A serving worker silent for the watchdog time
+//! is killed and replaced like a crash. A reload requested while one starts is folded into it
+//! (same binary on disk) or queued; so is one that finds `--max-draining` generations still
+//! draining.
 
 use std::time::{Duration, Instant};
 
@@ -17,9 +21,9 @@ use nix::unistd::Pid;
 mod event;
 mod generation;
 
-pub(crate) use event::{Action, Event, Sig, Stopping};
-use generation::PendingAck;
+pub(crate) use event::{Action, Cause, Event, Sig, Stopping, Waiting};
 pub(crate) use generation::{Gen, GenState, LastReload};
+use generation::{PendingAck, Waiters};
 
 use crate::control::protocol::Reply;
 use crate::exe::BinaryId;
@@ -28,8 +32,9 @@ use crate::exe::BinaryId;
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After a fast shutdown request, workers get this long before SIGKILL.
 pub(crate) const FAST_GRACE: Duration = Duration::from_secs(2);
-/// A worker that served this long resets the crash backoff.
-pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A worker that served this long counts as a successful start: it resets the crash backoff
+/// (shorter would let a worker that crashes right after its readiness restart without delay).
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(2);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a reload's answer waits for the old workers to confirm they stopped accepting.
@@ -44,6 +49,12 @@ pub(crate) struct Limits {
     pub(crate) ready_timeout: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_draining: usize,
+    /// How long a reload's new binary is on probation (zero: none).
+    pub(crate) probation: Duration,
+    /// A serving worker silent this long is replaced (`None`: no watchdog).
+    pub(crate) watchdog: Option<Duration>,
+    /// systemd's `WATCHDOG_USEC` for the master, if set: `WATCHDOG=1` every half of it.
+    pub(crate) systemd_watchdog: Option<Duration>,
 }
 
 /// The master's lifecycle.
@@ -67,13 +78,18 @@ pub(crate) struct State {
     pub(crate) gens: Vec<Gen>,
     /// The last generation number handed out.
     pub(crate) generation: u64,
-    /// Waiters of the generation being spawned (between [`Action::Spawn`] and [`Event::Spawned`]).
-    spawning: Option<(u64, Vec<WaiterId>)>,
+    /// The generation being spawned (between [`Action::Spawn`] and [`Event::Spawned`]).
+    spawning: Option<(u64, Cause, Waiters)>,
     /// A reload that waits for the start under way or for a draining slot, with its waiters.
-    pub(crate) queued: Option<Vec<WaiterId>>,
-    crash_streak: u32,
+    pub(crate) queued: Option<Waiters>,
+    /// The last binary that served through its probation (or became active without one):
+    /// what crash restarts and rollbacks run.
+    pub(crate) good: Option<BinaryId>,
+    pub(crate) crash_streak: u32,
     ack: Option<PendingAck>,
     pub(crate) last_reload: Option<LastReload>,
+    /// When to tell systemd `WATCHDOG=1` next.
+    sd_watchdog_at: Option<Instant>,
 }
 
 impl State {
@@ -85,9 +101,11 @@ impl State {
             generation: 0,
             spawning: None,
             queued: None,
+            good: None,
             crash_streak: 0,
             ack: None,
             last_reload: None,
+            sd_watchdog_at: None,
         }
     }
 
@@ -98,7 +116,10 @@ impl State {
             return out;
         }
         match event {
-            Event::Start => self.spawn(&mut out, Vec::new()),
+            Event::Start => {
+                self.sd_watchdog_at = self.limits.systemd_watchdog.map(|d| now + d / 2);
+                self.spawn(&mut out, Cause::Start, Waiters::default());
+            }
             Event::Shutdown { how, waiter } => {
                 if let Some(w) = waiter {
                     out.push(Action::Reply { waiter: w, reply: Reply::Ok("stopping".into()) });
@@ -124,7 +145,6 @@ impl State {
         if let Phase::Stopping { start_failure, .. } = &self.phase {
             if self.gens.is_empty() && self.spawning.is_none() {
                 let start_failure = start_failure.clone();
-                tracing::debug!("no worker left");
                 out.push(Action::Exit { code: if start_failure.is_some() { 1 } else { 0 }, start_failure });
                 self.phase = Phase::Exited;
             }
@@ -134,9 +154,14 @@ impl State {
 
     /// The earliest time at which something is due (a [`Event::Tick`] then acts on it).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let gens = self.gens.iter().filter_map(|g| match g.state {
-            // Once killed, its exit (not a time) is what happens next.
-            GenState::Starting { deadline } if g.killed_for.is_none() => Some(deadline),
+        let gens = self.gens.iter().filter(|g| g.killed_for.is_none()).filter_map(|g| match g.state {
+            GenState::Starting { deadline } => Some(deadline),
+            GenState::Probation { until } => Some(self.watchdog_due(g).map_or(until, |w| w.min(until))),
+            GenState::Active => self.watchdog_due(g),
+            GenState::Draining { .. } => None,
+        });
+        // A killed draining worker keeps a deadline: it is killed again if it lingers.
+        let draining = self.gens.iter().filter_map(|g| match g.state {
             GenState::Draining { kill_at } => Some(kill_at),
             _ => None,
         });
@@ -145,12 +170,31 @@ impl State {
             Phase::Stopping { force_at, .. } => Some(*force_at),
             _ => None,
         };
-        gens.chain(phase).chain(self.ack.as_ref().map(|a| a.deadline)).min()
+        let sd = self.sd_watchdog_at.filter(|_| !self.stopping());
+        gens.chain(draining).chain(phase).chain(sd).chain(self.ack.as_ref().map(|a| a.deadline)).min()
+    }
+
+    fn watchdog_due(&self, g: &Gen) -> Option<Instant> {
+        self.limits.watchdog.map(|w| g.heartbeat + w)
     }
 
     /// The generation serving now, if any.
     pub(crate) fn active(&self) -> Option<&Gen> {
-        self.gens.iter().rev().find(|g| g.state == GenState::Active)
+        self.gens.iter().rev().find(|g| g.state.serving())
+    }
+
+    /// Whether the run loop must keep `binary` pinned (a generation runs it, or it is the one
+    /// crash restarts and rollbacks run).
+    pub(crate) fn needs_binary(&self, binary: &BinaryId) -> bool {
+        self.good.as_ref() == Some(binary) || self.gens.iter().any(|g| g.binary == *binary)
+    }
+
+    /// When the next crash restart is due, if one is.
+    pub(crate) fn restart_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Serving { restart_at } => restart_at,
+            _ => None,
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -165,14 +209,19 @@ impl State {
         self.spawning.is_some() || self.gens.iter().any(|g| matches!(g.state, GenState::Starting { .. }))
     }
 
-    /// Starts the next generation; `waiters` learn its outcome.
-    fn spawn(&mut self, out: &mut Vec<Action>, waiters: Vec<WaiterId>) {
+    /// Starts the next generation: a reload or the first start from the disk, a restart or a
+    /// rollback from the last good binary.
+    fn spawn(&mut self, out: &mut Vec<Action>, cause: Cause, waiters: Waiters) {
         if let Phase::Serving { restart_at } = &mut self.phase {
             *restart_at = None;
         }
         self.generation += 1;
-        self.spawning = Some((self.generation, waiters));
-        out.push(Action::Spawn { generation: self.generation });
+        let binary = match cause {
+            Cause::Start | Cause::Reload => None,
+            Cause::Restart | Cause::Revert => self.good,
+        };
+        self.spawning = Some((self.generation, cause, waiters));
+        out.push(Action::Spawn { generation: self.generation, binary });
     }
 
     fn on_spawned(
@@ -182,8 +231,8 @@ impl State {
         generation: u64,
         result: Result<(Pid, BinaryId), String>,
     ) {
-        let waiters = match self.spawning.take() {
-            Some((g, w)) if g == generation => w,
+        let (cause, waiters) = match self.spawning.take() {
+            Some((g, cause, w)) if g == generation => (cause, w),
             other => {
                 tracing::error!("spawn result for generation {generation} that was not being spawned");
                 self.spawning = other;
@@ -192,14 +241,16 @@ impl State {
         };
         match result {
             Ok((pid, binary)) => {
-                tracing::info!("starting worker generation {generation} (pid {pid})");
+                tracing::info!("starting worker generation {generation} (pid {pid}){}", cause.note());
                 self.gens.push(Gen {
                     pid,
                     generation,
                     state: GenState::Starting { deadline: now + self.limits.ready_timeout },
                     binary,
+                    cause,
                     started: now,
                     ready_at: None,
+                    heartbeat: now,
                     status: None,
                     killed_for: None,
                     waiters,
@@ -211,38 +262,40 @@ impl State {
             }
             Err(why) => {
                 tracing::error!("cannot start worker generation {generation}: {why}");
-                self.on_failed_start(now, out, generation, waiters, why);
+                self.on_failed_start(now, out, generation, cause, waiters, why);
             }
         }
     }
 
-    fn reload(&mut self, out: &mut Vec<Action>, waiter: Option<WaiterId>, on_disk: Option<BinaryId>) {
+    fn reload(&mut self, out: &mut Vec<Action>, waiter: Option<Waiting>, on_disk: Option<BinaryId>) {
         if self.stopping() {
             if let Some(w) = waiter {
-                out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
+                out.push(Action::Reply { waiter: w.id, reply: Reply::Err("shutting down".into()) });
             }
             return;
         }
         if let Some(s) = self.gens.iter_mut().find(|g| matches!(g.state, GenState::Starting { .. })) {
-            if on_disk == Some(s.binary) {
-                // Same binary as the start under way: that start answers this request too.
+            if on_disk == Some(s.binary) && s.cause == Cause::Reload {
+                // Same binary as the reload under way: that start answers this request too.
                 tracing::info!("reload requested while generation {} starts: folded into it", s.generation);
-                s.waiters.extend(waiter);
+                s.waiters.add(waiter);
                 return;
             }
-            tracing::info!("reload requested while generation {} starts, binary changed: queued", s.generation);
-            self.queued.get_or_insert_with(Vec::new).extend(waiter);
+            tracing::info!("reload requested while generation {} starts: queued", s.generation);
+            self.queued.get_or_insert_with(Waiters::default).add(waiter);
             return;
         }
         let draining = self.draining_count();
         if draining >= self.limits.max_draining {
             tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
-            self.queued.get_or_insert_with(Vec::new).extend(waiter);
+            self.queued.get_or_insert_with(Waiters::default).add(waiter);
             return;
         }
         tracing::info!("reload: starting generation {}", self.generation + 1);
         out.push(Action::SystemdReloading);
-        self.spawn(out, waiter.into_iter().collect());
+        let mut waiters = Waiters::default();
+        waiters.add(waiter);
+        self.spawn(out, Cause::Reload, waiters);
     }
 
     /// Starts a queued reload once nothing blocks it.
@@ -256,7 +309,7 @@ impl State {
         let waiters = self.queued.take().unwrap_or_default();
         tracing::info!("queued reload: starting generation {}", self.generation + 1);
         out.push(Action::SystemdReloading);
-        self.spawn(out, waiters);
+        self.spawn(out, Cause::Reload, waiters);
     }
 
     fn on_notify(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid, msg: &str) {
@@ -265,6 +318,9 @@ impl State {
             return;
         };
         let m = crate::handoff::Message::parse(msg);
+        if m.watchdog {
+            g.heartbeat = now;
+        }
         if m.draining {
             g.accepting = false;
         }
@@ -284,27 +340,43 @@ impl State {
             out.push(Action::Signal { pid, sig: how.signal() });
             let g = &mut self.gens[idx];
             g.state = GenState::Draining { kill_at: drain_deadline };
-            for w in std::mem::take(&mut g.waiters) {
+            for w in std::mem::take(&mut g.waiters).all() {
                 out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
             }
             return;
         }
-        let (generation, took, waiters) = {
-            let g = &mut self.gens[idx];
-            g.state = GenState::Active;
-            g.ready_at = Some(now);
-            (g.generation, now - g.started, std::mem::take(&mut g.waiters))
-        };
-        tracing::info!("worker generation {generation} (pid {pid}) ready in {took:?}");
+        let probation = self.limits.probation;
+        let good = self.good;
+        let g = &mut self.gens[idx];
+        let on_probation = g.cause == Cause::Reload && good.is_some_and(|b| b != g.binary) && !probation.is_zero();
+        g.state = if on_probation { GenState::Probation { until: now + probation } } else { GenState::Active };
+        g.ready_at = Some(now);
+        g.heartbeat = now;
+        let (generation, took) = (g.generation, now - g.started);
+        let mut waiters = std::mem::take(&mut g.waiters.ready);
+        if on_probation {
+            tracing::info!(
+                "worker generation {generation} (pid {pid}) ready in {took:?}, on probation for {probation:?}"
+            );
+        } else {
+            tracing::info!("worker generation {generation} (pid {pid}) ready in {took:?}");
+            self.good = Some(g.binary);
+            waiters.append(&mut g.waiters.probation);
+        }
         let mut old_pids = Vec::new();
-        for old in self.gens.iter_mut().filter(|g| g.pid != pid && g.state == GenState::Active) {
+        for old in self.gens.iter_mut().filter(|g| g.pid != pid && g.state.serving()) {
             tracing::info!("draining generation {} (pid {})", old.generation, old.pid);
             // USR2: replaced, drain now (TERM would mean shutdown, with --shutdown-delay).
             out.push(Action::Signal { pid: old.pid, sig: Sig::Usr2 });
             old.state = GenState::Draining { kill_at: drain_deadline };
             old_pids.push(old.pid);
+            let replaced =
+                format!("generation {} replaced by generation {generation} before its probation ended", old.generation);
+            for w in std::mem::take(&mut old.waiters.probation) {
+                out.push(Action::Reply { waiter: w, reply: Reply::Ok(replaced.clone()) });
+            }
         }
-        if matches!(self.phase, Phase::Serving { .. }) {
+        if matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload {
             self.last_reload = Some(LastReload { at: now, result: Ok(generation) });
         }
         self.flush_ack(out);
@@ -323,16 +395,18 @@ impl State {
         self.maybe_queued(out);
     }
 
-    /// A start (first, reload or restart) failed: generation `generation` will not serve.
+    /// A start (first, reload, restart or rollback) failed: generation `generation` will not
+    /// serve.
     fn on_failed_start(
         &mut self,
         now: Instant,
         out: &mut Vec<Action>,
         generation: u64,
-        waiters: Vec<WaiterId>,
+        cause: Cause,
+        waiters: Waiters,
         why: String,
     ) {
-        for w in waiters {
+        for w in waiters.all() {
             out.push(Action::Reply { waiter: w, reply: Reply::Err(format!("generation {generation} failed: {why}")) });
         }
         if self.stopping() {
@@ -348,14 +422,21 @@ impl State {
             }
             return;
         }
-        self.last_reload = Some(LastReload { at: now, result: Err(why.clone()) });
-        if let Some(a) = self.active() {
-            tracing::error!("reload to generation {generation} rolled back: generation {} keeps serving", a.generation);
-            let msg = format!("READY=1\nSTATUS=reload failed, generation {} keeps serving: {why}", a.generation);
-            out.push(Action::Systemd(msg));
-            self.maybe_queued(out);
-        } else {
-            self.schedule_restart(now);
+        if cause == Cause::Reload {
+            self.last_reload = Some(LastReload { at: now, result: Err(why.clone()) });
+        }
+        match self.active() {
+            Some(a) if cause == Cause::Reload => {
+                tracing::error!(
+                    "reload to generation {generation} rolled back: generation {} keeps serving",
+                    a.generation
+                );
+                let msg = format!("READY=1\nSTATUS=reload failed, generation {} keeps serving: {why}", a.generation);
+                out.push(Action::Systemd(msg));
+                self.maybe_queued(out);
+            }
+            Some(_) => self.maybe_queued(out),
+            None => self.schedule_restart(now),
         }
     }
 
@@ -396,25 +477,43 @@ impl State {
         };
         let g = self.gens.remove(idx);
         let last_words = g.status.as_deref().map(|s| format!(" (last status: {s})")).unwrap_or_default();
+        let how = match &g.killed_for {
+            Some(k) => format!("{k}, {how}"),
+            None => how.to_owned(),
+        };
         match g.state {
             GenState::Starting { .. } => {
                 let why = match &g.killed_for {
-                    Some(k) => format!("{k}, {how}"),
+                    Some(_) => how,
                     None => format!("{how} before it was ready{last_words}"),
                 };
                 tracing::error!("worker generation {} (pid {pid}) {why}", g.generation);
-                self.on_failed_start(now, out, g.generation, g.waiters, why);
+                self.on_failed_start(now, out, g.generation, g.cause, g.waiters, why);
             }
-            GenState::Active if self.stopping() => {
-                tracing::info!("worker generation {} (pid {pid}) {how}", g.generation);
+            _ if self.stopping() => tracing::info!("worker generation {} (pid {pid}) {how}", g.generation),
+            GenState::Probation { .. } => {
+                let after = g.ready_at.map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+                let why = format!(
+                    "rolled back after {:.1}s: generation {} {how}{last_words}",
+                    after.as_secs_f64(),
+                    g.generation
+                );
+                tracing::error!("{why}; back to the last good binary");
+                for w in g.waiters.all() {
+                    out.push(Action::Reply { waiter: w, reply: Reply::Err(why.clone()) });
+                }
+                self.last_reload = Some(LastReload { at: now, result: Err(why.clone()) });
+                out.push(Action::Systemd(format!("STATUS={why}")));
+                if !self.gens.iter().any(|o| matches!(o.state, GenState::Starting { .. }) || o.state.serving()) {
+                    self.spawn(out, Cause::Revert, Waiters::default());
+                }
             }
             GenState::Active => {
                 tracing::error!("worker generation {} (pid {pid}) died unexpectedly: {how}{last_words}", g.generation);
                 if g.ready_at.is_some_and(|r| now.saturating_duration_since(r) >= STABLE_AFTER) {
                     self.crash_streak = 0;
                 }
-                let covered = self.gens.iter().any(|o| matches!(o.state, GenState::Active | GenState::Starting { .. }));
-                if !covered {
+                if !self.gens.iter().any(|o| matches!(o.state, GenState::Starting { .. }) || o.state.serving()) {
                     self.schedule_restart(now);
                 }
             }
@@ -424,76 +523,6 @@ impl State {
             }
         }
     }
-
-    fn on_deadlines(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let ready_timeout = self.limits.ready_timeout;
-        for g in &mut self.gens {
-            match g.state {
-                GenState::Starting { deadline } if deadline <= now && g.killed_for.is_none() => {
-                    g.killed_for = Some(format!("not ready within {ready_timeout:?}: killed"));
-                    tracing::error!(
-                        "worker generation {} (pid {}) not ready within {ready_timeout:?}: killing it",
-                        g.generation,
-                        g.pid
-                    );
-                    out.push(Action::Signal { pid: g.pid, sig: Sig::Kill });
-                }
-                GenState::Draining { kill_at } if kill_at <= now => {
-                    tracing::warn!(
-                        "worker generation {} (pid {}) still draining past its deadline: killing it",
-                        g.generation,
-                        g.pid
-                    );
-                    out.push(Action::Signal { pid: g.pid, sig: Sig::Kill });
-                    g.state = GenState::Draining { kill_at: now + KILL_GRACE };
-                }
-                _ => {}
-            }
-        }
-        match &mut self.phase {
-            Phase::Serving { restart_at } if restart_at.is_some_and(|t| t <= now) => {
-                *restart_at = None;
-                if !self.gens.iter().any(|g| matches!(g.state, GenState::Active | GenState::Starting { .. })) {
-                    self.spawn(out, Vec::new());
-                }
-            }
-            Phase::Stopping { force_at, .. } if *force_at <= now => {
-                *force_at = now + KILL_GRACE;
-                for g in &self.gens {
-                    tracing::warn!("worker generation {} (pid {}) did not exit: killing it", g.generation, g.pid);
-                    out.push(Action::Signal { pid: g.pid, sig: Sig::Kill });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn stop(&mut self, now: Instant, out: &mut Vec<Action>, how: Stopping) {
-        let (already, start_failure) = match &mut self.phase {
-            Phase::Exited | Phase::Stopping { how: Stopping::Fast, .. } => return,
-            Phase::Stopping { how: Stopping::Graceful, start_failure, .. } => {
-                if how == Stopping::Graceful {
-                    tracing::info!("second shutdown request: stopping now");
-                }
-                (true, start_failure.take())
-            }
-            Phase::Starting | Phase::Serving { .. } => {
-                self.flush_ack(out);
-                tracing::info!("{} shutdown", if how == Stopping::Graceful { "graceful" } else { "fast" });
-                out.push(Action::Systemd("STOPPING=1".into()));
-                // Close our copy of the listeners first: otherwise clients told to reconnect
-                // land in an accept queue nobody serves and are reset when it finally closes.
-                out.push(Action::CloseListeners);
-                for w in self.queued.take().unwrap_or_default() {
-                    out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
-                }
-                (false, None)
-            }
-        };
-        // A second request of either kind means now.
-        let how = if already { Stopping::Fast } else { how };
-        out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: how.signal() }));
-        let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.drain_timeout + KILL_GRACE };
-        self.phase = Phase::Stopping { how, force_at: now + grace, start_failure };
-    }
 }
+
+mod deadlines;
