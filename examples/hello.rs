@@ -26,6 +26,12 @@ struct Args {
     /// Fail in the app's start-up (to try failed starts and rollbacks).
     #[arg(long, hide = true)]
     fail_start: bool,
+    /// Exit with status 3 this long after start-up (to try probation and crash loops).
+    #[arg(long, hide = true, value_parser = baton::parse_duration)]
+    crash_after: Option<Duration>,
+    /// The status `GET /probe` answers (to try `--ready-probe /probe`).
+    #[arg(long, hide = true, default_value_t = 200)]
+    probe_status: u16,
 }
 
 /// Serves the app (`pub` so that tests/support/hello_next.rs and the bench can reuse this file).
@@ -34,7 +40,16 @@ pub fn main() -> std::process::ExitCode {
         if args.fail_start {
             return Err("cannot start: --fail-start was given");
         }
-        Ok(app(args.delay, args.debug_routes))
+        if let Some(after) = args.crash_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                eprintln!("crashing as asked (--crash-after)");
+                std::process::exit(3);
+            });
+        }
+        let status = axum::http::StatusCode::from_u16(args.probe_status).map_err(|_| "invalid --probe-status")?;
+        let probe = move || async move { (status, format!("probe says {}\n", status.as_u16())) };
+        Ok(app(args.delay, args.debug_routes).route("/probe", get(probe)))
     })
 }
 

@@ -54,13 +54,27 @@ pub(crate) type Factory<A> = Box<dyn FnOnce(A) -> Pin<Box<dyn Future<Output = Re
 
 /// An app to run: name, defaults and production middleware switches. Start with
 /// [`App::new`], finish with [`App::serve`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct App {
     name: Option<String>,
     default_listen: Vec<ListenSpec>,
     request_id: bool,
     catch_panic: bool,
     idle_grace: Duration,
+    ready_check: Option<crate::ready::Check>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .field("default_listen", &self.default_listen)
+            .field("request_id", &self.request_id)
+            .field("catch_panic", &self.catch_panic)
+            .field("idle_grace", &self.idle_grace)
+            .field("ready_check", &self.ready_check.is_some())
+            .finish()
+    }
 }
 
 impl Default for App {
@@ -79,6 +93,7 @@ impl App {
             request_id: true,
             catch_panic: true,
             idle_grace: Duration::from_secs(1),
+            ready_check: None,
         }
     }
 
@@ -117,6 +132,27 @@ impl App {
     /// `Connection: close`.
     pub fn drain_idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
+        self
+    }
+
+    /// A check each new worker runs after the factory and before it reports ready (and before
+    /// it accepts a connection): an error fails the start, and a reload is rolled back with the
+    /// error shown by `reload`. Runs in the worker's runtime. Default: none. `--ready-probe
+    /// PATH` adds a request through the app.
+    ///
+    /// ```no_run
+    /// # use std::sync::atomic::{AtomicBool, Ordering};
+    /// static CACHE_WARM: AtomicBool = AtomicBool::new(false);
+    /// baton::App::new().ready_check(|| async {
+    ///     if CACHE_WARM.load(Ordering::Relaxed) { Ok(()) } else { Err("cache not warm".to_owned()) }
+    /// });
+    /// ```
+    pub fn ready_check<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        self.ready_check = Some(std::sync::Arc::new(move || Box::pin(check())));
         self
     }
 
@@ -174,7 +210,8 @@ impl App {
             cli::Command::Run(s) => self.serve_command(&name, s, false, factory),
             cli::Command::Start(s) => self.serve_command(&name, s, true, factory),
             cli::Command::Stop(c) => c.run(&name, Command::Stop),
-            cli::Command::Reload(c) => c.run(&name, Command::Reload),
+            cli::Command::Reload(r) if r.wait_probation => r.control.run(&name, Command::ReloadWaitProbation),
+            cli::Command::Reload(r) => r.control.run(&name, Command::Reload),
             cli::Command::Status(c) => c.run(&name, Command::Status),
             cli::Command::ReopenLogs(c) => c.run(&name, Command::ReopenLogs),
         };
@@ -196,9 +233,11 @@ impl App {
     ) -> Result<ExitCode> {
         let opts = s.opts;
         let listen = ListenSpecs { given: opts.listen.clone(), default: self.default_listen.clone() };
-        if let Some(p) = &opts.health_path {
-            if !p.starts_with('/') {
-                return Err(Error::usage(format!("invalid --health-path {p:?}: must start with /")));
+        for (flag, path) in [("--health-path", &opts.health_path), ("--ready-probe", &opts.ready_probe)] {
+            if let Some(p) = path {
+                if !p.starts_with('/') || p.parse::<http::Uri>().is_err() {
+                    return Err(Error::usage(format!("invalid {flag} {p:?}: must be a path starting with /")));
+                }
             }
         }
         #[cfg(not(feature = "tls"))]
@@ -222,13 +261,20 @@ impl App {
             tls: None,
         };
         if let Some(handoff) = baton_supervise::worker::Handoff::take()? {
-            return worker::main(worker::Role::UnderMaster(handoff), opts, http, s.app, factory);
+            return worker::main(
+                worker::Role::UnderMaster(handoff),
+                opts,
+                http,
+                s.app,
+                factory,
+                self.ready_check.clone(),
+            );
         }
         if opts.no_master {
             if daemon {
                 return Err(Error::usage("start needs the master: drop --no-master"));
             }
-            return worker::main(worker::Role::Single(listen), opts, http, s.app, factory);
+            return worker::main(worker::Role::Single(listen), opts, http, s.app, factory, self.ready_check.clone());
         }
         baton_supervise::master::run(opts.master_config(name, daemon, listen)?)
     }

@@ -30,7 +30,7 @@ pub(crate) enum Command<A: Args> {
     /// Graceful shutdown of a running daemon; waits until it exited.
     Stop(ControlArgs),
     /// Zero-downtime reload; exits 0 only once the new worker serves.
-    Reload(ControlArgs),
+    Reload(ReloadArgs),
     /// Show pid, uptime, generation, workers, listeners (LSB exit codes: 0 running, 1 dead with
     /// pid file, 3 not running).
     Status(ControlArgs),
@@ -56,6 +56,17 @@ pub(crate) struct ControlArgs {
     /// How long to wait for the outcome.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
+}
+
+/// `reload`'s options.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ReloadArgs {
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+    /// Wait until the new binary passed its probation (`--probation`): exit 1 if it was rolled
+    /// back meanwhile, with the reason.
+    #[arg(long)]
+    pub(crate) wait_probation: bool,
 }
 
 /// Options shared by `run` and `start`.
@@ -90,6 +101,19 @@ pub(crate) struct ServeOpts {
     /// At most this many old generations draining at once; further reloads wait for a slot.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_draining: u32,
+    /// After a reload, the new binary is on probation this long: if it crashes (or fails the
+    /// watchdog) meanwhile, the last good binary is started again. `0` turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) probation: Duration,
+    /// A serving worker whose runtime sends no heartbeat for this long (a blocked runtime, an
+    /// endless loop, SIGSTOP) is killed and replaced. `0` turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) watchdog: Duration,
+    /// Before a new worker reports ready, it sends `GET PATH` through its own app (in-process,
+    /// with every production default); any answer but 2xx fails the start (and rolls a reload
+    /// back) with the status and the start of the body. Off by default.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ready_probe: Option<String>,
     /// One process, no master: no reload, graceful shutdown only.
     #[arg(long)]
     pub(crate) no_master: bool,
@@ -159,6 +183,8 @@ impl ServeOpts {
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
             max_draining: self.max_draining,
+            probation: self.probation,
+            watchdog: Some(self.watchdog).filter(|w| !w.is_zero()),
             worker_env,
         })
     }

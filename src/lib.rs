@@ -32,6 +32,7 @@
 mod access_log;
 mod app;
 mod cli;
+mod ready;
 mod serve;
 mod service;
 mod shutdown;

@@ -26,6 +26,13 @@ pub(crate) enum Role {
     Single(ListenSpecs),
 }
 
+/// What decides when this worker is ready, and keeps telling the master it is alive.
+pub(crate) struct Readiness {
+    pub(crate) check: Option<crate::ready::Check>,
+    pub(crate) probe: Option<String>,
+    pub(crate) watchdog: Option<Duration>,
+}
+
 /// How the serving loop ended.
 enum Stop {
     Graceful,
@@ -34,9 +41,16 @@ enum Stop {
     Fast,
 }
 
-pub(crate) fn main<A>(role: Role, opts: ServeOpts, http: HttpConfig, args: A, factory: Factory<A>) -> Result<ExitCode> {
-    let notifier = supervised::notifier()?;
-    let result = serve(role, opts, http, args, factory, notifier.as_ref());
+pub(crate) fn main<A>(
+    role: Role,
+    opts: ServeOpts,
+    http: HttpConfig,
+    args: A,
+    factory: Factory<A>,
+    check: Option<crate::ready::Check>,
+) -> Result<ExitCode> {
+    let notifier = supervised::notifier()?.map(Arc::new);
+    let result = serve(role, opts, http, args, factory, check, notifier.clone());
     if let (Err(e), Some(n)) = (&result, &notifier) {
         // The master (or systemd) shows this with the exit status: `start` and `reload` then
         // print the reason itself, not just "exited with status 1".
@@ -52,9 +66,14 @@ fn serve<A>(
     mut http: HttpConfig,
     args: A,
     factory: Factory<A>,
-    notifier: Option<&Notifier>,
+    check: Option<crate::ready::Check>,
+    notifier: Option<Arc<Notifier>>,
 ) -> Result<ExitCode> {
     let under_master = matches!(role, Role::UnderMaster(_));
+    let watchdog = match &role {
+        Role::UnderMaster(h) => h.watchdog,
+        Role::Single(_) => None,
+    };
     let (listeners, log_path, generation, master) = match role {
         Role::UnderMaster(h) => (h.listeners, h.log, h.generation, Some(h.master)),
         Role::Single(specs) => {
@@ -88,107 +107,132 @@ fn serve<A>(
         .enable_all()
         .build()
         .map_err(|e| Error::io(ErrorKind::Io, "cannot start the tokio runtime", e))?;
-    let result = rt.block_on(run(listeners, http, args, factory, notifier, log_path, generation, under_master));
+    let readiness = Readiness { check, probe: opts.ready_probe.clone(), watchdog };
+    let run = Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness };
+    let result = rt.block_on(run.serve());
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
     crate::access_log::flush();
     result
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-async fn run<A>(
+/// Everything the serving part of a worker needs.
+struct Run<A> {
     listeners: Vec<Bound>,
     http: HttpConfig,
     args: A,
     factory: Factory<A>,
-    notifier: Option<&Notifier>,
+    notifier: Option<Arc<Notifier>>,
     log_path: Option<std::path::PathBuf>,
     generation: u64,
     under_master: bool,
-) -> Result<ExitCode> {
-    let notify = |msg: &str| {
-        if let Some(n) = notifier {
-            if let Err(e) = n.send(msg) {
-                tracing::warn!("cannot notify {msg:?}: {e}");
-            }
-        }
-    };
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io(ErrorKind::Io, "cannot install signal handlers", e));
-    let (mut term, mut int, mut quit) =
-        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::quit())?);
-    let (mut usr1, mut usr2, mut hup) =
-        (sig(SignalKind::user_defined1())?, sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
+    readiness: Readiness,
+}
 
-    let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
-    let app = match factory(args).await {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!("app failed to start: {e}");
-            notify(&Message::status(&format!("app failed to start: {e}")));
+impl<A> Run<A> {
+    async fn serve(self) -> Result<ExitCode> {
+        let Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness } = self;
+        let notify = |msg: &str| {
+            if let Some(n) = &notifier {
+                if let Err(e) = n.send(msg) {
+                    tracing::warn!("cannot notify {msg:?}: {e}");
+                }
+            }
+        };
+        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io(ErrorKind::Io, "cannot install signal handlers", e));
+        let (mut term, mut int, mut quit) =
+            (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::quit())?);
+        let (mut usr1, mut usr2, mut hup) =
+            (sig(SignalKind::user_defined1())?, sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
+
+        let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
+        let app = match factory(args).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!("app failed to start: {e}");
+                notify(&Message::status(&format!("app failed to start: {e}")));
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let listeners = listeners
+            .into_iter()
+            .map(Listener::from_bound)
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
+        #[cfg(feature = "tls")]
+        let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
+        #[cfg(not(feature = "tls"))]
+        let tls_note = "";
+        let shared = Arc::new(Shared::new(http));
+        // Before accepting anything: a worker that fails here has taken no connection.
+        if let Err(e) = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared).await {
+            tracing::error!("{e}");
+            notify(&Message::status(&e));
             return Ok(ExitCode::from(1));
         }
-    };
-    let listeners = listeners
-        .into_iter()
-        .map(Listener::from_bound)
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
-    #[cfg(feature = "tls")]
-    let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
-    #[cfg(not(feature = "tls"))]
-    let tls_note = "";
-    let shared = Arc::new(Shared::new(http));
-    let mut server = Server::start(listeners, app, shared.clone());
-    let (rx, weak) = server.drain_signal();
-    crate::shutdown::install(rx, weak);
-    tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
-    notify(&Message::ready(generation));
-
-    let stop = loop {
-        tokio::select! {
-            _ = term.recv() => break Stop::Graceful,
-            _ = int.recv() => break Stop::Graceful,
-            _ = quit.recv() => break Stop::Fast,
-            _ = usr1.recv() => reopen(log_path.as_deref()),
-            _ = usr2.recv() => {
-                if under_master {
-                    break Stop::Replaced;
+        if let (Some(every), Some(n)) = (readiness.watchdog, notifier.clone()) {
+            // From inside the runtime: a runtime too busy or blocked to run this is what the
+            // master's watchdog is for.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every / 3);
+                loop {
+                    tick.tick().await;
+                    let _ = n.send(Message::HEARTBEAT);
                 }
-                reload_unsupported(false);
-            }
-            _ = hup.recv() => reload_unsupported(under_master),
+            });
         }
-    };
-    if let Stop::Fast = stop {
-        tracing::info!("fast shutdown");
-        return Ok(ExitCode::SUCCESS);
-    }
-    notify("STOPPING=1");
-    shared.unhealthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
-    if !delay.is_zero() {
-        tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
+        let mut server = Server::start(listeners, app, shared.clone());
+        let (rx, weak) = server.drain_signal();
+        crate::shutdown::install(rx, weak);
+        tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
+        notify(&Message::ready(generation));
+
+        let stop = loop {
+            tokio::select! {
+                _ = term.recv() => break Stop::Graceful,
+                _ = int.recv() => break Stop::Graceful,
+                _ = quit.recv() => break Stop::Fast,
+                _ = usr1.recv() => reopen(log_path.as_deref()),
+                _ = usr2.recv() => {
+                    if under_master {
+                        break Stop::Replaced;
+                    }
+                    reload_unsupported(false);
+                }
+                _ = hup.recv() => reload_unsupported(under_master),
+            }
+        };
+        if let Stop::Fast = stop {
+            tracing::info!("fast shutdown");
+            return Ok(ExitCode::SUCCESS);
+        }
+        notify("STOPPING=1");
+        shared.unhealthy.store(true, std::sync::atomic::Ordering::SeqCst);
+        let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
+        if !delay.is_zero() {
+            tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = term.recv() => return Ok(now("TERM")),
+                _ = int.recv() => return Ok(now("INT")),
+                _ = quit.recv() => return Ok(now("QUIT")),
+            }
+        }
+        server.stop_accepting().await;
+        // Tells the master this process takes no new connection: a reload is complete.
+        notify(&Message::draining());
+        let timeout = shared.cfg.drain_timeout;
+        tracing::info!("draining (at most {timeout:?})");
+        let started = std::time::Instant::now();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = server.drain() => tracing::info!("drained in {:?}", started.elapsed()),
+            _ = tokio::time::sleep(timeout) => tracing::warn!("drain timeout {timeout:?} reached: cutting remaining connections"),
             _ = term.recv() => return Ok(now("TERM")),
             _ = int.recv() => return Ok(now("INT")),
             _ = quit.recv() => return Ok(now("QUIT")),
         }
+        Ok(ExitCode::SUCCESS)
     }
-    server.stop_accepting().await;
-    // Tells the master this process takes no new connection: a reload is complete.
-    notify(&Message::draining());
-    let timeout = shared.cfg.drain_timeout;
-    tracing::info!("draining (at most {timeout:?})");
-    let started = std::time::Instant::now();
-    tokio::select! {
-        _ = server.drain() => tracing::info!("drained in {:?}", started.elapsed()),
-        _ = tokio::time::sleep(timeout) => tracing::warn!("drain timeout {timeout:?} reached: cutting remaining connections"),
-        _ = term.recv() => return Ok(now("TERM")),
-        _ = int.recv() => return Ok(now("INT")),
-        _ = quit.recv() => return Ok(now("QUIT")),
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn now(sig: &str) -> ExitCode {

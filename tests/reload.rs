@@ -3,38 +3,15 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::{
-    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_script, load, signal, wait_until,
+    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_script, load, load_cfg, rt,
+    signal, wait_until,
 };
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn load_cfg(h: &Hello, mode: load::Mode, conns: usize) -> load::Config {
-    load::Config {
-        max_time: Duration::from_secs(120),
-        think: Duration::from_millis(3),
-        ..load::Config::hello(h.addr(), mode, conns)
-    }
-}
-
-/// Runs `hello <cmd> -p x.pid` in the server's directory; returns (exit code, stdout+stderr).
-fn ctl(h: &Hello, args: &[&str]) -> (i32, String) {
-    let out = Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(h.dir.path()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
-fn wait_one_worker(h: &Hello) {
-    wait_until(Duration::from_secs(30), "exactly one worker", || children(h.pid).len() == 1);
-}
 
 #[test]
 fn reload_storm_under_load_loses_nothing() {
@@ -65,7 +42,7 @@ fn reload_storm_under_load_loses_nothing() {
         total = (total.0 + s.ok, total.1 + s.failed);
     }
     assert!(alive(master), "the master's pid changed");
-    wait_one_worker(&h);
+    h.wait_one_worker();
     assert_eq!(children(master), vec![*pids.last().unwrap()]);
     eprintln!("51 generations, {} requests, {} failed", total.0, total.1);
 }
@@ -85,7 +62,7 @@ fn slow_request_survives_several_reloads() {
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
     // Its worker drained and left once the request was done.
     wait_until(Duration::from_secs(10), "the first worker to exit", || !alive(first));
-    wait_one_worker(&h);
+    h.wait_one_worker();
 }
 
 #[test]
@@ -124,22 +101,22 @@ fn failed_reloads_roll_back() {
             Some(b) => install_script(&app, b),
             None => std::fs::remove_file(&app).unwrap(),
         }
-        let (code, out) = ctl(&h, &["reload"]);
+        let (code, out) = h.ctl(&["reload"]);
         assert_eq!(code, 1, "{what}: reload must fail: {out}");
         assert!(out.contains(reason), "{what}: reason missing: {out}");
         assert_eq!(h.worker_pid(), good, "{what}: the old worker must keep serving");
         assert_eq!(children(h.pid), vec![good], "{what}: the failed worker must be gone");
-        let (code, out) = ctl(&h, &["status"]);
+        let (code, out) = h.ctl(&["status"]);
         assert_eq!(code, 0);
         assert!(out.contains("last reload:") && out.contains("failed"), "{out}");
     }
     assert!(h.log_text().contains("cannot start: broken config"), "the failed worker's words reach the log");
     install(&hello_bin(), &app);
-    let (code, out) = ctl(&h, &["reload"]);
+    let (code, out) = h.ctl(&["reload"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("serving"), "{out}");
     assert_ne!(h.worker_pid(), good);
-    wait_one_worker(&h);
+    h.wait_one_worker();
 }
 
 #[test]
@@ -172,12 +149,12 @@ fn killed_master_takes_its_workers_down() {
 fn master_fd_count_is_flat_across_reloads() {
     let h = Hello::start(&hello_bin(), &["--delay", "0", "-p", "x.pid"]);
     h.reload_and_wait();
-    wait_one_worker(&h);
+    h.wait_one_worker();
     let after_one = fd_count(h.pid);
     for _ in 0..50 {
         h.reload_and_wait();
     }
-    wait_one_worker(&h);
+    h.wait_one_worker();
     assert_eq!(fd_count(h.pid), after_one);
     // And the worker got exactly the listener plus stdio and its own: no master fd leaked in.
     let w = h.worker_pid();
@@ -217,8 +194,8 @@ fn two_reloads_1ms_apart_start_one_generation_of_the_newest_binary() {
     wait_until(Duration::from_secs(30), "the new build to serve", || {
         get(h.addr(), "/version").is_ok_and(|r| r.body.ends_with("+hello_next"))
     });
-    wait_one_worker(&h);
-    let (code, out) = ctl(&h, &["status"]);
+    h.wait_one_worker();
+    let (code, out) = h.ctl(&["status"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("generation: 2\n"), "{out}");
     assert_eq!(h.log_text().matches("starting worker generation").count(), 2, "{}", h.log_text());
@@ -232,7 +209,7 @@ fn after_reload_returns_only_the_new_worker_accepts() {
         &["--delay", "0", "-p", "x.pid", "--shutdown-delay", "5s", "--health-path", "/healthz"],
     );
     for round in 0..10 {
-        let (code, out) = ctl(&h, &["reload"]);
+        let (code, out) = h.ctl(&["reload"]);
         assert_eq!(code, 0, "{out}");
         let new: i32 =
             out.split("(pid ").nth(1).and_then(|s| s.split(')').next()).and_then(|p| p.parse().ok()).expect(&out);
@@ -252,14 +229,14 @@ fn draining_generations_are_capped_and_further_reloads_wait() {
     let slow = std::thread::spawn(move || get(addr, "/"));
     support::wait_request_started(&h.log, "/");
     // Generation 1 drains (its request runs 3 s): the next reload must wait for it.
-    let (code, out) = ctl(&h, &["reload"]);
+    let (code, out) = h.ctl(&["reload"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = ctl(&h, &["reload"]);
+    let (code, out) = h.ctl(&["reload"]);
     assert_eq!(code, 0, "{out}");
     assert!(h.log_text().contains("reload deferred: 1 generations still draining"), "{}", h.log_tail(20));
     assert!(!alive(first), "the queued reload started only after generation 1 finished draining");
     let r = slow.join().unwrap().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
-    wait_one_worker(&h);
-    assert!(ctl(&h, &["status"]).1.contains("generation: 3"));
+    h.wait_one_worker();
+    assert!(h.ctl(&["status"]).1.contains("generation: 3"));
 }

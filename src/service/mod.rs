@@ -22,7 +22,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use tower::ServiceExt as _;
 
 pub(crate) use drain::ConnState;
@@ -83,12 +82,18 @@ pub(crate) struct ConnService {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
+/// Generic over the request body so that the ready probe can send a request through the
+/// same stack without a connection.
+impl<B> hyper::service::Service<Request<B>> for ConnService
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = Response<TrackedBody>;
     type Error = Infallible;
     type Future = BoxFuture;
 
-    fn call(&self, mut req: Request<Incoming>) -> BoxFuture {
+    fn call(&self, mut req: Request<B>) -> BoxFuture {
         let start = Instant::now();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;

@@ -28,6 +28,20 @@ pub fn hello_next_bin() -> PathBuf {
     examples_dir().join("hello_next")
 }
 
+/// A runtime for the load client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The load of the reload tests: bounded to 2 minutes, clients pausing 3 ms between requests.
+pub fn load_cfg(h: &Hello, mode: load::Mode, conns: usize) -> load::Config {
+    load::Config {
+        max_time: Duration::from_secs(120),
+        think: Duration::from_millis(3),
+        ..load::Config::hello(h.addr(), mode, conns)
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again
 /// at once).
 pub fn free_port() -> u16 {
@@ -69,6 +83,12 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie...).
+pub fn process_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
 /// Whether `pid` is a live process (a zombie counts as gone: PID 1 here reaps slowly).
@@ -255,6 +275,20 @@ impl Hello {
             assert!(Instant::now() < deadline, "hello did not exit within {timeout:?}; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Runs `hello <args> -p x.pid` in the server's directory; returns (exit code,
+    /// stdout+stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String) {
+        let out =
+            Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(self.dir.path()).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Waits until the master has exactly one worker.
+    pub fn wait_one_worker(&self) {
+        wait_until(Duration::from_secs(30), "exactly one worker", || children(self.pid).len() == 1);
     }
 
     /// Remembers a pid to kill on drop (a worker that may outlive a killed master).

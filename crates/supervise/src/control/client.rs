@@ -72,7 +72,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             } else {
                 ErrorKind::Io
             },
-            format!("{} failed: {t}", cmd.word()),
+            format!("{} failed: {t}", if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() }),
         )),
         Reply::Ok(t) => {
             if cmd == Command::Stop {

@@ -466,11 +466,41 @@ fn model_known_scenarios() {
         ),
     ];
     for (name, ops, build) in scenarios {
+        let _ = &name;
         let mut m = Model::new(true);
         if let Err(e) = m.run(false, ops) {
             panic!("{name}: {e}\n{:?}", m.state);
         }
         assert_eq!(m.settled_build, build, "{name}");
         assert_eq!(m.exited, Some(u8::from(name.starts_with("first worker fails"))), "{name}");
+    }
+}
+
+/// A replacement that served past the hold-off resets the crash backoff: a worker killed
+/// again and again, each time after serving a while, is restarted after the shortest delay.
+#[test]
+fn model_crash_backoff_resets_after_a_stable_run() {
+    use Op::*;
+    let mut m = Model::new(true);
+    m.apply(Ready(0)).unwrap();
+    for round in 0..10 {
+        m.apply(Exits(0)).unwrap();
+        let due = m.state.restart_at().expect("a restart is scheduled");
+        assert_eq!(due - m.now, Duration::from_millis(100), "round {round}: backoff grew");
+        m.apply(Advance(100)).unwrap();
+        m.apply(Ready(0)).unwrap();
+        m.apply(Heartbeat(0)).unwrap();
+        m.apply(Advance(1_000)).unwrap();
+    }
+    // Crashing right after readiness (flapping) keeps growing it.
+    m.apply(Exits(0)).unwrap();
+    let mut delay = 100;
+    for expect in [200, 400, 800] {
+        m.apply(Advance(delay)).unwrap();
+        m.apply(Ready(0)).unwrap();
+        m.apply(Exits(0)).unwrap();
+        let due = m.state.restart_at().expect("a restart is scheduled");
+        assert_eq!(due - m.now, Duration::from_millis(expect), "flapping");
+        delay = expect;
     }
 }

@@ -34,7 +34,7 @@ pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 pub(crate) const FAST_GRACE: Duration = Duration::from_secs(2);
 /// A worker that served this long counts as a successful start: it resets the crash backoff
 /// (shorter would let a worker that crashes right after its readiness restart without delay).
-pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(2);
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a reload's answer waits for the old workers to confirm they stopped accepting.
@@ -352,6 +352,8 @@ impl State {
         g.state = if on_probation { GenState::Probation { until: now + probation } } else { GenState::Active };
         g.ready_at = Some(now);
         g.heartbeat = now;
+        // Its readiness message's own STATUS= is no last word.
+        g.status = None;
         let (generation, took) = (g.generation, now - g.started);
         let mut waiters = std::mem::take(&mut g.waiters.ready);
         if on_probation {

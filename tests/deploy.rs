@@ -1,0 +1,204 @@
+//! Deploys that cannot take the service down: every generation runs a pinned binary, crash
+//! restarts run the last good one, a new binary that crashes during its probation is rolled
+//! back, the ready probe gates the switch, the watchdog replaces a wedged worker.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{
+    Hello, TempDir, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_script, load, load_cfg,
+    rt, signal, wait_until,
+};
+
+const OLD: &str = env!("CARGO_PKG_VERSION");
+
+fn next_version() -> String {
+    format!("{OLD}+hello_next")
+}
+
+fn version(h: &Hello) -> String {
+    get(h.addr(), "/version").expect("GET /version").body
+}
+
+/// A binary that serves as `hello_next` with `extra` flags when it serves (`run`, `start`),
+/// and is `hello_next` for every other command.
+fn install_next_with(app: &std::path::Path, extra: &str) {
+    let next = hello_next_bin();
+    let next = next.display();
+    install_script(
+        app,
+        &format!("case \"$1\" in run|start) exec {next} \"$@\" {extra};; *) exec {next} \"$@\";; esac"),
+    );
+}
+
+/// Waits for a worker other than `old` to answer, and returns its pid.
+fn wait_replaced(h: &Hello, old: i32) -> i32 {
+    let mut new = 0;
+    wait_until(Duration::from_secs(30), "a replacement worker", || {
+        new = get(h.addr(), "/pid").ok().and_then(|r| r.body.parse().ok()).unwrap_or(old);
+        new != old
+    });
+    new
+}
+
+#[test]
+fn crash_after_a_rolled_back_deploy_restarts_the_last_good_binary_not_the_broken_file() {
+    let bin = TempDir::new("pinned");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid"]);
+    install_script(&app, "exit 1");
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 1, "{out}");
+    let old = h.worker_pid();
+    signal(old, Signal::SIGKILL);
+    wait_replaced(&h, old);
+    assert_eq!(version(&h), OLD, "the crash restart runs the last good binary");
+    assert!(std::fs::read_to_string(&app).unwrap().contains("exit 1"), "the broken file is still on disk");
+    assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
+    let (code, out) = h.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(crash restart; binary ") && out.contains("last good)"), "{out}");
+}
+
+#[test]
+fn deleted_binary_a_crash_restart_runs_the_pinned_file() {
+    let bin = TempDir::new("deleted");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0"]);
+    std::fs::remove_file(&app).unwrap();
+    let old = h.worker_pid();
+    signal(old, Signal::SIGKILL);
+    wait_replaced(&h, old);
+    assert_eq!(version(&h), OLD);
+    assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
+}
+
+#[test]
+fn new_binary_crashing_during_probation_is_rolled_back() {
+    let bin = TempDir::new("probation");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--probation", "3s"]);
+    install_next_with(&app, "--crash-after 1s");
+    let (code, out) = h.ctl(&["reload", "--wait-probation"]);
+    assert_eq!(code, 1, "reload --wait-probation must fail: {out}");
+    assert!(out.contains("rolled back after 1.") && out.contains("exited with status 3"), "{out}");
+    let back = h.worker_pid();
+    assert_eq!(version(&h), OLD, "the last good binary serves again");
+    let (code, out) = h.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("last reload:") && out.contains("failed: rolled back after"), "{out}");
+    assert!(out.contains(&format!("worker: pid {back} generation 3 serving (rollback;")), "{out}");
+    // A binary that survives its probation stays, and `--wait-probation` says so.
+    install(&hello_next_bin(), &app);
+    let (code, out) = h.ctl(&["reload", "--wait-probation"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("probation passed"), "{out}");
+    assert_eq!(version(&h), next_version());
+}
+
+#[test]
+fn without_probation_a_crashing_binary_is_reported_as_a_crash_loop() {
+    let bin = TempDir::new("crashloop");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--probation", "0"]);
+    install_next_with(&app, "--crash-after 300ms");
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "without probation the reload succeeds: {out}");
+    // The new binary is the last good one now: its crash restarts run it, and crash again.
+    wait_until(Duration::from_secs(30), "five failures in a row", || h.log_text().contains("crash loop: 5 failures"));
+    assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
+    let mut last = (0, String::new());
+    wait_until(Duration::from_secs(30), "status to report the crash loop", || {
+        last = h.ctl(&["status"]);
+        last.1.contains("state: crash-looping")
+    });
+    assert_eq!(last.0, 4, "status exits 4 while no worker serves: {}", last.1);
+    assert!(last.1.contains("failures in a row; next start in"), "{}", last.1);
+}
+
+#[test]
+fn failing_ready_probe_rolls_back_and_the_old_worker_never_stops_serving() {
+    let bin = TempDir::new("probe");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--ready-probe", "/probe"]);
+    let good = h.worker_pid();
+    let ctl = Arc::new(load::Control::default());
+    let rt = rt();
+    let run = rt.spawn(load::run(load_cfg(&h, load::Mode::KeepAlive, 8), ctl.clone()));
+    install_next_with(&app, "--probe-status 500");
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ready probe GET /probe answered 500 Internal Server Error: probe says 500"), "{out}");
+    assert_eq!(h.worker_pid(), good);
+    assert_eq!(children(h.pid), vec![good], "the failed worker is gone");
+    // The same probe passing lets the reload through.
+    install(&hello_next_bin(), &app);
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    ctl.stop.store(true, Ordering::SeqCst);
+    let s = rt.block_on(run).unwrap();
+    assert_eq!(s.failed, 0, "{:?}", s.failures);
+    assert!(s.ok > 0);
+    assert_eq!(version(&h), next_version());
+}
+
+#[test]
+fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--watchdog", "1s"]);
+    let stopped = h.worker_pid();
+    signal(stopped, Signal::SIGSTOP);
+    wait_until(Duration::from_secs(5), "the worker to stop", || support::process_state(stopped) == Some('T'));
+    // Sent while the only worker is stopped: they wait in the kernel's accept queue.
+    let addr = h.addr();
+    let reqs: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/pid"))).collect();
+    for r in reqs {
+        let r = r.join().unwrap().expect("request served, not refused");
+        assert_eq!(r.status, 200);
+        assert_ne!(r.body, stopped.to_string());
+    }
+    wait_until(Duration::from_secs(10), "the stopped worker to be gone", || !alive(stopped));
+    assert!(h.log_text().contains("sent no heartbeat for"), "{}", h.log_tail(20));
+}
+
+#[test]
+fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
+    let bin = TempDir::new("fds");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "--probation", "0"]);
+    h.reload_and_wait();
+    h.wait_one_worker();
+    let after_one = fd_count(h.pid);
+    // Two files deployed in turn (renamed into place as a deploy does): each is pinned while a
+    // generation runs it, then closed.
+    let (a, b) = (bin.join("a"), bin.join("b"));
+    install(&hello_bin(), &a);
+    install(&hello_next_bin(), &b);
+    for i in 0..50 {
+        let staged = bin.join("staged");
+        std::fs::hard_link(if i % 2 == 0 { &b } else { &a }, &staged).unwrap();
+        std::fs::rename(&staged, &app).unwrap();
+        h.reload_and_wait();
+    }
+    h.wait_one_worker();
+    assert_eq!(fd_count(h.pid), after_one, "after 50 deploys");
+    for _ in 0..20 {
+        let old = h.worker_pid();
+        signal(old, Signal::SIGKILL);
+        wait_replaced(&h, old);
+        // A worker that served 1 s resets the crash backoff (the hold-off against flapping),
+        // so each restart is quick; nothing signals that moment.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    h.wait_one_worker();
+    assert_eq!(fd_count(h.pid), after_one, "after 20 crash restarts");
+}
