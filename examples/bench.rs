@@ -6,7 +6,8 @@
 //!   rounds; requests/s, p50/p99 and the ratio.
 //! - reload: the same load quiet, then with a reload every 0.5 s (requests, failures,
 //!   throughput, p50/p99/max side by side); reload latency (signal until the new worker
-//!   answers); master RSS and worker RSS under load.
+//!   answers); master RSS and worker RSS under load; recovery times: a worker crash until the
+//!   replacement serves, and a new binary failing its probation until the old one serves.
 //!
 //! All traffic goes to 127.0.0.1; every load phase is bounded in time.
 
@@ -68,6 +69,9 @@ fn main() -> ExitCode {
     if what == "all" || what == "reload" {
         reload_bench(&rt);
     }
+    if what == "all" || what == "reload" || what == "recovery" {
+        recovery_bench();
+    }
     ExitCode::SUCCESS
 }
 
@@ -104,17 +108,21 @@ struct Server {
 
 impl Server {
     fn start(role: &str, extra: &[&str]) -> Server {
+        Server::start_from(&std::env::current_exe().unwrap(), role, extra)
+    }
+
+    /// Runs `exe` (this program, or a copy the bench deploys over) in `role`.
+    fn start_from(exe: &std::path::Path, role: &str, extra: &[&str]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let exe = std::env::current_exe().unwrap();
         let mut cmd = if PINNED.load(Ordering::Relaxed) {
             let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(&exe);
+            c.arg("-c").arg("0").arg(exe);
             c
         } else {
-            Command::new(&exe)
+            Command::new(exe)
         };
         cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir);
         if role == "baton" {
@@ -352,4 +360,75 @@ fn reload_bench(rt: &tokio::runtime::Runtime) {
         lat[0].as_secs_f64() * 1e3,
         lat[lat.len() - 1].as_secs_f64() * 1e3
     );
+}
+
+/// Medians over 10 trials each: a SIGKILLed worker until its replacement answers; a new
+/// binary that crashes during its probation until the last good one answers again.
+fn recovery_bench() {
+    let dir = std::env::temp_dir().join(format!("baton-bench-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("app");
+    std::fs::copy(std::env::current_exe().unwrap(), &app).unwrap();
+    let server = Server::start_from(&app, "baton", &["--access-log", "off", "--probation", "5s"]);
+    let wait_other = |not: &[i32]| {
+        let t = Instant::now();
+        loop {
+            if let Some(p) = get_pid(server.addr) {
+                if !not.contains(&p) {
+                    return p;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no replacement");
+        }
+    };
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z"))
+    };
+    let mut crash = Vec::new();
+    for _ in 0..10 {
+        let old = get_pid(server.addr).unwrap();
+        let t = Instant::now();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL);
+        wait_other(&[old]);
+        crash.push(t.elapsed().as_secs_f64() * 1e3);
+        // Past the crash backoff's hold-off (1 s), so every trial starts from the same delay.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let crashing = dir.join("crashing");
+    let exe = std::env::current_exe().unwrap();
+    std::fs::write(
+        &crashing,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in run) exec {} \"$@\" --crash-after 300ms;; *) exec {} \"$@\";; esac\n",
+            exe.display(),
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&crashing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut revert = Vec::new();
+    for _ in 0..10 {
+        let old = get_pid(server.addr).unwrap();
+        let staged = dir.join("staged");
+        std::fs::copy(&crashing, &staged).unwrap();
+        std::fs::rename(&staged, &app).unwrap();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), nix::sys::signal::Signal::SIGUSR2);
+        let bad = wait_other(&[old]);
+        while !gone(bad) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let t = Instant::now();
+        wait_other(&[old, bad]);
+        revert.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!(
+        "  recovery (median of 10): worker SIGKILL until the replacement answers {:.1} ms; \
+         a new binary crashing in probation until the last good one answers {:.1} ms",
+        median(crash),
+        median(revert)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

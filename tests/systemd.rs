@@ -115,6 +115,40 @@ fn notify_sequence_as_systemd_sees_it() {
 }
 
 #[test]
+fn systemd_watchdog_is_fed_by_the_master_while_a_worker_serves() {
+    let systemd = FakeSystemd::new();
+    let port = free_port();
+    let mut cmd = Command::new(hello_bin());
+    cmd.args(["run", "--delay", "0", "--watchdog", "1s", "--listen", &format!("127.0.0.1:{port}")]);
+    cmd.env("NOTIFY_SOCKET", &systemd.path).env("WATCHDOG_USEC", "400000");
+    let h = Hello::launch(cmd, port);
+    let (_, msg) = systemd.recv();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    let worker = h.worker_pid();
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let mut vars = environ.split(|b| *b == 0);
+    assert!(!vars.any(|v| v.starts_with(b"WATCHDOG_USEC=")), "systemd's watchdog is the master's alone");
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        let (pid, msg) = systemd.recv();
+        assert_eq!((pid, msg.as_str()), (h.pid, "WATCHDOG=1"));
+    }
+    // Every half of WATCHDOG_USEC: three take about 0.6 s (bounds loose for a loaded machine).
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    // A wedged worker is replaced; the pings go on for the replacement.
+    signal(worker, Signal::SIGSTOP);
+    let mut seen_ready = false;
+    while !seen_ready {
+        let (_, msg) = systemd.recv();
+        seen_ready = msg.starts_with("READY=1\nSTATUS=generation 2 serving");
+    }
+    let (pid, msg) = systemd.recv();
+    assert_eq!((pid, msg.as_str()), (h.pid, "WATCHDOG=1"));
+    wait_until(Duration::from_secs(5), "the stopped worker to be gone", || !alive(worker));
+}
+
+#[test]
 fn shutdown_delay_reports_unhealthy_then_drains() {
     let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--health-path", "/healthz", "--shutdown-delay", "2s"]);
     let r = get(h.addr(), "/healthz").unwrap();
