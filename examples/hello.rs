@@ -36,21 +36,30 @@ struct Args {
 
 /// Serves the app (`pub` so that tests/support/hello_next.rs and the bench can reuse this file).
 pub fn main() -> std::process::ExitCode {
-    baton::App::new().default_listen("0.0.0.0:1234").try_serve(|args: Args| async move {
-        if args.fail_start {
-            return Err("cannot start: --fail-start was given");
-        }
-        if let Some(after) = args.crash_after {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                eprintln!("crashing as asked (--crash-after)");
-                std::process::exit(3);
-            });
-        }
-        let status = axum::http::StatusCode::from_u16(args.probe_status).map_err(|_| "invalid --probe-status")?;
-        let probe = move || async move { (status, format!("probe says {}\n", status.as_u16())) };
-        Ok(app(args.delay, args.debug_routes).route("/probe", get(probe)))
-    })
+    baton::App::new()
+        .default_listen("0.0.0.0:1234")
+        // An app's own readiness check; HELLO_NOT_READY lets the tests see one fail.
+        .ready_check(|| async {
+            match std::env::var("HELLO_NOT_READY") {
+                Ok(why) => Err(format!("not ready: {why}")),
+                Err(_) => Ok(()),
+            }
+        })
+        .try_serve(|args: Args| async move {
+            if args.fail_start {
+                return Err("cannot start: --fail-start was given");
+            }
+            if let Some(after) = args.crash_after {
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    eprintln!("crashing as asked (--crash-after)");
+                    std::process::exit(3);
+                });
+            }
+            let status = axum::http::StatusCode::from_u16(args.probe_status).map_err(|_| "invalid --probe-status")?;
+            let probe = move || async move { (status, format!("probe says {}\n", status.as_u16())) };
+            Ok(app(args.delay, args.debug_routes).route("/probe", get(probe)))
+        })
 }
 
 /// The hello router: `GET /` waits `delay`, then answers `hello world!`.

@@ -215,7 +215,7 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
 #[test]
 fn the_original_scenario() {
     let d = Daemon::new("original");
-    let out = d.start_with(&[], Some(support::TRACE_REQUESTS)); // --delay defaults to 5s, as in the Go demo
+    let out = d.start_with(&[], &[("RUST_LOG", support::TRACE_REQUESTS)]); // --delay defaults to 5s, as in the Go demo
     assert!(out.status.success(), "{}", text(&out));
     let master = d.pid();
     let first: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();

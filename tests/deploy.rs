@@ -152,6 +152,15 @@ fn failing_ready_probe_rolls_back_and_the_old_worker_never_stops_serving() {
 }
 
 #[test]
+fn failing_ready_check_in_code_fails_the_start_with_its_reason() {
+    let d = support::Daemon::new("ready-check");
+    let out = d.start_with(&["--delay", "0"], &[("HELLO_NOT_READY", "cache cold")]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(support::text(&out).contains("ready check failed: not ready: cache cold"), "{}", support::text(&out));
+    assert!(!d.dir.join("x.pid").exists(), "nothing is left running");
+}
+
+#[test]
 fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
     let h = Hello::start(&hello_bin(), &["--delay", "0", "--watchdog", "1s"]);
     let stopped = h.worker_pid();

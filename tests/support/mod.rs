@@ -411,20 +411,18 @@ impl Daemon {
         cmd
     }
 
-    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `RUST_LOG` if given.
-    pub fn start_with(&self, extra: &[&str], rust_log: Option<&str>) -> Output {
+    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `env` added.
+    pub fn start_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
         args.extend_from_slice(extra);
         let mut cmd = self.command(&args);
-        if let Some(v) = rust_log {
-            cmd.env("RUST_LOG", v);
-        }
+        cmd.envs(env.iter().copied());
         cmd.output().unwrap()
     }
 
     pub fn start(&self, extra: &[&str]) -> Output {
-        self.start_with(extra, None)
+        self.start_with(extra, &[])
     }
 
     pub fn pid(&self) -> i32 {
