@@ -274,7 +274,15 @@ impl App {
             if daemon {
                 return Err(Error::usage("start needs the master: drop --no-master"));
             }
-            return worker::main(worker::Role::Single(listen), opts, http, s.app, factory, self.ready_check.clone());
+            let inherited = baton_supervise::listen::take_inherited()?;
+            return worker::main(
+                worker::Role::Single(listen, inherited),
+                opts,
+                http,
+                s.app,
+                factory,
+                self.ready_check.clone(),
+            );
         }
         baton_supervise::master::run(opts.master_config(name, daemon, listen)?)
     }

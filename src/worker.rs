@@ -22,8 +22,9 @@ use crate::service::{HttpConfig, Shared};
 pub(crate) enum Role {
     /// By a master, which handed over the listeners.
     UnderMaster(Handoff),
-    /// `--no-master`: one process does everything, listening where told.
-    Single(ListenSpecs),
+    /// `--no-master`: one process does everything, listening where told (or on the sockets
+    /// systemd passed, taken before anything else was opened).
+    Single(ListenSpecs, Option<Vec<Bound>>),
 }
 
 /// What decides when this worker is ready, and keeps telling the master it is alive.
@@ -72,11 +73,11 @@ fn serve<A>(
     let under_master = matches!(role, Role::UnderMaster(_));
     let watchdog = match &role {
         Role::UnderMaster(h) => h.watchdog,
-        Role::Single(_) => None,
+        Role::Single(..) => None,
     };
     let (listeners, log_path, generation, master) = match role {
         Role::UnderMaster(h) => (h.listeners, h.log, h.generation, Some(h.master)),
-        Role::Single(specs) => {
+        Role::Single(specs, inherited) => {
             let log_path = match &opts.log {
                 Some(p) => {
                     let p = std::path::absolute(p)
@@ -87,7 +88,7 @@ fn serve<A>(
                 }
                 None => None,
             };
-            (listen::resolve(&specs, listen::take_inherited()?)?, log_path, 1, None)
+            (listen::resolve(&specs, inherited)?, log_path, 1, None)
         }
     };
     baton_supervise::log::init("worker");

@@ -7,7 +7,6 @@
 //! runs before a worker exits. Lines still buffered when a process is killed outright (at most
 //! 100 ms worth) are lost.
 
-use std::io::Write as _;
 use std::sync::{Condvar, Mutex, OnceLock};
 
 const PIPE_BUF: usize = 4096;
@@ -77,16 +76,16 @@ fn write_lines(data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    let mut err = std::io::stderr().lock();
+    // A failed write (a full disk) loses the lines and says so later; it never panics.
+    let write = baton_supervise::log::write_or_count;
     let regular = nix::sys::stat::fstat(2).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
     if regular {
-        let _ = err.write_all(data);
-        return;
+        return write(data);
     }
     let mut rest = data;
     while !rest.is_empty() {
         let cut = chunk_len(rest);
-        let _ = err.write_all(&rest[..cut]);
+        write(&rest[..cut]);
         rest = &rest[cut..];
     }
 }

@@ -233,7 +233,8 @@ impl ListenSpecs {
 }
 
 /// Sockets passed with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, if they are for this
-/// process. Removes the variables from the environment (must run before threads exist).
+/// process. Removes the variables from the environment (must run before threads exist), and
+/// must run before this process opens any file: each fd is checked to be a listening socket.
 pub fn take_inherited() -> Result<Option<Vec<Bound>>> {
     let vars = ListenVars::from_vars(|k| std::env::var_os(k), Some(std::process::id()));
     sys::remove_env(&[handoff::LISTEN_FDS, handoff::LISTEN_PID, handoff::LISTEN_FDNAMES]);
@@ -241,17 +242,14 @@ pub fn take_inherited() -> Result<Option<Vec<Bound>>> {
     let mut out = Vec::with_capacity(vars.names.len());
     for (i, name) in vars.names.into_iter().enumerate() {
         let raw = handoff::LISTEN_FDS_START + i as i32;
-        let fd =
-            sys::adopt_fd(raw).map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
-        let sock = socket2::SockRef::from(&fd);
-        let check = || -> io::Result<()> {
-            if !sock.is_listener()? {
-                return Err(io::Error::other("not a listening socket"));
-            }
+        let adopt = || -> io::Result<OwnedFd> {
+            let fd = sys::adopt_listener(raw)?;
+            let sock = socket2::SockRef::from(&fd);
             sock.set_nonblocking(true)?;
-            sock.set_cloexec(true)
+            sock.set_cloexec(true)?;
+            Ok(fd)
         };
-        check().map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
+        let fd = adopt().map_err(|e| Error::io(ErrorKind::Listen, format!("inherited fd {raw} ({name})"), e))?;
         out.push(Bound { name, fd, unix_path: None });
     }
     Ok(Some(out))

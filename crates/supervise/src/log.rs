@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Subscriber};
@@ -18,9 +19,20 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::sys;
 
-/// Opens (creating, mode 0640) a log file for appending.
+/// Opens (creating, mode 0640) a log file for appending. A symlink at `path` is refused
+/// (`O_NOFOLLOW`): the master opens the log as root, and whoever can write the log's directory
+/// could otherwise point it at any file.
 pub fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(path)
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("is a symbolic link (refused)"),
+            _ => e,
+        })
 }
 
 /// Opens `path` afresh and points stdout and stderr at it (what USR1 does after logrotate).
@@ -35,9 +47,61 @@ pub fn init(role: &'static str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(|| Stderr)
+        // tracing-subscriber would report a failed write with `eprintln!`, which panics when
+        // stderr fails too (a full disk): [`Stderr`] counts what is lost instead.
+        .log_internal_errors(false)
         .event_format(LineFormat { role, pid: std::process::id() })
         .try_init();
+}
+
+/// Log lines that could not be written since the last line that could.
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// fd 2 as the log's writer: a daemon must survive its log (a full disk, `-l /dev/full`, a
+/// closed pipe). A failed write never panics and never retries: the line is counted, and the
+/// next line that can be written is preceded by one saying how many were lost and why.
+#[derive(Debug)]
+pub struct Stderr;
+
+impl io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        write_or_count(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes whole lines to fd 2 in one `write`; on failure counts them as lost (see [`Stderr`]).
+pub fn write_or_count(buf: &[u8]) {
+    use io::Write as _;
+    let mut err = io::stderr().lock();
+    let lost = LOST.load(Ordering::Relaxed);
+    if lost > 0 {
+        let note = format!("{} WARN  log: {lost} log lines lost: the log could not be written\n", now_rfc3339());
+        if err.write_all(note.as_bytes()).is_err() {
+            LOST.fetch_add(buf.iter().filter(|b| **b == b'\n').count().max(1) as u64, Ordering::Relaxed);
+            return;
+        }
+        LOST.fetch_sub(lost, Ordering::Relaxed);
+    }
+    if err.write_all(buf).is_err() {
+        LOST.fetch_add(buf.iter().filter(|b| **b == b'\n').count().max(1) as u64, Ordering::Relaxed);
+    }
+}
+
+fn now_rfc3339() -> String {
+    let mut ts = String::with_capacity(24);
+    rfc3339(&mut ts, SystemTime::now());
+    ts
 }
 
 struct LineFormat {

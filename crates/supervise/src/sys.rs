@@ -32,14 +32,30 @@ pub(crate) fn remove_env(keys: &[&str]) {
     }
 }
 
-/// Takes ownership of an inherited descriptor number, checking that it is open.
-pub(crate) fn adopt_fd(raw: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_GETFD only queries the descriptor table.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+/// Takes ownership of an inherited descriptor number once it is proven to be a listening
+/// socket. A number that is closed, or open but something else (a file of this process), is
+/// refused without being touched: taking it would close it twice.
+pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 3 {
+        return Err(io::Error::other("not an inherited socket (stdio)"));
+    }
+    // SAFETY: fstat writes into a zeroed stat we own; it only queries the descriptor table.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(raw, &mut st) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the fd is open (checked above) and was passed to this process by its parent
-    // (LISTEN_FDS protocol); nothing else in this process owns it.
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other("not a socket"));
+    }
+    // SAFETY: the fd is open (fstat succeeded) for the call's duration; the borrow does not
+    // outlive it and closes nothing.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    if !socket2::SockRef::from(&borrowed).is_listener()? {
+        return Err(io::Error::other("not a listening socket"));
+    }
+    // SAFETY: a listening socket passed to this process by its parent (LISTEN_FDS protocol),
+    // adopted before this process opens anything of its own; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 

@@ -72,6 +72,9 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let abs = |p: &PathBuf, what: &str| {
         std::path::absolute(p).map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))
     };
+    // First, before this process opens anything: an fd number LISTEN_FDS names must be one
+    // it inherited.
+    let inherited = listen::take_inherited()?;
     if cfg.daemon {
         cfg.pid.get_or_insert_with(|| PathBuf::from(format!("{}.pid", cfg.name)));
         cfg.log.get_or_insert_with(|| PathBuf::from(format!("{}.log", cfg.name)));
@@ -86,7 +89,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         Some(p) => Some(open_log(p, log_owner)?),
         None => None,
     };
-    let listeners = listen::resolve(&cfg.listen, listen::take_inherited()?)?;
+    let listeners = listen::resolve(&cfg.listen, inherited)?;
     let control = match &pidfile {
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,

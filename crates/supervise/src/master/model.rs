@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::state::{Action, Event, GenState, Limits, Phase, Sig, State, Stopping, WaiterId, Waiting};
+use crate::control::protocol::Reply;
 use crate::exe::BinaryId;
 
 /// What can happen to the master, as the model generates it.
@@ -276,7 +277,18 @@ impl Model {
                         self.doomed.insert(pid);
                     }
                 }
-                Action::Reply { waiter, .. } | Action::ReplyStatus { waiter } => {
+                Action::Reply { waiter, reply } => {
+                    prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
+                    if let Reply::Ok(text) = &reply {
+                        if let Some(p) = text.strip_suffix(") serving").and_then(|t| t.rsplit_once("(pid ")) {
+                            // "generation N (pid P) serving" is said only of a live serving worker.
+                            let pid = Pid::from_raw(p.1.parse().unwrap_or(0));
+                            let serving = self.state.gens.iter().any(|g| g.pid == pid && g.state.serving());
+                            prop_assert!(serving, "said serving of a worker that is not: {text}");
+                        }
+                    }
+                }
+                Action::ReplyStatus { waiter } => {
                     prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
                 }
                 Action::Exit { code, start_failure } => {
@@ -285,11 +297,12 @@ impl Model {
                     prop_assert!(self.live.is_empty(), "exit with workers alive: {:?}", self.live);
                     self.exited = Some(code);
                 }
-                Action::ReopenLog
-                | Action::Systemd(_)
-                | Action::SystemdReloading
-                | Action::CloseListeners
-                | Action::DaemonReady => {}
+                Action::ReopenLog { waiter } => {
+                    if let Some(w) = waiter {
+                        prop_assert!(self.open_waiters.remove(&w), "waiter {w} answered twice or unknown");
+                    }
+                }
+                Action::Systemd(_) | Action::SystemdReloading | Action::CloseListeners | Action::DaemonReady => {}
             }
         }
         self.check()
@@ -441,6 +454,8 @@ fn model_known_scenarios() {
         // Was a bug: the reload's client was never answered (found by the model).
         ("reload folded into the first start, then TERM, then ready", vec![ctl, Term, Ready(0)], None),
         ("fork fails on reload", vec![Ready(0), FailNextSpawn, ctl], Some(1)),
+        // Was a bug: `reload` said "serving" of a worker that died right after READY=1.
+        ("new worker dies after READY, before the old one confirmed", vec![Ready(0), ctl, Ready(1), Exits(1)], Some(1)),
         ("binary deleted, then reload", vec![Ready(0), RemoveBinary, ctl, Deploy, ctl], Some(2)),
         ("a crash restart runs the pinned binary, not the new one on disk", vec![Ready(0), Deploy, Exits(0)], Some(1)),
         (

@@ -220,7 +220,7 @@ impl Runner {
                 let text = self.status_text(state);
                 self.reply(waiter, &Reply::Ok(text));
             }
-            Action::ReopenLog => self.reopen_log(),
+            Action::ReopenLog { waiter } => self.reopen_log(waiter),
             Action::Systemd(msg) => self.systemd_send(&msg),
             Action::SystemdReloading => {
                 if self.io.systemd.is_some() {
@@ -345,15 +345,24 @@ impl Runner {
         s
     }
 
-    fn reopen_log(&mut self) {
-        if let Some(p) = &self.io.log_path {
-            match super::open_log(p, self.io.log_owner).and_then(|f| {
-                sys::redirect_stdout_stderr(&f)
-                    .map_err(|e| crate::Error::io(crate::ErrorKind::Io, "cannot redirect output", e))
-            }) {
-                Ok(()) => tracing::info!("reopened log file {}", p.display()),
-                Err(e) => tracing::error!("{e:#}"),
-            }
+    /// Reopens the master's log file; on failure logs to the old one, which stays in use.
+    fn reopen_log(&mut self, waiter: Option<WaiterId>) {
+        let result = match &self.io.log_path {
+            None => Ok("no log file to reopen (logging to stderr)".to_owned()),
+            Some(p) => super::open_log(p, self.io.log_owner)
+                .and_then(|f| {
+                    sys::redirect_stdout_stderr(&f)
+                        .map_err(|e| crate::Error::io(crate::ErrorKind::Io, "cannot redirect output", e))
+                })
+                .map(|()| format!("reopened log file {}", p.display()))
+                .map_err(|e| format!("{e:#}; still logging to the old file")),
+        };
+        match &result {
+            Ok(m) => tracing::info!("{m}"),
+            Err(e) => tracing::error!("{e}"),
+        }
+        if let Some(w) = waiter {
+            self.reply(w, &result.map_or_else(Reply::Err, Reply::Ok));
         }
     }
 

@@ -124,8 +124,11 @@ pub(crate) enum Action {
     ReplyStatus {
         waiter: WaiterId,
     },
-    /// Reopen the master's own log file.
-    ReopenLog,
+    /// Reopen the master's own log file, then answer `waiter` with the outcome (a failure keeps
+    /// the old file and is an error).
+    ReopenLog {
+        waiter: Option<WaiterId>,
+    },
     /// A message for systemd's notify socket, if there is one.
     Systemd(String),
     /// `RELOADING=1` for systemd, with the `MONOTONIC_USEC` it requires.

@@ -84,6 +84,9 @@ impl Waiters {
 /// accepting: after `reload` returns, no new connection reaches the old code.
 #[derive(Debug, Clone)]
 pub(super) struct PendingAck {
+    /// The generation the answer is about: its death before the answer changes the answer.
+    pub(super) pid: Pid,
+    pub(super) generation: u64,
     pub(super) old: Vec<Pid>,
     pub(super) waiters: Vec<WaiterId>,
     pub(super) reply: String,

@@ -128,11 +128,8 @@ impl State {
             }
             Event::Reload { waiter, on_disk } => self.reload(&mut out, waiter, on_disk),
             Event::ReopenLogs { waiter } => {
-                out.push(Action::ReopenLog);
                 out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: Sig::Usr1 }));
-                if let Some(w) = waiter {
-                    out.push(Action::Reply { waiter: w, reply: Reply::Ok("reopened".into()) });
-                }
+                out.push(Action::ReopenLog { waiter });
             }
             Event::Status { waiter } => out.push(Action::ReplyStatus { waiter }),
             Event::Notify { pid, msg } => self.on_notify(now, &mut out, pid, &msg),
@@ -381,8 +378,14 @@ impl State {
         if matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload {
             self.last_reload = Some(LastReload { at: now, result: Ok(generation) });
         }
-        self.flush_ack(out);
+        if let Some(prev) = self.ack.take() {
+            // A newer generation became ready before the previous reload was answered: those
+            // clients learn the outcome that holds now, this one.
+            waiters.extend(prev.waiters);
+        }
         self.ack = Some(PendingAck {
+            pid,
+            generation,
             old: old_pids,
             waiters,
             reply: format!("generation {generation} (pid {pid}) serving"),
@@ -483,6 +486,13 @@ impl State {
             Some(k) => format!("{k}, {how}"),
             None => how.to_owned(),
         };
+        if let Some(a) = self.ack.take_if(|a| a.pid == pid) {
+            // Ready, then dead before the old workers confirmed: the answer is what is true
+            // now, not what was true at its readiness.
+            let why = format!("generation {} (pid {pid}) {how} right after it became ready{last_words}", a.generation);
+            out.extend(a.waiters.into_iter().map(|w| Action::Reply { waiter: w, reply: Reply::Err(why.clone()) }));
+            out.push(Action::Systemd(format!("READY=1\nSTATUS={why}")));
+        }
         match g.state {
             GenState::Starting { .. } => {
                 let why = match &g.killed_for {

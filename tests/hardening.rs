@@ -1,0 +1,126 @@
+//! Regressions of the hardening pass: a failing log, hostile or broken input from the
+//! environment, the file system and local users, answers that must be true when given.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{Daemon, Hello, alive, free_port, get, hello_bin, signal, text, wait_until};
+
+#[test]
+fn failing_log_writes_do_not_kill_the_master_dev_full() {
+    let h = Hello::spawn(&hello_bin(), &["--delay", "0", "--debug-routes", "-l", "/dev/full"]);
+    // No log to read the master's "serving" from: the first answer is the signal.
+    wait_until(Duration::from_secs(30), "the first answer", || get(h.addr(), "/").is_ok());
+    assert!(alive(h.pid));
+    assert_eq!(get(h.addr(), "/").unwrap().body, "hello world!");
+    assert_eq!(get(h.addr(), "/panic").unwrap().status, 500, "a handler panic still gets its 500");
+    let old = h.worker_pid();
+    signal(h.pid, Signal::SIGUSR2);
+    wait_until(Duration::from_secs(30), "a reload while every log line fails", || {
+        get(h.addr(), "/pid").is_ok_and(|r| r.body != old.to_string())
+    });
+    assert!(alive(h.pid), "the master survives its log");
+}
+
+#[test]
+fn listen_fds_naming_fds_that_were_not_passed_is_a_clear_error() {
+    let port = free_port();
+    let dir = support::TempDir::new("listen-fds");
+    // LISTEN_PID must be the process that reads it: set it in a shell that then execs hello.
+    let script = format!(
+        "export LISTEN_PID=$$ LISTEN_FDS=3; exec {} run --listen 127.0.0.1:{port} -p x.pid",
+        hello_bin().display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("inherited fd 3 (unknown): bad file"), "{}", text(&out));
+    assert!(!dir.join("x.pid").exists());
+}
+
+#[test]
+fn listen_fds_without_listen_pid_is_ignored_as_systemd_does() {
+    let port = free_port();
+    let mut cmd = Command::new(hello_bin());
+    cmd.args(["run", "--delay", "0", "--listen", &format!("127.0.0.1:{port}")]).env("LISTEN_FDS", "2");
+    let h = Hello::launch(cmd, port);
+    h.wait_ready();
+    assert_eq!(get(h.addr(), "/").unwrap().body, "hello world!");
+}
+
+#[test]
+fn reopen_logs_reports_a_failed_reopen_and_keeps_logging() {
+    let d = Daemon::new("reopen-fail");
+    let logdir = d.dir.join("logs");
+    std::fs::create_dir(&logdir).unwrap();
+    let log = logdir.join("x.log");
+    let out = d.hello(&[
+        "start",
+        "-l",
+        log.to_str().unwrap(),
+        "-p",
+        "x.pid",
+        "--delay",
+        "0",
+        "--listen",
+        &d.addr().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::rename(&logdir, d.dir.join("logs.old")).unwrap();
+    let out = d.hello(&["reopen-logs", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "a failed reopen is a failure: {}", text(&out));
+    assert!(
+        text(&out).contains("cannot open log file") && text(&out).contains("still logging to the old file"),
+        "{}",
+        text(&out)
+    );
+    let old = std::fs::read_to_string(d.dir.join("logs.old/x.log")).unwrap();
+    assert!(old.contains("still logging to the old file"), "the failure is in the old file");
+    let out = d.hello(&["stop", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn reload_does_not_report_a_dead_generation_as_serving() {
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "0", "-p", "x.pid"]);
+    let old = h.worker_pid();
+    // The old worker cannot confirm it stopped accepting while it is stopped: the reload's
+    // answer waits (up to 5 s) for it.
+    signal(old, Signal::SIGSTOP);
+    wait_until(Duration::from_secs(5), "the worker to stop", || support::process_state(old) == Some('T'));
+    let dir = h.dir.path().to_owned();
+    let reload = std::thread::spawn(move || {
+        Command::new(hello_bin()).args(["reload", "-p", "x.pid"]).current_dir(dir).output().unwrap()
+    });
+    let mut new = 0;
+    wait_until(Duration::from_secs(10), "generation 2 ready", || {
+        let log = h.log_text();
+        let line = log.lines().find(|l| l.contains("worker generation 2 (pid") && l.contains(") ready in"));
+        new = line.and_then(|l| l.split("(pid ").nth(1)?.split(')').next()?.parse().ok()).unwrap_or(0);
+        new != 0
+    });
+    signal(new, Signal::SIGKILL);
+    let out = reload.join().unwrap();
+    signal(old, Signal::SIGCONT);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("right after it became ready"), "{}", text(&out));
+}
+
+#[test]
+fn crash_backoff_resets_once_a_replacement_has_served() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    for _ in 0..3 {
+        let old = h.worker_pid();
+        signal(old, Signal::SIGKILL);
+        wait_until(Duration::from_secs(10), "a replacement", || {
+            get(h.addr(), "/pid").is_ok_and(|r| r.body != old.to_string())
+        });
+        // Past the 1 s hold-off against flapping; nothing signals that moment.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let log = h.log_text();
+    assert_eq!(log.matches("restarting worker in 100ms").count(), 3, "{}", h.log_tail(20));
+    assert!(!log.contains("restarting worker in 200ms"), "{}", h.log_tail(20));
+}
