@@ -51,7 +51,7 @@ fn start_returns_when_serving_and_detaches() {
     for fd in [1, 2] {
         assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(), d.dir.join("x.log"));
     }
-    let ctl = d.dir.join("x.ctl");
+    let ctl = d.dir.join("x.pid.ctl");
     assert_eq!(std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777, 0o600);
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));

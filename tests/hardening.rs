@@ -124,3 +124,40 @@ fn crash_backoff_resets_once_a_replacement_has_served() {
     assert_eq!(log.matches("restarting worker in 100ms").count(), 3, "{}", h.log_tail(20));
     assert!(!log.contains("restarting worker in 200ms"), "{}", h.log_tail(20));
 }
+
+#[test]
+fn control_socket_is_unique_per_pid_file_x_pid_and_x_lock() {
+    let a = Daemon::new("ctl-unique");
+    let out = a.start(&["--delay", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b_port = free_port();
+    let out = a.hello(&["start", "-l", "y.log", "-p", "x.lock", "--delay", "0", "--listen", &format!("127.0.0.1:{b_port}")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b_pid: i32 = std::fs::read_to_string(a.dir.join("x.lock")).unwrap().trim().parse().unwrap();
+    let a_pid = a.pid();
+    let out = a.hello(&["stop", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(a_pid), "stop -p x.pid stops its own master");
+    assert!(alive(b_pid), "and not the other one");
+    let out = a.hello(&["stop", "-p", "x.lock"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(b_pid));
+}
+
+#[test]
+fn stop_does_not_signal_a_process_that_does_not_hold_the_pid_file() {
+    use std::os::fd::AsRawFd;
+    let dir = support::TempDir::new("stop-unrelated");
+    let mut sleeper = Command::new("sleep").arg("300").spawn().unwrap();
+    let pid_file = dir.join("x.pid");
+    std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+    // Someone else (this test) holds the lock, as `flock x.pid sleep 30 &` would.
+    let f = std::fs::File::open(&pid_file).unwrap();
+    nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let out = Command::new(hello_bin()).args(["stop", "-p", "x.pid"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("does not hold the pid file"), "{}", text(&out));
+    assert!(sleeper.try_wait().unwrap().is_none(), "the unrelated process was not signalled");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

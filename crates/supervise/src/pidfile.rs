@@ -108,7 +108,24 @@ pub(crate) fn probe(path: &Path) -> Result<Probe> {
     }
 }
 
-/// The control socket that lives next to a pid file: `x.pid` -> `x.ctl`.
+/// The control socket that lives next to a pid file: `x.pid` -> `x.pid.ctl`. Appended, not
+/// replacing the extension: `x.pid` and `x.lock` must not share one socket.
 pub(crate) fn control_path(pid: &Path) -> PathBuf {
-    pid.with_extension("ctl")
+    let mut p = pid.as_os_str().to_owned();
+    p.push(".ctl");
+    PathBuf::from(p)
+}
+
+/// Whether process `pid` has the file at `path` open: the master holds its pid file open (and
+/// locked) for its whole life, a process whose pid was merely written into the file does not.
+pub(crate) fn held_by(path: &Path, pid: i32) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(path)?;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(m) = std::fs::metadata(entry?.path()) else { continue };
+        if m.dev() == target.dev() && m.ino() == target.ino() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -57,10 +57,23 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     let deadline = Instant::now() + timeout;
     // Taken before asking, so that "gone" means this very process exited.
     let exited = Exited::watch(pid);
-    let reply = match ask(&pidfile::control_path(&pid_path), cmd, timeout) {
+    let reply = match ask(&pidfile::control_path(&pid_path), cmd, timeout, pid) {
         Ok(r) => r,
         Err(e) => {
-            // No control socket (or it does not answer): plain signals still work.
+            // No control socket (or it does not answer): plain signals still work, but only
+            // to a process proven to be the master of this pid file.
+            match pidfile::held_by(&pid_path, pid) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::new(
+                        ErrorKind::NotRunning,
+                        format!("pid {pid} in {shown} does not hold the pid file: not this app's master, not signalled"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::io(ErrorKind::Io, format!("cannot check that pid {pid} is this app's master"), e));
+                }
+            }
             eprintln!("{name}: control socket unavailable ({e}); using signals");
             return signal_fallback(cmd, pid, exited, deadline);
         }
@@ -90,8 +103,14 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     }
 }
 
-fn ask(path: &Path, cmd: Command, timeout: Duration) -> io::Result<Reply> {
+/// Asks the master over its control socket; the socket's owner must be `pid` (the pid file's
+/// master), or the answer is not trusted.
+fn ask(path: &Path, cmd: Command, timeout: Duration, pid: i32) -> io::Result<Reply> {
     let mut s = UnixStream::connect(path)?;
+    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)?.pid();
+    if peer != pid {
+        return Err(io::Error::other(format!("{} is served by pid {peer}, not the pid file's {pid}", path.display())));
+    }
     s.set_read_timeout(Some(timeout))?;
     s.write_all(cmd.request().as_bytes())?;
     let mut r = BufReader::new(s);

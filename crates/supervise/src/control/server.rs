@@ -2,7 +2,6 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,8 +40,11 @@ pub(crate) struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the socket (mode 0600: owner only). A stale socket file is replaced; the pid file
-    /// lock already proved no other master runs.
+    /// Binds the socket (mode 0600: owner only, set through the umask at bind, so no path is
+    /// ever chmod-ed). A stale socket file is replaced; the pid file lock already proved no
+    /// other master runs. It listens only from [`ControlServer::listen`] on, called by the
+    /// master itself: a client checks the socket's owner pid (`SO_PEERCRED`, taken at
+    /// `listen`) against the pid file.
     pub(crate) fn bind(path: &Path) -> Result<ControlServer> {
         let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
         match std::fs::remove_file(path) {
@@ -50,10 +52,21 @@ impl ControlServer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail(e)),
         }
-        let listener = UnixListener::bind(path).map_err(fail)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
-        listener.set_nonblocking(true).map_err(fail)?;
-        Ok(ControlServer { listener, path: path.to_owned(), pending: Vec::new() })
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(fail)?;
+        let addr = socket2::SockAddr::unix(path).map_err(fail)?;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = sock.bind(&addr);
+        nix::sys::stat::umask(old);
+        bound.map_err(fail)?;
+        sock.set_nonblocking(true).map_err(fail)?;
+        Ok(ControlServer { listener: UnixListener::from(std::os::fd::OwnedFd::from(sock)), path: path.to_owned(), pending: Vec::new() })
+    }
+
+    /// Starts listening (in the master process, after the daemon step).
+    pub(crate) fn listen(&self) -> Result<()> {
+        socket2::SockRef::from(&self.listener)
+            .listen(16)
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot listen on control socket {}", self.path.display()), e))
     }
 
     pub(crate) fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {

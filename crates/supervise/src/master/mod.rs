@@ -101,6 +101,9 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     }
     drop(log_file);
     log::init("master");
+    if let Some(c) = &control {
+        c.listen()?;
+    }
     if let Some(p) = pidfile.as_mut() {
         p.write_pid()
             .map_err(|e| Error::io(ErrorKind::Io, format!("cannot write pid file {}", p.path().display()), e))?;
