@@ -131,7 +131,8 @@ fn control_socket_is_unique_per_pid_file_x_pid_and_x_lock() {
     let out = a.start(&["--delay", "0"]);
     assert!(out.status.success(), "{}", text(&out));
     let b_port = free_port();
-    let out = a.hello(&["start", "-l", "y.log", "-p", "x.lock", "--delay", "0", "--listen", &format!("127.0.0.1:{b_port}")]);
+    let out =
+        a.hello(&["start", "-l", "y.log", "-p", "x.lock", "--delay", "0", "--listen", &format!("127.0.0.1:{b_port}")]);
     assert!(out.status.success(), "{}", text(&out));
     let b_pid: i32 = std::fs::read_to_string(a.dir.join("x.lock")).unwrap().trim().parse().unwrap();
     let a_pid = a.pid();
@@ -146,18 +147,72 @@ fn control_socket_is_unique_per_pid_file_x_pid_and_x_lock() {
 
 #[test]
 fn stop_does_not_signal_a_process_that_does_not_hold_the_pid_file() {
-    use std::os::fd::AsRawFd;
     let dir = support::TempDir::new("stop-unrelated");
     let mut sleeper = Command::new("sleep").arg("300").spawn().unwrap();
     let pid_file = dir.join("x.pid");
     std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
     // Someone else (this test) holds the lock, as `flock x.pid sleep 30 &` would.
     let f = std::fs::File::open(&pid_file).unwrap();
-    nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let _lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let out = Command::new(hello_bin()).args(["stop", "-p", "x.pid"]).current_dir(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("does not hold the pid file"), "{}", text(&out));
     assert!(sleeper.try_wait().unwrap().is_none(), "the unrelated process was not signalled");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+}
+
+#[test]
+fn inherited_fds_do_not_leak_into_workers() {
+    let port = free_port();
+    let dir = support::TempDir::new("fd-leak");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "").unwrap();
+    let script =
+        format!("exec 9>>{}; exec {} run --delay 0 --listen 127.0.0.1:{port}", secret.display(), hello_bin().display());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(&script);
+    let h = Hello::launch(cmd, port);
+    h.wait_ready();
+    let links = |pid: i32| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .collect()
+    };
+    assert!(links(h.pid).contains(&secret), "the test itself is sound: the master inherited it");
+    let worker = h.worker_pid();
+    assert!(!links(worker).contains(&secret), "the worker must not get the launcher's fd: {:?}", links(worker));
+}
+
+#[test]
+fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouched() {
+    use std::os::unix::fs::symlink;
+    let d = Daemon::new("symlinks");
+    let target = d.dir.join("precious");
+    std::fs::write(&target, "keep me\n").unwrap();
+    for (what, args) in [("log", ["-l", "evil.log", "-p", "x.pid"]), ("pid", ["-l", "x.log", "-p", "evil.pid"])] {
+        let link = d.dir.join(&format!("evil.{what}"));
+        symlink(&target, &link).unwrap();
+        let listen = d.addr().to_string();
+        let mut all = vec!["start", "--delay", "0", "--listen", &listen];
+        all.extend(args);
+        let out = d.hello(&all);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert!(text(&out).contains("is a symbolic link (refused)"), "{what}: {}", text(&out));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n", "{what}: target untouched");
+        std::fs::remove_file(&link).unwrap();
+    }
+    // A log swapped for a symlink before `reopen-logs` (after logrotate moved it).
+    let out = d.start(&["--delay", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::rename(d.dir.join("x.log"), d.dir.join("x.log.1")).unwrap();
+    symlink(&target, d.dir.join("x.log")).unwrap();
+    let out = d.hello(&["reopen-logs", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is a symbolic link (refused)"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+    let out = d.hello(&["stop", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -157,13 +157,17 @@ fn bind(spec: &ListenSpec) -> Result<Bound> {
             remove_stale_socket(path).map_err(fail)?;
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
             let sa = socket2::SockAddr::unix(path).map_err(fail)?;
-            sock.bind(&sa).map_err(fail)?;
+            // Mode 0660 through the umask at bind: a chmod of the path afterwards would follow
+            // a symlink swapped in meanwhile.
+            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+            let bound = sock.bind(&sa);
+            nix::sys::stat::umask(old);
+            bound.map_err(fail)?;
             let created = path.clone();
             let undo = |e| {
                 let _ = std::fs::remove_file(&created);
                 fail(e)
             };
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(undo)?;
             sock.listen(BACKLOG).map_err(undo)?;
             sock.set_nonblocking(true).map_err(undo)?;
             Ok(Bound { name: spec.name.clone(), fd: sock.into(), unix_path: Some(path.clone()) })

@@ -28,9 +28,17 @@ impl PidFile {
             .create(true)
             .truncate(false)
             .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
+            // Never through a symlink: in a directory others can write, one planted there
+            // would make root overwrite its target.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
-            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot open pid file {}", path.display()), e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::new(
+                    ErrorKind::Io,
+                    format!("cannot open pid file {}: is a symbolic link (refused)", path.display()),
+                ),
+                _ => Error::io(ErrorKind::Io, format!("cannot open pid file {}", path.display()), e),
+            })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(file) => Ok(PidFile { path: path.to_owned(), file }),
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {

@@ -59,6 +59,24 @@ pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Marks every descriptor from 3 on close-on-exec: whatever this process inherited (a
+/// launcher's open file, a shell's `9>>secret`) must not reach workers, which may run as
+/// another user. Descriptors this process opens itself are close-on-exec already.
+pub(crate) fn cloexec_inherited() -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= 3)
+        .collect();
+    for fd in fds {
+        // EBADF: the directory's own fd, closed by now.
+        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
+            Ok(_) | Err(nix::errno::Errno::EBADF) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// A descriptor that becomes readable when process `pid` has exited (Linux 5.3+ `pidfd_open`).
 /// Unlike polling `kill(pid, 0)` it cannot be fooled by a zombie or by a reused pid.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {

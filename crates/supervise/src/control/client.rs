@@ -67,11 +67,17 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 Ok(false) => {
                     return Err(Error::new(
                         ErrorKind::NotRunning,
-                        format!("pid {pid} in {shown} does not hold the pid file: not this app's master, not signalled"),
+                        format!(
+                            "pid {pid} in {shown} does not hold the pid file: not this app's master, not signalled"
+                        ),
                     ));
                 }
                 Err(e) => {
-                    return Err(Error::io(ErrorKind::Io, format!("cannot check that pid {pid} is this app's master"), e));
+                    return Err(Error::io(
+                        ErrorKind::Io,
+                        format!("cannot check that pid {pid} is this app's master"),
+                        e,
+                    ));
                 }
             }
             eprintln!("{name}: control socket unavailable ({e}); using signals");

@@ -59,14 +59,18 @@ impl ControlServer {
         nix::sys::stat::umask(old);
         bound.map_err(fail)?;
         sock.set_nonblocking(true).map_err(fail)?;
-        Ok(ControlServer { listener: UnixListener::from(std::os::fd::OwnedFd::from(sock)), path: path.to_owned(), pending: Vec::new() })
+        Ok(ControlServer {
+            listener: UnixListener::from(std::os::fd::OwnedFd::from(sock)),
+            path: path.to_owned(),
+            pending: Vec::new(),
+        })
     }
 
     /// Starts listening (in the master process, after the daemon step).
     pub(crate) fn listen(&self) -> Result<()> {
-        socket2::SockRef::from(&self.listener)
-            .listen(16)
-            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot listen on control socket {}", self.path.display()), e))
+        socket2::SockRef::from(&self.listener).listen(16).map_err(|e| {
+            Error::io(ErrorKind::Io, format!("cannot listen on control socket {}", self.path.display()), e)
+        })
     }
 
     pub(crate) fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {

@@ -75,6 +75,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     // First, before this process opens anything: an fd number LISTEN_FDS names must be one
     // it inherited.
     let inherited = listen::take_inherited()?;
+    sys::cloexec_inherited().map_err(|e| Error::io(ErrorKind::Io, "cannot mark inherited fds close-on-exec", e))?;
     if cfg.daemon {
         cfg.pid.get_or_insert_with(|| PathBuf::from(format!("{}.pid", cfg.name)));
         cfg.log.get_or_insert_with(|| PathBuf::from(format!("{}.log", cfg.name)));
