@@ -216,3 +216,29 @@ fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouch
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn notify_socket_is_private_and_a_flood_from_strangers_cannot_fill_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let worker = h.worker_pid();
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let path = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .expect("the worker's NOTIFY_SOCKET");
+    let dir = path.parent().unwrap();
+    assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "a private directory");
+    // This test may be root, who can reach it anyway: the flood is what is checked here.
+    let before = h.log_text().len();
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let junk = vec![b'x'; 4000];
+    for _ in 0..20_000 {
+        let _ = sock.send_to(&junk, &path);
+    }
+    assert_eq!(get(h.addr(), "/").unwrap().status, 200);
+    let grown = h.log_text().len() - before;
+    assert!(grown < 4096, "20,000 stranger datagrams added {grown} bytes to the log");
+    assert!(h.log_text().contains("notify messages from processes that are not workers"), "{}", h.log_tail(5));
+}

@@ -46,24 +46,60 @@ impl Notifier {
     }
 }
 
-/// The master's notify socket: an abstract-namespace datagram socket (no file to clean up,
-/// reachable by workers that dropped privileges) with `SO_PASSCRED`, so the kernel stamps
-/// every message with the sender's pid.
+/// The master's notify socket: a datagram socket in a private directory (mode 0700, created
+/// fresh, owned by the workers' user), so that only the master and its workers can reach it;
+/// with `SO_PASSCRED`, the kernel stamps every message with the sender's pid.
 #[derive(Debug)]
 pub(crate) struct NotifyServer {
     sock: UnixDatagram,
     name: String,
+    dir: std::path::PathBuf,
 }
 
 impl NotifyServer {
-    pub(crate) fn bind() -> io::Result<NotifyServer> {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let name = format!("baton-notify-{}-{nanos:08x}", std::process::id());
-        let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
-        sock.set_nonblocking(true)?;
-        socket::setsockopt(&sock, sockopt::PassCred, &true)?;
-        Ok(NotifyServer { sock, name: format!("@{name}") })
+    /// Creates the directory under the temporary directory (`TMPDIR`, else `/tmp`) and binds
+    /// the socket in it; `owner` (the workers' `--user`) gets both.
+    pub(crate) fn bind(owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut tries = 0;
+        let dir = loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let dir = base.join(format!("baton-{}-{nanos:08x}", std::process::id()));
+            // mkdir fails on anything already there: nothing planted in advance is used.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let path = dir.join("notify.sock");
+        let bound = (|| {
+            let sock = UnixDatagram::bind(&path)?;
+            sock.set_nonblocking(true)?;
+            socket::setsockopt(&sock, sockopt::PassCred, &true)?;
+            if let Some((uid, gid)) = owner {
+                // The socket first, while the directory is still root's alone.
+                nix::unistd::chown(&path, Some(uid), Some(gid))?;
+                nix::unistd::chown(&dir, Some(uid), Some(gid))?;
+            }
+            Ok::<_, io::Error>(sock)
+        })();
+        match bound {
+            Ok(sock) => Ok(NotifyServer { sock, name: path.display().to_string(), dir }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the socket and its directory (on exit).
+    pub(crate) fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// The value for a worker's `NOTIFY_SOCKET`.
@@ -108,12 +144,18 @@ mod tests {
 
     #[test]
     fn round_trip_with_sender_pid() {
-        let server = NotifyServer::bind().unwrap();
+        let server = NotifyServer::bind(None).unwrap();
         let client = Notifier::connect(server.name()).unwrap();
         client.send("READY=1").unwrap();
         let (pid, msg) = server.recv().unwrap().unwrap();
         assert_eq!(pid as u32, std::process::id());
         assert_eq!(msg, "READY=1");
         assert!(server.recv().unwrap().is_none());
+        assert!(server.name().starts_with('/'));
+        let dir = std::path::Path::new(server.name()).parent().unwrap().to_owned();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        server.remove();
+        assert!(!dir.exists());
     }
 }

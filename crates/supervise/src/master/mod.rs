@@ -128,7 +128,8 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     signals.thread_block().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| Error::io(ErrorKind::Io, "signalfd", e.into()))?;
-    let notify = NotifyServer::bind().map_err(|e| Error::io(ErrorKind::Io, "cannot bind the notify socket", e))?;
+    let notify =
+        NotifyServer::bind(log_owner).map_err(|e| Error::io(ErrorKind::Io, "cannot create the notify socket", e))?;
 
     let limits = state::Limits {
         ready_timeout: cfg.ready_timeout,

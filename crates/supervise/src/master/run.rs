@@ -57,6 +57,7 @@ pub(super) struct Runner {
     pins: HashMap<BinaryId, std::os::fd::OwnedFd>,
     watchdog: Option<Duration>,
     started: Instant,
+    strangers: Strangers,
     /// Set by [`Action::Exit`]: the exit code and what `start` prints.
     exit: Option<(u8, Option<String>)>,
 }
@@ -76,6 +77,7 @@ impl Runner {
             pins: HashMap::new(),
             watchdog,
             started: Instant::now(),
+            strangers: Strangers::default(),
             exit: None,
         }
     }
@@ -88,7 +90,7 @@ impl Runner {
         self.dispatch(&mut state, Event::Start);
         while self.exit.is_none() {
             self.wait(state.next_deadline());
-            for event in self.collect_events() {
+            for event in self.collect_events(&state) {
                 self.dispatch(&mut state, event);
             }
             self.dispatch(&mut state, Event::Tick);
@@ -119,7 +121,7 @@ impl Runner {
 
     /// Everything that happened since the last call, in the order signals, notify messages,
     /// control requests, reaped children.
-    fn collect_events(&mut self) -> Vec<Event> {
+    fn collect_events(&mut self, state: &State) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
             match self.io.sigfd.read_signal() {
@@ -133,7 +135,10 @@ impl Runner {
         }
         loop {
             match self.io.notify.recv() {
-                Ok(Some((pid, msg))) => events.push(Event::Notify { pid: Pid::from_raw(pid), msg }),
+                Ok(Some((pid, msg))) if state.gens.iter().any(|g| g.pid.as_raw() == pid) => {
+                    events.push(Event::Notify { pid: Pid::from_raw(pid), msg })
+                }
+                Ok(Some((pid, _))) => self.strangers.count(pid),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!("notify socket: {e}");
@@ -382,6 +387,7 @@ impl Runner {
         if let Some(c) = self.io.control.take() {
             c.remove();
         }
+        self.io.notify.remove();
         // Control clients that asked in the very last moment.
         for (_, w) in self.waiters.drain() {
             w.reply(&Reply::Err("shutting down".into()));
@@ -395,6 +401,28 @@ impl Runner {
             s.failed(start_failure.as_deref().unwrap_or("the master stopped before a worker was ready"));
         }
         code
+    }
+}
+
+/// Notify messages from processes that are not workers (only the workers' user can reach the
+/// socket, but it may run other processes): dropped, and counted in one line at most every 10 s.
+#[derive(Debug, Default)]
+struct Strangers {
+    dropped: u64,
+    said_at: Option<Instant>,
+}
+
+impl Strangers {
+    fn count(&mut self, pid: i32) {
+        self.dropped += 1;
+        if self.said_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(
+                "dropped {} notify messages from processes that are not workers (last from pid {pid})",
+                self.dropped
+            );
+            self.dropped = 0;
+            self.said_at = Some(Instant::now());
+        }
     }
 }
 
