@@ -242,3 +242,30 @@ fn notify_socket_is_private_and_a_flood_from_strangers_cannot_fill_the_log() {
     assert!(grown < 4096, "20,000 stranger datagrams added {grown} bytes to the log");
     assert!(h.log_text().contains("notify messages from processes that are not workers"), "{}", h.log_tail(5));
 }
+
+#[test]
+fn symlink_switch_deploy_is_followed_when_started_through_path() {
+    use std::os::unix::fs::symlink;
+    let bin = support::TempDir::new("path-deploy");
+    let link = bin.join("app");
+    symlink(hello_bin(), &link).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new("app");
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    cmd.env("PATH", path).args(["run", "--delay", "0", "-p", "x.pid", "--listen", &format!("127.0.0.1:{port}")]);
+    let h = Hello::launch(cmd, port);
+    h.wait_ready();
+    assert!(h.log_text().contains(&format!("master started (binary {})", link.display())), "{}", h.log_tail(5));
+    // Reloading the same binary says so.
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("the same binary as generation 1"), "{out}");
+    // The deploy: switch the symlink, reload.
+    let staged = bin.join("staged");
+    symlink(support::hello_next_bin(), &staged).unwrap();
+    std::fs::rename(&staged, &link).unwrap();
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("the same binary"), "{out}");
+    assert_eq!(get(h.addr(), "/version").unwrap().body, format!("{}+hello_next", env!("CARGO_PKG_VERSION")));
+}

@@ -68,17 +68,36 @@ pub(crate) fn pin(path: &std::path::Path) -> std::io::Result<(BinaryId, std::os:
     Ok((BinaryId::of(&f.metadata()?), f.into()))
 }
 
-/// The path to re-execute: resolved once at start. `argv[0]` when it names the running file by
-/// a path (so a symlink switched by a deploy is followed), else `/proc/self/exe`'s target.
+/// The path to re-execute: resolved once at start, the way the shell found the command, so
+/// that a deploy that switches a symlink (or renames a new file into place) is followed:
+/// `argv[0]` made absolute when it has a slash, else the first match on `PATH`; either only if
+/// it is the running file. Otherwise `/proc/self/exe`'s target (which names the deleted old
+/// file after a deploy: reloads would then keep the old code, so this is the last resort).
 pub(crate) fn resolve_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io(ErrorKind::Io, "cannot find the running executable", e))?;
     let arg0 = std::env::args_os().next().map(PathBuf::from);
-    if let Some(a) = arg0.filter(|a| a.as_os_str().as_bytes().contains(&b'/')) {
-        if let (Ok(abs), Ok(m1), Ok(m2)) = (std::path::absolute(&a), std::fs::metadata(&a), std::fs::metadata(&exe)) {
+    let candidate = arg0.and_then(|a| {
+        if a.as_os_str().as_bytes().contains(&b'/') {
+            std::path::absolute(&a).ok()
+        } else {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|d| d.join(&a))
+                .find(|p| is_executable(p))
+                .and_then(|p| std::path::absolute(p).ok())
+        }
+    });
+    if let Some(c) = candidate {
+        if let (Ok(m1), Ok(m2)) = (std::fs::metadata(&c), std::fs::metadata(&exe)) {
             if m1.dev() == m2.dev() && m1.ino() == m2.ino() {
-                return Ok(abs);
+                return Ok(c);
             }
         }
     }
     Ok(exe)
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

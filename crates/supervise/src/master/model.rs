@@ -280,9 +280,9 @@ impl Model {
                 Action::Reply { waiter, reply } => {
                     prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
                     if let Reply::Ok(text) = &reply {
-                        if let Some(p) = text.strip_suffix(") serving").and_then(|t| t.rsplit_once("(pid ")) {
+                        if let Some((p, _)) = text.split_once("(pid ").and_then(|(_, r)| r.split_once(") serving")) {
                             // "generation N (pid P) serving" is said only of a live serving worker.
-                            let pid = Pid::from_raw(p.1.parse().unwrap_or(0));
+                            let pid = Pid::from_raw(p.parse().unwrap_or(0));
                             let serving = self.state.gens.iter().any(|g| g.pid == pid && g.state.serving());
                             prop_assert!(serving, "said serving of a worker that is not: {text}");
                         }

@@ -362,8 +362,13 @@ impl State {
             self.good = Some(g.binary);
             waiters.append(&mut g.waiters.probation);
         }
+        let binary = self.gens[idx].binary;
+        let mut same_as = None;
         let mut old_pids = Vec::new();
         for old in self.gens.iter_mut().filter(|g| g.pid != pid && g.state.serving()) {
+            if old.binary == binary {
+                same_as = Some(old.generation);
+            }
             tracing::info!("draining generation {} (pid {})", old.generation, old.pid);
             // USR2: replaced, drain now (TERM would mean shutdown, with --shutdown-delay).
             out.push(Action::Signal { pid: old.pid, sig: Sig::Usr2 });
@@ -388,7 +393,14 @@ impl State {
             generation,
             old: old_pids,
             waiters,
-            reply: format!("generation {generation} (pid {pid}) serving"),
+            reply: match same_as {
+                // Told, not hidden: a deploy that did not land (`cp` onto a busy file, a
+                // symlink switched elsewhere) looks exactly like this.
+                Some(old) => {
+                    format!("generation {generation} (pid {pid}) serving; the same binary as generation {old}")
+                }
+                None => format!("generation {generation} (pid {pid}) serving"),
+            },
             systemd: format!("READY=1\nSTATUS=generation {generation} serving (worker pid {pid})"),
             deadline: now + ACK_TIMEOUT,
         });
