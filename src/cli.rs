@@ -126,6 +126,18 @@ pub(crate) struct ServeOpts {
     /// Close an HTTP/1 connection whose request head has not arrived after this long; `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) header_timeout: Duration,
+    /// Close a connection (HTTP/1 keep-alive or HTTP/2) that had no request in flight this long;
+    /// `0` disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Cut a request body that does not keep up 1 KiB/s on average once this long has passed
+    /// since its request began (a body trickling a byte a second is cut, a slow upload is not);
+    /// the app's extractor then fails. `0` disables.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) body_timeout: Duration,
+    /// Most header fields in an HTTP/1 request; more gets 431.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) max_headers: u32,
     /// Largest request head (request line + headers) in bytes; larger gets 431. Minimum 8192.
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
     pub(crate) max_header_bytes: u32,

@@ -58,6 +58,8 @@ trait Acceptor: Send + Sync + 'static {
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io>;
     /// Per-connection socket options (TCP_NODELAY).
     fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
+    /// Resolves once the connection has something to read (or was closed).
+    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
 }
 
 impl Acceptor for tokio::net::TcpListener {
@@ -68,6 +70,9 @@ impl Acceptor for tokio::net::TcpListener {
     }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| (s, Some(a)))
+    }
+    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        io.readable()
     }
     fn prepare(io: &Self::Io, cfg: &crate::service::HttpConfig) {
         if cfg.tcp_nodelay {
@@ -84,6 +89,9 @@ impl Acceptor for tokio::net::UnixListener {
     }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
+    }
+    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        io.readable()
     }
 }
 
@@ -116,7 +124,8 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Some(cfg.header_timeout).filter(|d| !d.is_zero()))
-            .max_buf_size(cfg.max_header_bytes);
+            .max_buf_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -235,42 +244,70 @@ fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, 
         },
         None => io,
     };
-    tokio::spawn(serve_conn(io, peer, ctx, alive));
+    tokio::spawn(async move {
+        // A connection that never sends its first byte is cut at the header timeout: hyper's
+        // own timer starts only once it knows the protocol, which needs that byte.
+        let limit = ctx.shared.cfg.header_timeout;
+        if !limit.is_zero() && tokio::time::timeout(limit, L::readable(&io)).await.is_err() {
+            tracing::debug!("connection from {peer:?} sent nothing within {limit:?}: closed");
+            return;
+        }
+        serve_conn(io, peer, ctx, alive).await
+    });
 }
 
 pub(crate) async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn_state = Arc::new(ConnState::new(peer, &ctx.shared));
-    let svc = ConnService { app: ctx.app.clone(), shared: ctx.shared.clone(), conn: conn_state.clone() };
+    let shared = &ctx.shared;
+    let conn_state = Arc::new(ConnState::new(peer, shared));
+    let svc = ConnService { app: ctx.app.clone(), shared: shared.clone(), conn: conn_state.clone() };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.drain.clone();
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = drain.wait_for(|d| *d) => {}
-    }
-    if conn_state.is_h2() {
-        // GOAWAY: streams in flight finish, the client opens new ones elsewhere.
+    // Serving, until the connection ends, the drain starts, or it stayed idle (no request in
+    // flight) for the idle timeout: HTTP/1 keep-alive and HTTP/2 alike.
+    let idle_timeout = shared.cfg.idle_timeout;
+    let draining = loop {
+        let idle_at = idle_timeout.map(|t| conn_state.idle_deadline(shared, t));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = drain.wait_for(|d| *d) => break true,
+            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future).into()), if idle_at.is_some() => {
+                if idle_timeout.is_some_and(|t| conn_state.idle_since(shared, 0) >= t) {
+                    break false;
+                }
+            }
+        }
+    };
+    // Closing: HTTP/2 gets GOAWAY at once (streams in flight finish). An HTTP/1 connection
+    // answers every request with `Connection: close` and is closed once idle for the grace
+    // (closing an idle keep-alive connection at once races with a request the client is
+    // sending that very moment). Either is dropped once idle for the grace after that: a
+    // client that ignores GOAWAY and never answers its PING holds nothing.
+    let since = if draining { shared.now_ms() } else { 0 };
+    let grace = shared.cfg.idle_grace;
+    let mut closing = conn_state.is_h2() || !draining;
+    if closing {
         conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
-        return;
     }
-    let since = ctx.shared.now_ms();
-    let grace = ctx.shared.cfg.idle_grace;
-    let mut closing = false;
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = tokio::time::sleep(DRAIN_TICK), if !closing => {
-                if conn_state.idle_since(&ctx.shared, since) >= grace {
-                    // Idle for the whole grace: close it (hyper closes an idle HTTP/1
-                    // connection at once, an HTTP/2 one with GOAWAY).
+            _ = tokio::time::sleep(DRAIN_TICK) => {
+                if conn_state.idle_since(shared, since) >= grace {
+                    if closing {
+                        return;
+                    }
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
             }
         }
     }
+}
+
+fn far_future() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(86400 * 365)
 }

@@ -269,3 +269,101 @@ fn symlink_switch_deploy_is_followed_when_started_through_path() {
     assert!(!out.contains("the same binary"), "{out}");
     assert_eq!(get(h.addr(), "/version").unwrap().body, format!("{}+hello_next", env!("CARGO_PKG_VERSION")));
 }
+
+/// Reads until the server closes the connection; the time it took.
+fn time_to_close(s: &mut std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let t = std::time::Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return t.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t.elapsed(),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn silent_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--header-timeout", "1s", "--idle-timeout", "1s"]);
+    // Never a byte: cut at the header timeout (the protocol detection used to wait forever).
+    let mut silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(h.addr()).unwrap()).collect();
+    for s in &mut silent {
+        assert!(time_to_close(s, Duration::from_secs(5)) < Duration::from_secs(5));
+    }
+    // HTTP/1.1 keep-alive, idle after one request.
+    let mut ka = TcpStream::connect(h.addr()).unwrap();
+    ka.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(ka.read(&mut buf).unwrap() > 0);
+    time_to_close(&mut ka, Duration::from_secs(5));
+    // HTTP/2 with no stream ever, and it never answers the server's frames.
+    let mut h2 = TcpStream::connect(h.addr()).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    time_to_close(&mut h2, Duration::from_secs(5));
+    assert_eq!(get(h.addr(), "/").unwrap().status, 200, "still serving");
+}
+
+#[test]
+fn a_draining_worker_is_not_held_by_an_http2_client_that_ignores_goaway() {
+    use std::io::Write;
+    let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--drain-timeout", "30s"]);
+    let mut h2 = std::net::TcpStream::connect(h.addr()).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    let worker = h.worker_pid();
+    std::thread::sleep(Duration::from_millis(100)); // let the server take the preface
+    let t = std::time::Instant::now();
+    signal(h.pid, Signal::SIGTERM);
+    assert!(h.wait_exit(Duration::from_secs(20)).success());
+    assert!(t.elapsed() < Duration::from_secs(10), "held for {:?} (drain timeout 30 s)", t.elapsed());
+    assert!(!alive(worker));
+}
+
+#[test]
+fn a_request_body_trickling_a_byte_at_a_time_is_cut() {
+    use std::io::Write;
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--body-timeout", "1s"]);
+    let mut s = std::net::TcpStream::connect(h.addr()).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n").unwrap();
+    let mut w = s.try_clone().unwrap();
+    // 100 bytes at one per 200 ms would take 20 s.
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if w.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let took = time_to_close(&mut s, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "the body was held for {took:?}");
+    drop(s);
+    let _ = trickle.join();
+}
+
+#[test]
+fn host_header_and_header_count_edges() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let a = h.addr();
+    let req = |raw: &str| support::request(a, raw.as_bytes()).unwrap().status;
+    assert_eq!(req("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"), 400, "HTTP/1.1 without Host");
+    assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"), 400, "two Host headers");
+    assert_eq!(req("GET / HTTP/1.0\r\n\r\n"), 200, "HTTP/1.0 may omit Host");
+    let many = |n: usize| {
+        let mut r = String::from("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        for i in 0..n {
+            r.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        r + "\r\n"
+    };
+    assert_eq!(req(&many(90)), 200);
+    assert_eq!(req(&many(120)), 431, "more than the documented --max-headers default of 100");
+    drop(h);
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--max-headers", "200"]);
+    assert_eq!(support::request(h.addr(), many(120).as_bytes()).unwrap().status, 200, "settable");
+}

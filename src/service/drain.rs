@@ -40,6 +40,16 @@ impl ConnState {
         }
     }
 
+    /// When the connection will have been idle for `limit` if nothing happens meanwhile.
+    pub(crate) fn idle_deadline(&self, shared: &Shared, limit: Duration) -> std::time::Instant {
+        let from = if self.in_flight.load(Ordering::Acquire) > 0 {
+            shared.now_ms()
+        } else {
+            self.last_active_ms.load(Ordering::Acquire)
+        };
+        shared.at_ms(from) + limit
+    }
+
     /// How long the connection has had no request in flight, counting from `since` at the
     /// earliest (the start of the drain).
     pub(crate) fn idle_since(&self, shared: &Shared, since_ms: u64) -> Duration {

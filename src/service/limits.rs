@@ -1,10 +1,18 @@
-//! The request body limit: a declared `Content-Length` over it is refused at once (413); a
-//! body without one is cut once it passes the limit (the app's extractor answers 413).
+//! Limits on the request: a declared `Content-Length` over the body limit is refused at once
+//! (413), a body without one is cut once it passes the limit (the app's extractor answers
+//! 413); a body that arrives too slowly is cut (`--body-timeout`); an HTTP/1.1 request
+//! without exactly one `Host` is refused (400, RFC 9112 §3.2).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
-use http::{Request, Response, StatusCode};
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Frame;
 
 /// 413 when the request declares a body larger than `max`.
 pub(crate) fn refuse<B>(req: &Request<B>, max: u64) -> Option<Response<Body>> {
@@ -12,12 +20,83 @@ pub(crate) fn refuse<B>(req: &Request<B>, max: u64) -> Option<Response<Body>> {
     declared.filter(|n| *n > max).map(|_| super::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
 }
 
-/// The request with its body limited to `max` bytes.
-pub(crate) fn limit<B>(req: Request<B>, max: u64) -> Request<Body>
+/// 400 for an HTTP/1.1 request without exactly one `Host` (HTTP/1.0 may omit it, never
+/// repeat it; HTTP/2 has `:authority`).
+pub(crate) fn bad_host<B>(req: &Request<B>) -> Option<Response<Body>> {
+    let n = req.headers().get_all(HOST).iter().count();
+    let bad = match req.version() {
+        Version::HTTP_11 => n != 1,
+        Version::HTTP_10 | Version::HTTP_09 => n > 1,
+        _ => false,
+    };
+    bad.then(|| super::plain(StatusCode::BAD_REQUEST, "a request needs exactly one Host header\n"))
+}
+
+/// The request with its body limited to `max` bytes and to a minimum pace after `slow`.
+pub(crate) fn limit<B>(req: Request<B>, max: u64, slow: Option<Duration>, start: Instant) -> Request<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let max = usize::try_from(max).unwrap_or(usize::MAX);
-    req.map(|b| Body::new(http_body_util::Limited::new(b, max)))
+    req.map(|b| match slow {
+        Some(grace) if !b.is_end_stream() => {
+            // Limited outermost: the app's extractor recognises its error (413).
+            let paced = Paced { inner: Box::pin(b), start, grace, bytes: 0, timer: None };
+            Body::new(http_body_util::Limited::new(paced, max))
+        }
+        _ => Body::new(http_body_util::Limited::new(b, max)),
+    })
+}
+
+/// The pace a body must keep after its grace, on average since the request began.
+const MIN_RATE: u64 = 1024;
+
+/// A body that fails once it falls behind `MIN_RATE` bytes a second after `grace`: the timer
+/// is set to the moment it would fall behind and moves on with every frame; it exists only
+/// while the body waits for data.
+struct Paced<B> {
+    inner: Pin<Box<B>>,
+    start: Instant,
+    grace: Duration,
+    bytes: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> http_body::Body for Paced<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(other) => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {}
+        }
+        let due = (this.start + this.grace + Duration::from_millis(this.bytes * 1000 / MIN_RATE)).into();
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err("request body too slow (--body-timeout)".into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

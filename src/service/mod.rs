@@ -38,7 +38,10 @@ pub(crate) struct HttpConfig {
     pub(crate) catch_panic: bool,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) body_timeout: Option<Duration>,
     pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
     pub(crate) max_body_bytes: u64,
     pub(crate) health_path: Option<String>,
     pub(crate) drain_timeout: Duration,
@@ -69,6 +72,11 @@ impl Shared {
     /// Milliseconds since this worker started serving: the clock of idle and drain times.
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The instant of a [`Shared::now_ms`] reading.
+    pub(crate) fn at_ms(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
     }
 }
 
@@ -103,14 +111,16 @@ where
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
         let record = (cfg.access_log != access_log::Format::Off)
             .then(|| Box::new(Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start)));
-        let early = health::answer(&req, &shared).or_else(|| limits::refuse(&req, cfg.max_body_bytes));
+        let early = limits::bad_host(&req)
+            .or_else(|| health::answer(&req, &shared))
+            .or_else(|| limits::refuse(&req, cfg.max_body_bytes));
         let app = self.app.clone();
         Box::pin(async move {
             let cfg = &shared.cfg;
             let mut resp = match early {
                 Some(r) => r,
                 None => {
-                    let req = limits::limit(req, cfg.max_body_bytes);
+                    let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, start);
                     let method = req.method().clone();
                     let path = req.uri().path().to_owned();
                     // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
