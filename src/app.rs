@@ -218,7 +218,7 @@ impl App {
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("{name}: {e:#}");
+                baton_supervise::errln!("{name}: {e:#}");
                 ExitCode::from(e.exit_code())
             }
         }

@@ -367,3 +367,16 @@ fn host_header_and_header_count_edges() {
     let h = Hello::start(&hello_bin(), &["--delay", "0", "--max-headers", "200"]);
     assert_eq!(support::request(h.addr(), many(120).as_bytes()).unwrap().status, 200, "settable");
 }
+
+#[test]
+fn control_commands_with_stdout_on_a_full_disk_exit_with_their_real_code() {
+    let dir = support::TempDir::new("stdout-full");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(hello_bin())
+        .args(["status", "-p", "x.pid"])
+        .current_dir(dir.path())
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "not running, not a panic: {}", text(&out));
+}

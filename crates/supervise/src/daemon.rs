@@ -62,13 +62,13 @@ fn launcher(mut pipe: File, child: libc::pid_t) -> i32 {
     let _ = pipe.read_to_string(&mut s);
     let line = s.lines().next().unwrap_or("");
     if let Some(pid) = line.strip_prefix("ok ") {
-        println!("started (pid {pid})");
+        crate::outln!("started (pid {pid})");
         0
     } else if let Some(why) = line.strip_prefix("error ") {
-        eprintln!("start failed: {why}");
+        crate::errln!("start failed: {why}");
         1
     } else {
-        eprintln!("start failed: the daemon exited during start-up (see the log file)");
+        crate::errln!("start failed: the daemon exited during start-up (see the log file)");
         1
     }
 }

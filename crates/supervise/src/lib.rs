@@ -8,6 +8,25 @@
 //! its `stop`/`reload`/`status`/`reopen-logs` call [`control::client::run`].
 //! `docs/architecture.md` shows how the pieces fit.
 
+/// `println!` that never panics: a command whose stdout is closed or full still exits with its
+/// real outcome (`println!` would panic, exit 101).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`outln!`]).
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub mod control;
 mod daemon;
 mod error;

@@ -28,11 +28,11 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         Probe::Missing => {
             return match cmd {
                 Command::Status => {
-                    println!("not running (no pid file {shown})");
+                    crate::outln!("not running (no pid file {shown})");
                     Ok(ExitCode::from(3))
                 }
                 Command::Stop => {
-                    println!("not running (no pid file {shown})");
+                    crate::outln!("not running (no pid file {shown})");
                     Ok(ExitCode::SUCCESS)
                 }
                 _ => Err(Error::new(ErrorKind::NotRunning, format!("not running (no pid file {shown})"))),
@@ -43,11 +43,11 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 format!("not running (stale pid file {shown}, pid {})", pid.map_or("?".into(), |p| p.to_string()));
             return match cmd {
                 Command::Status => {
-                    println!("dead: {what}");
+                    crate::outln!("dead: {what}");
                     Ok(ExitCode::from(1))
                 }
                 Command::Stop => {
-                    println!("{what}");
+                    crate::outln!("{what}");
                     Ok(ExitCode::SUCCESS)
                 }
                 _ => Err(Error::new(ErrorKind::NotRunning, what)),
@@ -80,7 +80,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                     ));
                 }
             }
-            eprintln!("{name}: control socket unavailable ({e}); using signals");
+            crate::errln!("{name}: control socket unavailable ({e}); using signals");
             return signal_fallback(cmd, pid, exited, deadline);
         }
     };
@@ -96,9 +96,9 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         Reply::Ok(t) => {
             if cmd == Command::Stop {
                 exited.wait(deadline)?;
-                println!("stopped (pid {pid})");
+                crate::outln!("stopped (pid {pid})");
             } else {
-                println!("{t}");
+                crate::outln!("{t}");
             }
             if cmd == Command::Status && !t.lines().any(|l| l == "state: serving") {
                 // LSB's "unknown": the master runs, but no worker serves.
@@ -136,17 +136,17 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
         Command::Stop => {
             send(Signal::SIGTERM)?;
             exited.wait(deadline)?;
-            println!("stopped (pid {pid})");
+            crate::outln!("stopped (pid {pid})");
         }
         Command::Reload | Command::ReloadWaitProbation => {
             send(Signal::SIGUSR2)?;
-            println!("sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)");
+            crate::outln!("sent USR2 to pid {pid} (outcome unknown without the control socket: see the log)");
         }
         Command::ReopenLogs => {
             send(Signal::SIGUSR1)?;
-            println!("sent USR1 to pid {pid}");
+            crate::outln!("sent USR1 to pid {pid}");
         }
-        Command::Status => println!("pid: {pid}"),
+        Command::Status => crate::outln!("pid: {pid}"),
     }
     Ok(ExitCode::SUCCESS)
 }
