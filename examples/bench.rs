@@ -17,6 +17,9 @@ mod hello;
 #[path = "../tests/support/load.rs"]
 mod load;
 
+#[path = "bench/serve.rs"]
+mod serve;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ const CONNS: usize = 64;
 fn main() -> ExitCode {
     match std::env::var("BENCH_ROLE").as_deref() {
         Ok("baton") => return hello::main(),
+        Ok("baton-ablation") => return serve_ablation(),
         Ok("axum") => return serve_axum(),
         _ => {}
     }
@@ -64,7 +68,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if what == "all" || what == "serve" {
-        serve_bench(&rt);
+        if serve::wrk_available() {
+            serve::table(3, 8);
+            serve::breakdown(5);
+        } else {
+            println!("wrk not found (Debian package wrk): the built-in client, which may be slower than the server");
+            serve_bench(&rt);
+        }
     }
     if what == "all" || what == "reload" {
         reload_bench(&rt);
@@ -73,6 +83,16 @@ fn main() -> ExitCode {
         recovery_bench();
     }
     ExitCode::SUCCESS
+}
+
+/// baton with the switches the App builder owns taken from the environment (for the
+/// breakdown): request id and panic catching off unless `BENCH_REQUEST_ID`/`BENCH_CATCH_PANIC`.
+fn serve_ablation() -> ExitCode {
+    let on = |k: &str| std::env::var_os(k).is_some();
+    baton::App::new()
+        .request_id(on("BENCH_REQUEST_ID"))
+        .catch_panic(on("BENCH_CATCH_PANIC"))
+        .serve(|_: baton::NoArgs| async { hello::app(Duration::ZERO, false) })
 }
 
 /// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime.
@@ -108,11 +128,15 @@ struct Server {
 
 impl Server {
     fn start(role: &str, extra: &[&str]) -> Server {
-        Server::start_from(&std::env::current_exe().unwrap(), role, extra)
+        Server::start_from(&std::env::current_exe().unwrap(), role, extra, &[])
+    }
+
+    fn start_with_env(role: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_from(&std::env::current_exe().unwrap(), role, extra, env)
     }
 
     /// Runs `exe` (this program, or a copy the bench deploys over) in `role`.
-    fn start_from(exe: &std::path::Path, role: &str, extra: &[&str]) -> Server {
+    fn start_from(exe: &std::path::Path, role: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
@@ -124,9 +148,15 @@ impl Server {
         } else {
             Command::new(exe)
         };
-        cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir);
-        if role == "baton" {
-            cmd.args(["run", "--listen", &addr.to_string(), "--delay", "0"]).args(extra);
+        cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir).envs(env.iter().copied());
+        match role {
+            "baton" => {
+                cmd.args(["run", "--listen", &addr.to_string(), "--delay", "0"]).args(extra);
+            }
+            "baton-ablation" => {
+                cmd.args(["run", "--listen", &addr.to_string()]).args(extra);
+            }
+            _ => {}
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
         let child = cmd.spawn().unwrap();
@@ -369,7 +399,7 @@ fn recovery_bench() {
     std::fs::create_dir_all(&dir).unwrap();
     let app = dir.join("app");
     std::fs::copy(std::env::current_exe().unwrap(), &app).unwrap();
-    let server = Server::start_from(&app, "baton", &["--access-log", "off", "--probation", "5s"]);
+    let server = Server::start_from(&app, "baton", &["--access-log", "off", "--probation", "5s"], &[]);
     let wait_other = |not: &[i32]| {
         let t = Instant::now();
         loop {

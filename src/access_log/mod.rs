@@ -5,7 +5,7 @@
 mod writer;
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{REFERER, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
@@ -69,21 +69,22 @@ impl Record {
         }
     }
 
-    /// Formats the line and queues it for the writer.
-    pub(crate) fn write(&self) {
+    /// Formats the line (the request ended at `end`, wall-clock `wall`) and queues it.
+    pub(crate) fn write(&self, end: Instant, wall: SystemTime) {
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
+            let took = end.saturating_duration_since(self.start);
             match self.format {
-                Format::Combined => self.combined(&mut line),
-                Format::Json => self.json(&mut line),
+                Format::Combined => self.combined(&mut line, took, wall),
+                Format::Json => self.json(&mut line, took, wall),
                 Format::Off => return,
             }
             writer::push_line(line.as_bytes());
         });
     }
 
-    fn combined(&self, out: &mut String) {
+    fn remote(&self, out: &mut String) {
         use std::fmt::Write as _;
         match self.peer {
             Some(p) => {
@@ -91,40 +92,49 @@ impl Record {
             }
             None => out.push_str("unix"),
         }
+    }
+
+    fn combined(&self, out: &mut String, took: Duration, wall: SystemTime) {
+        self.remote(out);
         out.push_str(" - - [");
-        clf_time(out, SystemTime::now());
-        let _ = write!(out, "] \"{} ", self.method);
+        cached_time(out, wall, false);
+        out.push_str("] \"");
+        out.push_str(self.method.as_str());
+        out.push(' ');
         escape_into(out, self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(), b'"', false);
-        let _ = write!(out, " {:?}\" {} {} \"", self.version, self.status.as_u16(), self.bytes);
+        out.push(' ');
+        out.push_str(version(self.version));
+        out.push_str("\" ");
+        out.push_str(self.status.as_str());
+        out.push(' ');
+        push_u64(out, self.bytes);
+        out.push_str(" \"");
         escape_into(out, self.referer.as_ref().map_or(b"-", |v| v.as_bytes()), b'"', false);
         out.push_str("\" \"");
         escape_into(out, self.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()), b'"', false);
-        let _ = write!(out, "\" {:.6} ", self.start.elapsed().as_secs_f64());
+        out.push_str("\" ");
+        push_fixed(out, took.as_micros() as u64, 6);
+        out.push(' ');
         escape_into(out, self.rid.as_ref().map_or(b"-", |v| v.as_bytes()), b' ', false);
         out.push('\n');
     }
 
-    fn json(&self, out: &mut String) {
+    fn json(&self, out: &mut String, took: Duration, wall: SystemTime) {
         use std::fmt::Write as _;
         out.push_str("{\"time\":\"");
-        rfc3339(out, SystemTime::now());
+        cached_time(out, wall, true);
         out.push_str("\",\"remote\":\"");
-        match self.peer {
-            Some(p) => {
-                let _ = write!(out, "{}", p.ip());
-            }
-            None => out.push_str("unix"),
-        }
+        self.remote(out);
         let _ = write!(out, "\",\"method\":\"{}\",\"uri\":\"", self.method);
         escape_into(out, self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(), b'"', true);
-        let _ = write!(
-            out,
-            "\",\"version\":\"{:?}\",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3}",
-            self.version,
-            self.status.as_u16(),
-            self.bytes,
-            self.start.elapsed().as_secs_f64() * 1000.0
-        );
+        out.push_str("\",\"version\":\"");
+        out.push_str(version(self.version));
+        out.push_str("\",\"status\":");
+        out.push_str(self.status.as_str());
+        out.push_str(",\"bytes\":");
+        push_u64(out, self.bytes);
+        out.push_str(",\"duration_ms\":");
+        push_fixed(out, took.as_micros() as u64, 3);
         for (key, v) in [("request_id", &self.rid), ("user_agent", &self.user_agent), ("referer", &self.referer)] {
             if let Some(v) = v {
                 let _ = write!(out, ",\"{key}\":\"");
@@ -134,6 +144,79 @@ impl Record {
         }
         out.push_str("}\n");
     }
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("?"));
+}
+
+/// `micros` as a decimal number of seconds (`frac` = 6) or milliseconds (`frac` = 3).
+fn push_fixed(out: &mut String, micros: u64, frac: u32) {
+    let (whole, part) =
+        if frac == 6 { (micros / 1_000_000, micros % 1_000_000) } else { (micros / 1000, micros % 1000) };
+    push_u64(out, whole);
+    out.push('.');
+    let mut buf = [b'0'; 6];
+    let mut p = part;
+    for d in buf[..frac as usize].iter_mut().rev() {
+        *d = b'0' + (p % 10) as u8;
+        p /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[..frac as usize]).unwrap_or("?"));
+}
+
+thread_local! {
+    /// The formatted time of the last second logged (`[combined, json]`), as nginx caches it:
+    /// formatting a date is done once a second, not once a request.
+    static TIME: std::cell::RefCell<(u64, String, String)> = const { std::cell::RefCell::new((u64::MAX, String::new(), String::new())) };
+}
+
+/// The combined log's time (`25/Nov/2026:09:40:00 +0000`) or JSON's (`2026-11-25T09:40:00.123Z`).
+fn cached_time(out: &mut String, wall: SystemTime, json: bool) {
+    let d = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    TIME.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.0 != d.as_secs() {
+            let second = std::time::UNIX_EPOCH + Duration::from_secs(d.as_secs());
+            t.1.clear();
+            clf_time(&mut t.1, second);
+            t.2.clear();
+            rfc3339(&mut t.2, second);
+            t.0 = d.as_secs();
+        }
+        if json {
+            // "…:00.000Z": the seconds from the cache, the milliseconds of this moment.
+            out.push_str(&t.2[..t.2.len() - 4]);
+            let ms = d.subsec_millis();
+            out.push(char::from(b'0' + (ms / 100) as u8));
+            out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+            out.push(char::from(b'0' + (ms % 10) as u8));
+            out.push('Z');
+        } else {
+            out.push_str(&t.1);
+        }
+    });
 }
 
 /// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
@@ -180,12 +263,18 @@ mod tests {
         r.status = StatusCode::NOT_FOUND;
         r.bytes = 12;
         let mut line = String::new();
-        r.combined(&mut line);
+        let wall = std::time::UNIX_EPOCH + Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
+        let took = Duration::from_micros(1_500);
+        r.combined(&mut line, took, wall);
+        assert!(line.starts_with("127.0.0.1 - - [25/Nov/2026:09:40:00 +0000] "), "{line}");
+        assert!(line.contains("\" 0.001500 id-1\n"), "{line}");
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
         assert!(line.contains("] \"GET /a?b=c HTTP/1.1\" 404 12 \"-\" \"say \\\"hi\\\"\" "), "{line}");
         assert!(line.ends_with(" id-1\n"), "{line}");
         line.clear();
-        r.json(&mut line);
+        r.json(&mut line, took, wall);
+        assert!(line.starts_with("{\"time\":\"2026-11-25T09:40:00.123Z\","), "{line}");
+        assert!(line.contains("\"duration_ms\":1.500,"), "{line}");
         assert!(line.contains("\"remote\":\"127.0.0.1\",\"method\":\"GET\",\"uri\":\"/a?b=c\""), "{line}");
         assert!(line.contains("\"status\":404,\"bytes\":12,"), "{line}");
         assert!(line.ends_with("\"request_id\":\"id-1\",\"user_agent\":\"say \\\"hi\\\"\"}\n"), "{line}");

@@ -66,18 +66,31 @@ impl ConnState {
 pub(crate) struct InFlight {
     conn: Arc<ConnState>,
     shared: Arc<Shared>,
+    /// When it ended, if the owner read the clock already (one clock read per request).
+    pub(crate) ended: Option<std::time::Instant>,
 }
 
 impl InFlight {
     pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { conn: conn.clone(), shared: shared.clone() }
+        InFlight { conn: conn.clone(), shared: shared.clone(), ended: None }
+    }
+}
+
+impl InFlight {
+    /// `t` as wall-clock time (see [`Shared::wall_at`]).
+    pub(crate) fn shared_wall(&self, t: std::time::Instant) -> std::time::SystemTime {
+        self.shared.wall_at(t)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.conn.last_active_ms.store(self.shared.now_ms(), Ordering::Release);
+        let ms = match self.ended {
+            Some(t) => self.shared.ms_at(t),
+            None => self.shared.now_ms(),
+        };
+        self.conn.last_active_ms.store(ms, Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -62,16 +62,35 @@ pub(crate) struct Shared {
     /// The health route answers 503 once set.
     pub(crate) unhealthy: AtomicBool,
     epoch: Instant,
+    /// The wall-clock time at `epoch`: the access log's timestamps come from the monotonic
+    /// reading a request takes anyway, not from another clock read.
+    epoch_wall: std::time::SystemTime,
 }
 
 impl Shared {
     pub(crate) fn new(cfg: HttpConfig) -> Self {
-        Shared { cfg, draining: AtomicBool::new(false), unhealthy: AtomicBool::new(false), epoch: Instant::now() }
+        Shared {
+            cfg,
+            draining: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
+            epoch: Instant::now(),
+            epoch_wall: std::time::SystemTime::now(),
+        }
     }
 
     /// Milliseconds since this worker started serving: the clock of idle and drain times.
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `t` on the [`Shared::now_ms`] clock.
+    pub(crate) fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// `t` as wall-clock time.
+    pub(crate) fn wall_at(&self, t: Instant) -> std::time::SystemTime {
+        self.epoch_wall + t.saturating_duration_since(self.epoch)
     }
 
     /// The instant of a [`Shared::now_ms`] reading.
@@ -110,7 +129,7 @@ where
         let guard = InFlight::new(&self.conn, &shared);
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
         let record = (cfg.access_log != access_log::Format::Off)
-            .then(|| Box::new(Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start)));
+            .then(|| Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start));
         let early = limits::bad_host(&req)
             .or_else(|| health::answer(&req, &shared))
             .or_else(|| limits::refuse(&req, cfg.max_body_bytes));
@@ -121,12 +140,13 @@ where
                 Some(r) => r,
                 None => {
                     let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, start);
-                    let method = req.method().clone();
-                    let path = req.uri().path().to_owned();
+                    // Cheap clones (an enum, reference-counted bytes), for the error lines below.
+                    let (method, uri) = (req.method().clone(), req.uri().clone());
+                    let path = uri.path();
                     // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
                     // has begun, which the access log (written at the end) cannot.
                     tracing::debug!("request started: {method} {path}");
-                    let fut = panic::CatchPanic { inner: Box::pin(app.oneshot(req)), enabled: cfg.catch_panic };
+                    let fut = panic::CatchPanic { inner: app.oneshot(req), enabled: cfg.catch_panic };
                     match timeout::within(cfg.request_timeout, fut).await {
                         Some(Ok(Ok(r))) => r,
                         Some(Ok(Err(never))) => match never {},
@@ -150,7 +170,7 @@ where
             if let Some(r) = record.as_mut() {
                 r.status = resp.status();
             }
-            Ok(resp.map(|body| TrackedBody { body, record, _guard: guard }))
+            Ok(resp.map(|body| TrackedBody { body, record, guard }))
         })
     }
 }
@@ -167,8 +187,9 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
 /// done (or dropped), and keeps the request counted as in flight until then.
 pub(crate) struct TrackedBody {
     body: Body,
-    record: Option<Box<Record>>,
-    _guard: InFlight,
+    /// Held inline: no allocation per request.
+    record: Option<Record>,
+    guard: InFlight,
 }
 
 impl std::fmt::Debug for TrackedBody {
@@ -203,8 +224,12 @@ impl HttpBody for TrackedBody {
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
+        // The request's one clock read at its end: the access log's time and duration, and
+        // the connection's idle clock.
+        let end = Instant::now();
         if let Some(r) = self.record.take() {
-            r.write();
+            r.write(end, self.guard.shared_wall(end));
         }
+        self.guard.ended = Some(end);
     }
 }

@@ -6,21 +6,26 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Catches a panic while polling the handler's future; the error is the panic message.
-pub(crate) struct CatchPanic<F> {
-    pub(crate) inner: Pin<Box<F>>,
-    pub(crate) enabled: bool,
+pin_project_lite::pin_project! {
+    /// Catches a panic while polling the handler's future; the error is the panic message.
+    /// The future is held inline (no allocation per request).
+    pub(crate) struct CatchPanic<F> {
+        #[pin]
+        pub(crate) inner: F,
+        pub(crate) enabled: bool,
+    }
 }
 
 impl<F: Future> Future for CatchPanic<F> {
     type Output = Result<F::Output, String>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if !self.enabled {
-            return self.inner.as_mut().poll(cx).map(Ok);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if !*this.enabled {
+            return this.inner.poll(cx).map(Ok);
         }
-        let inner = &mut self.inner;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+        let inner = this.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(p) => p.map(Ok),
             Err(payload) => Poll::Ready(Err(payload
                 .downcast_ref::<&str>()
