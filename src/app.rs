@@ -62,6 +62,7 @@ pub struct App {
     catch_panic: bool,
     idle_grace: Duration,
     ready_check: Option<crate::ready::Check>,
+    on_shutdown: Option<crate::ready::Check>,
 }
 
 impl std::fmt::Debug for App {
@@ -73,6 +74,7 @@ impl std::fmt::Debug for App {
             .field("catch_panic", &self.catch_panic)
             .field("idle_grace", &self.idle_grace)
             .field("ready_check", &self.ready_check.is_some())
+            .field("on_shutdown", &self.on_shutdown.is_some())
             .finish()
     }
 }
@@ -94,6 +96,7 @@ impl App {
             catch_panic: true,
             idle_grace: Duration::from_secs(1),
             ready_check: None,
+            on_shutdown: None,
         }
     }
 
@@ -156,6 +159,18 @@ impl App {
         self
     }
 
+    /// A clean end for the app: `hook` runs in each worker after its drain (or at its drain
+    /// timeout) and before the runtime is dropped, so pools close and exporters flush. It gets
+    /// `--drain-timeout` to finish; an error is logged. Default: none.
+    pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        self.on_shutdown = Some(std::sync::Arc::new(move || Box::pin(hook())));
+        self
+    }
+
     /// Parses the command line and runs: serves (calling `factory` in the worker only),
     /// daemonizes or controls a running instance. Returns the process's exit code: 0 on
     /// success, 1 on failure, 2 on a bad command line.
@@ -180,7 +195,8 @@ impl App {
         E: std::fmt::Display,
     {
         self.run(Box::new(move |a| {
-            Box::pin(async move { factory(a).await.map(private::Sealed::into_service).map_err(|e| e.to_string()) })
+            // `{:#}`: the whole cause chain of an `anyhow::Error`, not only its outermost context.
+            Box::pin(async move { factory(a).await.map(private::Sealed::into_service).map_err(|e| format!("{e:#}")) })
         }))
     }
 
@@ -203,9 +219,24 @@ impl App {
             Ok(c) => c,
             Err(e) => {
                 let _ = e.print();
+                if std::env::var_os(baton_supervise::handoff::BATON_WORKER).is_some() {
+                    // A new binary that does not accept the running command line (a renamed
+                    // flag): `reload` shows why it failed, not just "exited with status 2".
+                    if let Ok(Some(n)) = baton_supervise::worker::notifier() {
+                        let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+                        let _ = n.send(&baton_supervise::handoff::Message::status(&first));
+                    }
+                }
                 return ExitCode::from(e.exit_code() as u8);
             }
         };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            baton_supervise::errln!(
+                "{name}: App::serve runs its own tokio runtime (in the worker, after the fork): call it from a \
+                 plain `fn main`, not inside #[tokio::main]"
+            );
+            return ExitCode::from(2);
+        }
         let result = match cli.command {
             cli::Command::Run(s) => self.serve_command(&name, s, false, factory),
             cli::Command::Start(s) => self.serve_command(&name, s, true, factory),
@@ -222,6 +253,10 @@ impl App {
                 ExitCode::from(e.exit_code())
             }
         }
+    }
+
+    fn hooks(&self) -> worker::Hooks {
+        worker::Hooks { ready_check: self.ready_check.clone(), on_shutdown: self.on_shutdown.clone() }
     }
 
     fn serve_command<A: clap::Args + 'static>(
@@ -264,28 +299,14 @@ impl App {
             tls: None,
         };
         if let Some(handoff) = baton_supervise::worker::Handoff::take()? {
-            return worker::main(
-                worker::Role::UnderMaster(handoff),
-                opts,
-                http,
-                s.app,
-                factory,
-                self.ready_check.clone(),
-            );
+            return worker::main(worker::Role::UnderMaster(handoff), opts, http, s.app, factory, self.hooks());
         }
         if opts.no_master {
             if daemon {
                 return Err(Error::usage("start needs the master: drop --no-master"));
             }
             let inherited = baton_supervise::listen::take_inherited()?;
-            return worker::main(
-                worker::Role::Single(listen, inherited),
-                opts,
-                http,
-                s.app,
-                factory,
-                self.ready_check.clone(),
-            );
+            return worker::main(worker::Role::Single(listen, inherited), opts, http, s.app, factory, self.hooks());
         }
         baton_supervise::master::run(opts.master_config(name, daemon, listen)?)
     }

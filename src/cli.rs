@@ -174,7 +174,9 @@ impl ServeOpts {
     /// What the master needs. TLS paths are made absolute here (the daemon changes to `/`) and
     /// reach each worker through its environment; the master itself never reads them.
     pub(crate) fn master_config(&self, name: &str, daemon: bool, listen: ListenSpecs) -> Result<MasterConfig> {
-        let mut worker_env = Vec::new();
+        // Where `start` was run: a daemon's workers run in `/` (see `baton::launch_dir`).
+        let here = std::env::current_dir().map_err(|e| Error::io(ErrorKind::Io, "current directory", e))?;
+        let mut worker_env = vec![(OsString::from(crate::ENV_LAUNCH_DIR), here.into_os_string())];
         for (var, path, what) in
             [(ENV_TLS_CERT, &self.tls_cert, "TLS certificate"), (ENV_TLS_KEY, &self.tls_key, "TLS key")]
         {

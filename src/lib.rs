@@ -50,5 +50,26 @@ pub use app::{App, IntoApp, NoArgs, serve};
 pub use cli::parse_duration;
 pub use shutdown::{Shutdown, ShutdownGuard};
 
+/// The directory the app was started from (`run` or `start`), whatever the process's current
+/// directory is now: a daemon (and its workers) runs in `/`, so a relative path the app uses
+/// (`ServeDir::new("static")`) must be made absolute against this. Paths given to baton's own
+/// options are made absolute the same way.
+///
+/// ```no_run
+/// let statics = baton::launch_dir().join("static");
+/// ```
+pub fn launch_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::var_os(ENV_LAUNCH_DIR)
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| std::path::PathBuf::from("/"))
+    })
+}
+
+/// Where the master passes [`launch_dir`] to its workers.
+pub(crate) const ENV_LAUNCH_DIR: &str = "BATON_LAUNCH_DIR";
+
 /// The app as baton runs it: a cloneable service from requests to responses.
 pub(crate) type AppService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

@@ -27,6 +27,12 @@ pub(crate) enum Role {
     Single(ListenSpecs, Option<Vec<Bound>>),
 }
 
+/// The app's own code around the serving: a readiness check and a shutdown hook.
+pub(crate) struct Hooks {
+    pub(crate) ready_check: Option<crate::ready::Check>,
+    pub(crate) on_shutdown: Option<crate::ready::Check>,
+}
+
 /// What decides when this worker is ready, and keeps telling the master it is alive.
 pub(crate) struct Readiness {
     pub(crate) check: Option<crate::ready::Check>,
@@ -48,10 +54,19 @@ pub(crate) fn main<A>(
     http: HttpConfig,
     args: A,
     factory: Factory<A>,
-    check: Option<crate::ready::Check>,
+    hooks: Hooks,
 ) -> Result<ExitCode> {
     let notifier = supervised::notifier()?.map(Arc::new);
-    let result = serve(role, opts, http, args, factory, check, notifier.clone());
+    if let Some(n) = notifier.clone() {
+        // A panic in the app's start-up (or anywhere) reaches `start`/`reload` as the worker's
+        // last words, not only as "exited with status 101".
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = n.send(&Message::status(&format!("panicked: {info}")));
+            default(info);
+        }));
+    }
+    let result = serve(role, opts, http, args, factory, hooks, notifier.clone());
     if let (Err(e), Some(n)) = (&result, &notifier) {
         // The master (or systemd) shows this with the exit status: `start` and `reload` then
         // print the reason itself, not just "exited with status 1".
@@ -67,7 +82,7 @@ fn serve<A>(
     mut http: HttpConfig,
     args: A,
     factory: Factory<A>,
-    check: Option<crate::ready::Check>,
+    hooks: Hooks,
     notifier: Option<Arc<Notifier>>,
 ) -> Result<ExitCode> {
     let under_master = matches!(role, Role::UnderMaster(_));
@@ -108,8 +123,10 @@ fn serve<A>(
         .enable_all()
         .build()
         .map_err(|e| Error::io(ErrorKind::Io, "cannot start the tokio runtime", e))?;
-    let readiness = Readiness { check, probe: opts.ready_probe.clone(), watchdog };
-    let run = Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness };
+    let readiness = Readiness { check: hooks.ready_check, probe: opts.ready_probe.clone(), watchdog };
+    let on_shutdown = hooks.on_shutdown;
+    let run =
+        Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness, on_shutdown };
     let result = rt.block_on(run.serve());
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
@@ -128,11 +145,23 @@ struct Run<A> {
     generation: u64,
     under_master: bool,
     readiness: Readiness,
+    on_shutdown: Option<crate::ready::Check>,
 }
 
 impl<A> Run<A> {
     async fn serve(self) -> Result<ExitCode> {
-        let Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness } = self;
+        let Run {
+            listeners,
+            http,
+            args,
+            factory,
+            notifier,
+            log_path,
+            generation,
+            under_master,
+            readiness,
+            on_shutdown,
+        } = self;
         let notify = |msg: &str| {
             if let Some(n) = &notifier {
                 if let Err(e) = n.send(msg) {
@@ -231,6 +260,13 @@ impl<A> Run<A> {
             _ = term.recv() => return Ok(now("TERM")),
             _ = int.recv() => return Ok(now("INT")),
             _ = quit.recv() => return Ok(now("QUIT")),
+        }
+        if let Some(hook) = on_shutdown {
+            match tokio::time::timeout(timeout, hook()).await {
+                Ok(Ok(())) => tracing::info!("shutdown hook done"),
+                Ok(Err(e)) => tracing::error!("shutdown hook failed: {e}"),
+                Err(_) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -128,6 +128,10 @@ where
         self.conn.saw(version);
         let guard = InFlight::new(&self.conn, &shared);
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
+        if let Some(peer) = self.conn.peer {
+            // What `axum::serve(..).into_make_service_with_connect_info()` provides.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        }
         let record = (cfg.access_log != access_log::Format::Off)
             .then(|| Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start));
         let early = limits::bad_host(&req)

@@ -48,6 +48,8 @@ pub fn init(role: &'static str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
+        // Never colour a log file, even when another crate enables tracing-subscriber's `ansi`.
+        .with_ansi(false)
         // tracing-subscriber would report a failed write with `eprintln!`, which panics when
         // stderr fails too (a full disk): [`Stderr`] counts what is lost instead.
         .log_internal_errors(false)
@@ -118,6 +120,19 @@ where
         let mut ts = String::with_capacity(24);
         rfc3339(&mut ts, SystemTime::now());
         write!(w, "{ts} {:<5} {}[{}] ", event.metadata().level(), self.role, self.pid)?;
+        // The spans the event is in, with their fields (`request{method=GET uri=/}: ...`).
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(w, "{}", span.name())?;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(w, "{{{fields}}}")?;
+                    }
+                }
+                w.write_str(": ")?;
+            }
+        }
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
     }

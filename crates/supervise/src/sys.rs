@@ -22,9 +22,13 @@ pub(crate) fn is_single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
 }
 
-/// Removes environment variables. Must run before any thread exists.
+/// Removes environment variables (they were meant for this process only), when that is sound:
+/// with other threads running (the app started some before `serve()`), they are left in place;
+/// the pid checks of the protocols (`LISTEN_PID`) keep children from taking them.
 pub(crate) fn remove_env(keys: &[&str]) {
-    assert!(is_single_threaded(), "environment changed after threads were started");
+    if !is_single_threaded() {
+        return;
+    }
     for k in keys {
         // SAFETY: no other thread exists (checked above), so nothing reads the environment
         // concurrently.
@@ -116,7 +120,10 @@ pub(crate) fn stdin_from_devnull() -> io::Result<()> {
 /// child a full copy of a single-threaded process: it may allocate and lock as usual.
 pub(crate) fn fork_single_threaded() -> io::Result<Option<libc::pid_t>> {
     if !is_single_threaded() {
-        return Err(io::Error::other("refusing to fork: threads already exist"));
+        return Err(io::Error::other(
+            "threads were started before App::serve (a forked copy could inherit a held lock): start them in \
+             the app's factory, or use `run` under a supervisor",
+        ));
     }
     // SAFETY: the process is single-threaded (checked above), so no lock can be held by a
     // thread that does not exist in the child.
@@ -346,7 +353,11 @@ unsafe fn fail(msg: &[u8]) -> ! {
 /// that root cannot be regained. Must run before threads exist (setuid is per-thread in the
 /// kernel; glibc broadcasts, but we do not rely on it).
 pub(crate) fn drop_privileges(user: &str, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
-    assert!(is_single_threaded(), "privileges dropped after threads were started");
+    if !is_single_threaded() {
+        return Err(io::Error::other(
+            "threads were started before App::serve: start them in the app's factory instead",
+        ));
+    }
     let name = CString::new(user).map_err(|_| io::Error::other("NUL in user name"))?;
     nix::unistd::initgroups(&name, gid)?;
     nix::unistd::setgid(gid)?;

@@ -1,0 +1,93 @@
+//! A realistic app on baton: shared state, its own flags and environment configuration, a
+//! JSON API, static files next to the binary's launch directory, its own `tracing` events,
+//! `ConnectInfo`, and a shutdown hook.
+//!
+//! ```text
+//! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
+//! curl 127.0.0.1:8080/ ; curl 127.0.0.1:8080/api/hits ; curl 127.0.0.1:8080/whoami
+//! ```
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+#[derive(clap::Args, Debug)]
+struct Args {
+    /// What `GET /` says.
+    #[arg(long, default_value = "hello")]
+    greeting: String,
+    /// Panic in the start-up (to see a panic reach `start` and `reload`).
+    #[arg(long, hide = true)]
+    panic_at_start: bool,
+    /// Fail the start-up with a chain of causes.
+    #[arg(long, hide = true)]
+    fail_with_chain: bool,
+}
+
+struct AppState {
+    hits: AtomicU64,
+    greeting: String,
+    /// From the environment (`REALISTIC_MOTD`), read by each worker at its start.
+    motd: String,
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("REALISTIC_THREAD_BEFORE_SERVE").is_some() {
+        // What a telemetry exporter or a non-blocking log writer does before `serve()`.
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+    baton::App::new()
+        .name("realistic")
+        .default_listen("127.0.0.1:8080")
+        .on_shutdown(|| async {
+            // Flush, close pools... here: leave a mark the tests can see.
+            let mark = baton::launch_dir().join("shutdown.done");
+            std::fs::write(&mark, "drained\n").map_err(|e| format!("{}: {e}", mark.display()))
+        })
+        .try_serve(|args: Args| async move {
+            if args.panic_at_start {
+                panic!("the database URL is missing");
+            }
+            if args.fail_with_chain {
+                return Err(anyhow::anyhow!("connection refused").context("cannot connect to the database"));
+            }
+            let span = tracing::info_span!("startup", greeting = %args.greeting);
+            span.in_scope(|| tracing::info!("realistic app starting"));
+            let state = Arc::new(AppState {
+                hits: AtomicU64::new(0),
+                greeting: args.greeting,
+                motd: std::env::var("REALISTIC_MOTD").unwrap_or_default(),
+            });
+            let statics = tower_http::services::ServeDir::new(baton::launch_dir().join("static"));
+            Ok(Router::new()
+                .route("/", get(greet))
+                .route("/api/hits", get(hits))
+                .route("/whoami", get(whoami))
+                .nest_service("/static", statics)
+                .with_state(state))
+        })
+}
+
+async fn greet(State(s): State<Arc<AppState>>) -> String {
+    s.hits.fetch_add(1, Ordering::Relaxed);
+    format!("{} {}\n", s.greeting, s.motd).trim_end().to_owned()
+}
+
+async fn hits(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let body = format!("{{\"hits\":{}}}", s.hits.load(Ordering::Relaxed));
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    peer.to_string()
+}

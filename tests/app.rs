@@ -1,0 +1,152 @@
+//! A real app on baton (`examples/realistic.rs`): its start-up failures reach the operator,
+//! threads before `serve()`, its own tracing in the log, relative paths under `start`,
+//! `ConnectInfo`, its shutdown hook, error chains.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{TempDir, alive, free_port, get, install, install_script, text, wait_until};
+
+fn realistic_bin() -> PathBuf {
+    support::examples_dir().join("realistic")
+}
+
+/// `realistic` run in its own directory on its own port.
+struct App {
+    dir: TempDir,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl App {
+    fn new(tag: &str) -> App {
+        let dir = TempDir::new(tag);
+        let bin = dir.join("realistic");
+        install(&realistic_bin(), &bin);
+        App { dir, port: free_port(), bin }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args).current_dir(self.dir.path());
+        c
+    }
+
+    fn start(&self, extra: &[&str]) -> Output {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
+        args.extend_from_slice(extra);
+        self.cmd(&args).output().unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(realistic_bin()).args(args).args(["-p", "x.pid"]).current_dir(self.dir.path()).output().unwrap()
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("x.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Ok(p) = std::fs::read_to_string(self.dir.join("x.pid")) {
+            if let Ok(pid) = p.trim().parse::<i32>() {
+                for c in support::children(pid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), nix::sys::signal::Signal::SIGKILL);
+                }
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_panic_in_the_apps_start_up_reaches_start() {
+    let app = App::new("app-panic");
+    let out = app.start(&["--panic-at-start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("the database URL is missing"), "{}", text(&out));
+}
+
+#[test]
+fn a_start_up_error_keeps_its_cause_chain() {
+    let app = App::new("app-chain");
+    let out = app.start(&["--fail-with-chain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot connect to the database: connection refused"), "{}", text(&out));
+}
+
+#[test]
+fn a_new_binary_that_rejects_the_command_line_says_why_in_reload() {
+    let app = App::new("app-flag");
+    let out = app.start(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let real = realistic_bin();
+    let real = real.display();
+    install_script(
+        &app.bin,
+        &format!("case \"$1\" in run|start) exec {real} \"$@\" --renamed-flag;; *) exec {real} \"$@\";; esac"),
+    );
+    let out = app.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unexpected argument '--renamed-flag'"), "{}", text(&out));
+}
+
+#[test]
+fn threads_started_before_serve_work_with_run_and_give_start_a_clear_error() {
+    let app = App::new("app-threads");
+    let out =
+        app.cmd(&["start", "-l", "x.log", "-p", "x.pid"]).env("REALISTIC_THREAD_BEFORE_SERVE", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("threads were started before App::serve"), "{}", text(&out));
+    let listen = format!("127.0.0.1:{}", app.port);
+    let mut cmd = app.cmd(&["run", "--listen", &listen]);
+    cmd.env("REALISTIC_THREAD_BEFORE_SERVE", "1");
+    let h = support::Hello::launch(cmd, app.port);
+    wait_until(Duration::from_secs(30), "the app to serve", || get(app.addr(), "/").is_ok());
+    assert_eq!(get(app.addr(), "/").unwrap().body, "hello");
+    drop(h);
+}
+
+#[test]
+fn the_apps_own_tracing_reaches_the_log_with_span_fields_and_no_colour() {
+    let app = App::new("app-tracing");
+    let out = app.start(&["--greeting", "hi"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = app.log();
+    assert!(log.contains("startup{greeting=hi}: realistic app starting"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in the log file: {log:?}");
+}
+
+#[test]
+fn relative_paths_connect_info_state_and_the_shutdown_hook_under_start() {
+    let app = App::new("app-paths");
+    std::fs::create_dir(app.dir.join("static")).unwrap();
+    std::fs::write(app.dir.join("static/hello.txt"), "static hello\n").unwrap();
+    let out = app
+        .cmd(&["start", "-l", "x.log", "-p", "x.pid", "--listen", &format!("127.0.0.1:{}", app.port)])
+        .env("REALISTIC_MOTD", "(motd)")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = get(app.addr(), "/static/hello.txt").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "static hello\n"), "ServeDir of a relative path under start");
+    let who = get(app.addr(), "/whoami").unwrap();
+    assert_eq!(who.status, 200, "ConnectInfo<SocketAddr> is there: {}", who.body);
+    assert!(who.body.starts_with("127.0.0.1:"), "{}", who.body);
+    assert_eq!(get(app.addr(), "/").unwrap().body, "hello (motd)");
+    assert_eq!(get(app.addr(), "/api/hits").unwrap().body, "{\"hits\":1}");
+    let pid: i32 = std::fs::read_to_string(app.dir.join("x.pid")).unwrap().trim().parse().unwrap();
+    let out = app.ctl(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid));
+    assert_eq!(std::fs::read_to_string(app.dir.join("shutdown.done")).unwrap(), "drained\n", "the shutdown hook ran");
+}
