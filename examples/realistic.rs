@@ -48,6 +48,8 @@ fn main() -> ExitCode {
     }
     baton::App::new()
         .name("realistic")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A realistic app on baton")
         .default_listen("127.0.0.1:8080")
         .on_shutdown(|| async {
             // Flush, close pools... here: leave a mark the tests can see.

@@ -63,6 +63,8 @@ pub struct App {
     idle_grace: Duration,
     ready_check: Option<crate::ready::Check>,
     on_shutdown: Option<crate::ready::Check>,
+    version: Option<String>,
+    about: Option<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -75,6 +77,8 @@ impl std::fmt::Debug for App {
             .field("idle_grace", &self.idle_grace)
             .field("ready_check", &self.ready_check.is_some())
             .field("on_shutdown", &self.on_shutdown.is_some())
+            .field("version", &self.version)
+            .field("about", &self.about)
             .finish()
     }
 }
@@ -97,6 +101,8 @@ impl App {
             idle_grace: Duration::from_secs(1),
             ready_check: None,
             on_shutdown: None,
+            version: None,
+            about: None,
         }
     }
 
@@ -104,6 +110,19 @@ impl App {
     /// `<name>.log`). Default is the executable's file name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The app's version, for `--version` (usually `env!("CARGO_PKG_VERSION")`). Default:
+    /// none, and no `--version` flag.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// One line saying what the app does, for `--help`. Default: none.
+    pub fn about(mut self, about: impl Into<String>) -> Self {
+        self.about = Some(about.into());
         self
     }
 
@@ -213,7 +232,28 @@ impl App {
     fn run<A: clap::Args + FromArgMatches + 'static>(self, factory: Factory<A>) -> ExitCode {
         let name = self.app_name();
         let argv: Vec<OsString> = cli::with_default_subcommand(std::env::args_os().collect());
-        let cmd = cli::Cli::<A>::command().name(name.clone()).bin_name(name.clone());
+        let clashes = cli::clashes::<A>();
+        if !clashes.is_empty() {
+            baton_supervise::errln!("{name}: {}; rename the app's flag", clashes.join("; "));
+            return ExitCode::from(2);
+        }
+        let mut cmd = cli::Cli::<A>::command().name(name.clone()).bin_name(name.clone());
+        cmd = match &self.version {
+            Some(v) => cmd.version(v.clone()),
+            None => cmd.disable_version_flag(true),
+        };
+        if let Some(a) = &self.about {
+            cmd = cmd.about(a.clone());
+        }
+        let defaults: Vec<String> = self.default_listen.iter().map(|l| l.addr.to_string()).collect();
+        let listen_help = format!(
+            "Address to serve on: `[NAME=]IP:PORT`, `[NAME=]:PORT` or `[NAME=]unix:/path`; repeatable. Default: {}",
+            defaults.join(", ")
+        );
+        for sub in ["run", "start"] {
+            let help = listen_help.clone();
+            cmd = cmd.mut_subcommand(sub, |c| c.mut_arg("listen", |a| a.help(help)));
+        }
         let parsed = cmd.try_get_matches_from(&argv).and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
         let cli = match parsed {
             Ok(c) => c,

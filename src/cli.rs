@@ -15,7 +15,7 @@ use crate::access_log;
 
 /// The parsed command line of an app with its own flags `A`.
 #[derive(Debug, Parser)]
-#[command(version, about = None, long_about = None)]
+#[command(about = None, long_about = None)]
 pub(crate) struct Cli<A: Args> {
     #[command(subcommand)]
     pub(crate) command: Command<A>,
@@ -38,13 +38,41 @@ pub(crate) enum Command<A: Args> {
     ReopenLogs(ControlArgs),
 }
 
-/// `run` and `start`: the serving options plus the app's own flags.
+/// `run` and `start`: the app's own flags plus the serving options.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs<A: Args> {
     #[command(flatten)]
-    pub(crate) opts: ServeOpts,
-    #[command(flatten)]
     pub(crate) app: A,
+    #[command(flatten)]
+    pub(crate) opts: ServeOpts,
+}
+
+/// The app's flags that clash with baton's (`-p` for a port would silently be the pid file):
+/// a clear error at start-up in every build, instead of clap's debug-only assertion.
+pub(crate) fn clashes<A: Args>() -> Vec<String> {
+    let mine = ServeOpts::augment_args(clap::Command::new("baton"));
+    let theirs = A::augment_args(clap::Command::new("app"));
+    let mut out = Vec::new();
+    for a in theirs.get_arguments() {
+        for b in mine.get_arguments() {
+            let long = a.get_long().is_some() && a.get_long() == b.get_long();
+            let short = a.get_short().is_some() && a.get_short() == b.get_short();
+            let id = a.get_id() == b.get_id();
+            if long || short || id {
+                out.push(format!("the app's flag {} clashes with baton's {}", describe(a), describe(b)));
+            }
+        }
+    }
+    out
+}
+
+fn describe(a: &clap::Arg) -> String {
+    match (a.get_short(), a.get_long()) {
+        (Some(s), Some(l)) => format!("-{s}/--{l}"),
+        (None, Some(l)) => format!("--{l}"),
+        (Some(s), None) => format!("-{s}"),
+        (None, None) => a.get_id().to_string(),
+    }
 }
 
 /// Options of `stop`, `reload`, `status` and `reopen-logs`.
@@ -69,11 +97,13 @@ pub(crate) struct ReloadArgs {
     pub(crate) wait_probation: bool,
 }
 
-/// Options shared by `run` and `start`.
+/// Options shared by `run` and `start`, under their own heading in `--help` (the app's own
+/// flags come first).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Server options")]
 pub(crate) struct ServeOpts {
     /// Address to serve on: `[NAME=]IP:PORT` or `[NAME=]unix:/path`; repeatable.
-    /// Default is the app's (`0.0.0.0:1234` for hello).
+    /// Default: the app's (see `App::default_listen`).
     #[arg(long = "listen", value_name = "[NAME=]ADDR")]
     pub(crate) listen: Vec<ListenSpec>,
     /// Log file (master, workers, access log). `run` logs to stderr without it;
@@ -144,9 +174,9 @@ pub(crate) struct ServeOpts {
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024)]
     pub(crate) max_body_bytes: u64,
-    /// Set TCP_NODELAY on accepted connections (lower latency for responses streamed in many
-    /// small writes, such as server-sent events). Off by default, as in `axum::serve`: on this
-    /// machine it cost about 7% throughput on small keep-alive responses (see the bench).
+    /// Set TCP_NODELAY on accepted connections: lower latency for responses streamed in many
+    /// small writes (server-sent events), some throughput for small responses. Off by default,
+    /// as in `axum::serve`.
     #[arg(long)]
     pub(crate) tcp_nodelay: bool,
     /// Serve TLS on every TCP listener with this PEM certificate chain (leaf first); needs

@@ -150,3 +150,21 @@ fn relative_paths_connect_info_state_and_the_shutdown_hook_under_start() {
     assert!(!alive(pid));
     assert_eq!(std::fs::read_to_string(app.dir.join("shutdown.done")).unwrap(), "drained\n", "the shutdown hook ran");
 }
+
+#[test]
+fn an_app_flag_clashing_with_batons_is_a_clear_error_in_every_build() {
+    let out = Command::new(support::examples_dir().join("clash")).args(["run", "-p", "8080"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("the app's flag -p/--port clashes with baton's -p/--pid"), "{}", text(&out));
+}
+
+#[test]
+fn help_and_version_are_the_apps() {
+    let out = Command::new(realistic_bin()).arg("--version").output().unwrap();
+    assert_eq!(text(&out).trim(), format!("realistic {}", env!("CARGO_PKG_VERSION")));
+    let out = Command::new(realistic_bin()).args(["run", "--help"]).output().unwrap();
+    let help = text(&out);
+    assert!(help.contains("Server options:"), "{help}");
+    assert!(help.contains("Default: 127.0.0.1:8080"), "the app's default, not hello's: {help}");
+    assert!(help.find("--greeting") < help.find("Server options:"), "the app's own flags first: {help}");
+}
