@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         .version(env!("CARGO_PKG_VERSION"))
         .about("A realistic app on baton")
         .default_listen("127.0.0.1:8080")
+        // The app's own production defaults; the command line overrides each.
+        .health_path("/healthz")
+        .drain_timeout(std::time::Duration::from_secs(7))
         .on_shutdown(|| async {
             // Flush, close pools... here: leave a mark the tests can see.
             let mark = baton::launch_dir().join("shutdown.done");

@@ -45,6 +45,32 @@ where
 
 impl<S: private::Sealed> IntoApp for S {}
 
+/// Builder methods that set the app's default of a duration option.
+macro_rules! duration_defaults {
+    ($($(#[$doc:meta])* $name:ident => $arg:literal,)*) => {
+        $(
+            $(#[$doc])*
+            /// The command line overrides it.
+            pub fn $name(self, d: Duration) -> Self {
+                self.option_default($arg, format!("{}ms", d.as_millis()))
+            }
+        )*
+    };
+}
+
+/// Builder methods that set the app's default of a numeric option.
+macro_rules! number_defaults {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => $arg:literal,)*) => {
+        $(
+            $(#[$doc])*
+            /// The command line overrides it.
+            pub fn $name(self, n: $ty) -> Self {
+                self.option_default($arg, n.to_string())
+            }
+        )*
+    };
+}
+
 /// For apps without flags of their own.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct NoArgs {}
@@ -54,6 +80,9 @@ pub(crate) type Factory<A> = Box<dyn FnOnce(A) -> Pin<Box<dyn Future<Output = Re
 
 /// An app to run: name, defaults and production middleware switches. Start with
 /// [`App::new`], finish with [`App::serve`].
+///
+/// Every serving option has a builder method that sets the app's default for it
+/// ([`App::drain_timeout`], [`App::health_path`], ...); the command line always overrides it.
 #[derive(Clone)]
 pub struct App {
     name: Option<String>,
@@ -65,6 +94,10 @@ pub struct App {
     on_shutdown: Option<crate::ready::Check>,
     version: Option<String>,
     about: Option<String>,
+    /// Defaults of serving options set by the app (`--drain-timeout` ...), by clap argument id.
+    option_defaults: Vec<(&'static str, String)>,
+    /// Builder mistakes, reported when the app runs.
+    errors: Vec<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -79,6 +112,8 @@ impl std::fmt::Debug for App {
             .field("on_shutdown", &self.on_shutdown.is_some())
             .field("version", &self.version)
             .field("about", &self.about)
+            .field("option_defaults", &self.option_defaults)
+            .field("errors", &self.errors)
             .finish()
     }
 }
@@ -103,6 +138,8 @@ impl App {
             on_shutdown: None,
             version: None,
             about: None,
+            option_defaults: Vec::new(),
+            errors: Vec::new(),
         }
     }
 
@@ -126,13 +163,79 @@ impl App {
         self
     }
 
-    /// Where to listen when no `--listen` is given. Default is `0.0.0.0:8080`.
-    ///
-    /// # Panics
-    /// If `addr` is not a valid `--listen` value (a programming error).
-    pub fn default_listen(mut self, addr: &str) -> Self {
-        self.default_listen = vec![addr.parse().unwrap_or_else(|e| panic!("default_listen: {e}"))];
+    /// Where to listen when no `--listen` is given: one address or several separated by commas
+    /// (`"0.0.0.0:80, [::]:80"`), each as `--listen` takes it. Default is `0.0.0.0:8080`. A bad
+    /// address is reported when the app runs (exit 2), like a bad command line.
+    pub fn default_listen(mut self, addrs: &str) -> Self {
+        let parsed: std::result::Result<Vec<ListenSpec>, String> =
+            addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::parse).collect();
+        match parsed {
+            Ok(v) if !v.is_empty() => self.default_listen = v,
+            Ok(_) => self.errors.push(format!("default_listen({addrs:?}): no address")),
+            Err(e) => self.errors.push(format!("default_listen: {e}")),
+        }
         self
+    }
+
+    /// Sets the app's default of a serving option (what applies when the command line does not
+    /// give it); the command line always overrides it.
+    fn option_default(mut self, arg: &'static str, value: String) -> Self {
+        self.option_defaults.retain(|(a, _)| *a != arg);
+        self.option_defaults.push((arg, value));
+        self
+    }
+
+    duration_defaults! {
+        /// `--drain-timeout`: how long a shutdown or reload lets in-flight requests finish.
+        drain_timeout => "drain_timeout",
+        /// `--ready-timeout`: how long a new worker may take to report ready.
+        ready_timeout => "ready_timeout",
+        /// `--shutdown-delay`: on TERM, answer 503 on the health route and serve this long first.
+        shutdown_delay => "shutdown_delay",
+        /// `--probation`: how long a reload's new binary is on probation.
+        probation => "probation",
+        /// `--watchdog`: a serving worker silent this long is replaced (zero: off).
+        watchdog => "watchdog",
+        /// `--request-timeout`: a response not started after this long becomes a 503 (zero: off).
+        request_timeout => "request_timeout",
+        /// `--header-timeout`: first byte and request head (zero: off).
+        header_timeout => "header_timeout",
+        /// `--idle-timeout`: an idle connection is closed after this long (zero: off).
+        idle_timeout => "idle_timeout",
+        /// `--body-timeout`: after this long a request body must keep up 1 KiB/s (zero: off).
+        body_timeout => "body_timeout",
+    }
+
+    number_defaults! {
+        /// `--max-draining`: generations draining at once.
+        max_draining: u32 => "max_draining",
+        /// `--max-header-bytes`: the largest request head.
+        max_header_bytes: u32 => "max_header_bytes",
+        /// `--max-headers`: the most header fields in an HTTP/1 request.
+        max_headers: u32 => "max_headers",
+        /// `--max-body-bytes`: the largest request body.
+        max_body_bytes: u64 => "max_body_bytes",
+    }
+
+    /// `--health-path`: the health route (200, 503 once shutting down). Default: none.
+    pub fn health_path(self, path: &str) -> Self {
+        self.option_default("health_path", path.to_owned())
+    }
+
+    /// `--ready-probe`: the request each new worker sends through its app before it is ready.
+    pub fn ready_probe(self, path: &str) -> Self {
+        self.option_default("ready_probe", path.to_owned())
+    }
+
+    /// `--access-log`: `combined`, `json` or `off`. Default: `combined`.
+    pub fn access_log(self, format: &str) -> Self {
+        self.option_default("access_log", format.to_owned())
+    }
+
+    /// `--tls-cert` and `--tls-key`: TLS on every TCP listener (relative paths are taken from
+    /// the directory the app is started in). Default: none.
+    pub fn tls(self, cert: &str, key: &str) -> Self {
+        self.option_default("tls_cert", cert.to_owned()).option_default("tls_key", key.to_owned())
     }
 
     /// Whether to set an `x-request-id` on every request and response (keeping a sane one
@@ -232,6 +335,10 @@ impl App {
     fn run<A: clap::Args + FromArgMatches + 'static>(self, factory: Factory<A>) -> ExitCode {
         let name = self.app_name();
         let argv: Vec<OsString> = cli::with_default_subcommand(std::env::args_os().collect());
+        if !self.errors.is_empty() {
+            baton_supervise::errln!("{name}: {}", self.errors.join("; "));
+            return ExitCode::from(2);
+        }
         let clashes = cli::clashes::<A>();
         if !clashes.is_empty() {
             baton_supervise::errln!("{name}: {}; rename the app's flag", clashes.join("; "));
@@ -252,7 +359,13 @@ impl App {
         );
         for sub in ["run", "start"] {
             let help = listen_help.clone();
-            cmd = cmd.mut_subcommand(sub, |c| c.mut_arg("listen", |a| a.help(help)));
+            cmd = cmd.mut_subcommand(sub, |mut c| {
+                c = c.mut_arg("listen", |a| a.help(help));
+                for (arg, value) in &self.option_defaults {
+                    c = c.mut_arg(*arg, |a| a.default_value(value.clone()));
+                }
+                c
+            });
         }
         let parsed = cmd.try_get_matches_from(&argv).and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
         let cli = match parsed {
@@ -361,4 +474,26 @@ where
     T: IntoApp,
 {
     App::new().serve(factory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_listen_takes_several_addresses_and_keeps_a_bad_one_as_an_error() {
+        let app = App::new().default_listen("127.0.0.1:80, [::1]:80 ,unix:/run/x.sock");
+        assert_eq!(app.default_listen.len(), 3);
+        assert!(app.errors.is_empty());
+        let app = App::new().default_listen("127.0.0.1:80, nowhere");
+        assert_eq!(app.errors.len(), 1, "{:?}", app.errors);
+        assert!(app.errors[0].contains("nowhere"), "{:?}", app.errors);
+        assert_eq!(App::new().default_listen(" , ").errors.len(), 1);
+    }
+
+    #[test]
+    fn option_defaults_replace_each_other() {
+        let app = App::new().drain_timeout(Duration::from_secs(1)).drain_timeout(Duration::from_millis(1500));
+        assert_eq!(app.option_defaults, vec![("drain_timeout", "1500ms".to_owned())]);
+    }
 }

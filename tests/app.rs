@@ -168,3 +168,19 @@ fn help_and_version_are_the_apps() {
     assert!(help.contains("Default: 127.0.0.1:8080"), "the app's default, not hello's: {help}");
     assert!(help.find("--greeting") < help.find("Server options:"), "the app's own flags first: {help}");
 }
+
+#[test]
+fn the_app_sets_serving_defaults_and_the_command_line_overrides_them() {
+    let out = Command::new(realistic_bin()).args(["run", "--help"]).output().unwrap();
+    assert!(text(&out).contains("[default: 7000ms]"), "the app's --drain-timeout default: {}", text(&out));
+    let app = App::new("app-defaults");
+    let out = app.start(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/healthz").unwrap().body, "ok\n", "the app's --health-path default");
+    let out = app.ctl(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = app.start(&["--health-path", "/alive"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/alive").unwrap().body, "ok\n", "the command line overrides it");
+    assert_eq!(get(app.addr(), "/healthz").unwrap().status, 404);
+}
