@@ -37,7 +37,7 @@ struct Args {
 /// Serves the app (`pub` so that tests/support/hello_next.rs and the bench can reuse this file).
 pub fn main() -> std::process::ExitCode {
     baton::App::new()
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(version())
         .about("The original Go demo server, in baton: GET / answers after --delay")
         .default_listen("0.0.0.0:1234")
         // An app's own readiness check; HELLO_NOT_READY lets the tests see one fail.

@@ -33,7 +33,7 @@ struct Args {
 struct AppState {
     hits: AtomicU64,
     greeting: String,
-    /// From the environment (`REALISTIC_MOTD`), read by each worker at its start.
+    /// From `--config` (or `REALISTIC_MOTD`, frozen at `start` like all of the environment).
     motd: String,
 }
 
@@ -66,13 +66,24 @@ fn main() -> ExitCode {
             if args.fail_with_chain {
                 return Err(anyhow::anyhow!("connection refused").context("cannot connect to the database"));
             }
+            // `--config FILE`: `motd = ...` lines; each new worker reads it, so `reload` applies a
+            // change, and a broken file fails the reload with the reason below.
+            let mut motd = std::env::var("REALISTIC_MOTD").unwrap_or_default();
+            if let Some(c) = baton::config() {
+                for (n, line) in c.text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match line.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                        Some(("motd", v)) => motd = v.to_owned(),
+                        _ => anyhow::bail!("{} line {}: expected `motd = TEXT`", c.path.display(), n + 1),
+                    }
+                }
+            }
             let span = tracing::info_span!("startup", greeting = %args.greeting);
             span.in_scope(|| tracing::info!("realistic app starting"));
-            let state = Arc::new(AppState {
-                hits: AtomicU64::new(0),
-                greeting: args.greeting,
-                motd: std::env::var("REALISTIC_MOTD").unwrap_or_default(),
-            });
+            let state = Arc::new(AppState { hits: AtomicU64::new(0), greeting: args.greeting, motd });
             let statics = tower_http::services::ServeDir::new(baton::launch_dir().join("static"));
             Ok(Router::new()
                 .route("/", get(greet))

@@ -409,7 +409,11 @@ impl App {
     }
 
     fn hooks(&self) -> worker::Hooks {
-        worker::Hooks { ready_check: self.ready_check.clone(), on_shutdown: self.on_shutdown.clone() }
+        worker::Hooks {
+            ready_check: self.ready_check.clone(),
+            on_shutdown: self.on_shutdown.clone(),
+            version: self.version.clone(),
+        }
     }
 
     fn serve_command<A: clap::Args + 'static>(

@@ -144,6 +144,11 @@ pub(crate) struct ServeOpts {
     /// back) with the status and the start of the body. Off by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) ready_probe: Option<String>,
+    /// A configuration file for the app (`baton::config()`), read by every new worker at its
+    /// start: a reload applies a change, and a worker that cannot read it (or whose factory
+    /// rejects it) fails, so the reload is rolled back with the reason. Off by default.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// One process, no master: no reload, graceful shutdown only.
     #[arg(long)]
     pub(crate) no_master: bool,
@@ -207,9 +212,11 @@ impl ServeOpts {
         // Where `start` was run: a daemon's workers run in `/` (see `baton::launch_dir`).
         let here = std::env::current_dir().map_err(|e| Error::io(ErrorKind::Io, "current directory", e))?;
         let mut worker_env = vec![(OsString::from(crate::ENV_LAUNCH_DIR), here.into_os_string())];
-        for (var, path, what) in
-            [(ENV_TLS_CERT, &self.tls_cert, "TLS certificate"), (ENV_TLS_KEY, &self.tls_key, "TLS key")]
-        {
+        for (var, path, what) in [
+            (ENV_TLS_CERT, &self.tls_cert, "TLS certificate"),
+            (ENV_TLS_KEY, &self.tls_key, "TLS key"),
+            (ENV_CONFIG, &self.config, "config file"),
+        ] {
             if let Some(p) = path {
                 let abs = std::path::absolute(p)
                     .map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))?;
@@ -233,6 +240,14 @@ impl ServeOpts {
         })
     }
 
+    /// `--config`: as the master passed it to this worker (absolute), or as given.
+    pub(crate) fn config_path(&self, under_master: bool) -> Option<PathBuf> {
+        if under_master {
+            return std::env::var_os(ENV_CONFIG).map(PathBuf::from);
+        }
+        self.config.as_ref().and_then(|p| std::path::absolute(p).ok())
+    }
+
     /// `--tls-cert` and `--tls-key`: as the master passed them to this worker (absolute), or as
     /// given (`--no-master`).
     #[cfg(feature = "tls")]
@@ -245,6 +260,8 @@ impl ServeOpts {
     }
 }
 
+/// `--config` made absolute by `run`/`start`, for the workers.
+const ENV_CONFIG: &str = "BATON_CONFIG";
 /// `--tls-cert` and `--tls-key` made absolute by `run`/`start`, for the workers.
 const ENV_TLS_CERT: &str = "BATON_TLS_CERT";
 const ENV_TLS_KEY: &str = "BATON_TLS_KEY";

@@ -68,6 +68,38 @@ pub fn launch_dir() -> &'static std::path::Path {
     })
 }
 
+/// The configuration file (`--config FILE`) as this worker read it at its start, if one was
+/// given. Each new worker reads it afresh, so `reload` applies a change: parse it in the
+/// factory and return an error from [`App::try_serve`]'s factory if it is wrong, and the
+/// reload is rolled back with that error. The environment, by contrast, is the master's as it
+/// was at `start`.
+#[derive(Debug)]
+pub struct Config {
+    /// The file's absolute path.
+    pub path: std::path::PathBuf,
+    /// Its contents.
+    pub text: String,
+}
+
+static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+
+/// The configuration file this worker read (see [`Config`]); `None` without `--config`.
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get()
+}
+
+/// Reads the configuration file once, at the worker's start.
+pub(crate) fn load_config(path: std::path::PathBuf) -> baton_supervise::Result<&'static Config> {
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        baton_supervise::Error::io(
+            baton_supervise::ErrorKind::Config,
+            format!("cannot read config file {}", path.display()),
+            e,
+        )
+    })?;
+    Ok(CONFIG.get_or_init(|| Config { path, text }))
+}
+
 /// Where the master passes [`launch_dir`] to its workers.
 pub(crate) const ENV_LAUNCH_DIR: &str = "BATON_LAUNCH_DIR";
 

@@ -31,6 +31,8 @@ pub(crate) enum Role {
 pub(crate) struct Hooks {
     pub(crate) ready_check: Option<crate::ready::Check>,
     pub(crate) on_shutdown: Option<crate::ready::Check>,
+    /// The app's version, for `status` and `reload`.
+    pub(crate) version: Option<String>,
 }
 
 /// What decides when this worker is ready, and keeps telling the master it is alive.
@@ -38,6 +40,8 @@ pub(crate) struct Readiness {
     pub(crate) check: Option<crate::ready::Check>,
     pub(crate) probe: Option<String>,
     pub(crate) watchdog: Option<Duration>,
+    /// What this worker runs, sent with its readiness.
+    pub(crate) info: Option<String>,
 }
 
 /// How the serving loop ended.
@@ -123,7 +127,19 @@ fn serve<A>(
         .enable_all()
         .build()
         .map_err(|e| Error::io(ErrorKind::Io, "cannot start the tokio runtime", e))?;
-    let readiness = Readiness { check: hooks.ready_check, probe: opts.ready_probe.clone(), watchdog };
+    // Read before the factory runs (which may parse it); a failure fails this start.
+    let config = opts.config_path(under_master).map(crate::load_config).transpose()?;
+    let info = {
+        let mut parts = Vec::new();
+        if let Some(v) = &hooks.version {
+            parts.push(format!("version {v}"));
+        }
+        if let Some(c) = config {
+            parts.push(format!("config {} ({} bytes)", c.path.display(), c.text.len()));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    };
+    let readiness = Readiness { check: hooks.ready_check, probe: opts.ready_probe.clone(), watchdog, info };
     let on_shutdown = hooks.on_shutdown;
     let run =
         Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness, on_shutdown };
@@ -215,7 +231,7 @@ impl<A> Run<A> {
         let (rx, weak) = server.drain_signal();
         crate::shutdown::install(rx, weak);
         tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
-        notify(&Message::ready(generation));
+        notify(&Message::ready(generation, readiness.info.as_deref()));
 
         let stop = loop {
             tokio::select! {

@@ -184,3 +184,29 @@ fn the_app_sets_serving_defaults_and_the_command_line_overrides_them() {
     assert_eq!(get(app.addr(), "/alive").unwrap().body, "ok\n", "the command line overrides it");
     assert_eq!(get(app.addr(), "/healthz").unwrap().status, 404);
 }
+
+#[test]
+fn a_reload_rereads_the_config_file_and_a_broken_one_is_rolled_back() {
+    let app = App::new("app-config");
+    let conf = app.dir.join("app.conf");
+    std::fs::write(&conf, "motd = one\n").unwrap();
+    let out = app.start(&["--config", "app.conf"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/").unwrap().body, "hello one");
+    std::fs::write(&conf, "motd = two\n").unwrap();
+    let out = app.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("config {} (11 bytes)", conf.display())), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/").unwrap().body, "hello two", "reload applied the change");
+    std::fs::write(&conf, "motd: three\n").unwrap();
+    let out = app.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("app.conf line 1: expected `motd = TEXT`"), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/").unwrap().body, "hello two", "the old worker keeps serving");
+    let out = app.ctl(&["status"]);
+    assert!(
+        text(&out).contains(&format!("version {}; config {}", env!("CARGO_PKG_VERSION"), conf.display())),
+        "{}",
+        text(&out)
+    );
+}

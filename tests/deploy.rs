@@ -62,7 +62,7 @@ fn crash_after_a_rolled_back_deploy_restarts_the_last_good_binary_not_the_broken
     assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
     let (code, out) = h.ctl(&["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("(crash restart; binary ") && out.contains("last good)"), "{out}");
+    assert!(out.contains("(crash restart; binary ") && out.contains(", last good"), "{out}");
 }
 
 #[test]

@@ -147,7 +147,12 @@ fn killed_master_takes_its_workers_down() {
 
 #[test]
 fn master_fd_count_is_flat_across_reloads() {
-    let h = Hello::start(&hello_bin(), &["--delay", "0", "-p", "x.pid"]);
+    // A copy: a rebuild of the example during the test would be a deploy (a second pinned file
+    // during its probation).
+    let bindir = support::TempDir::new("fd-flat");
+    let app = bindir.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid"]);
     h.reload_and_wait();
     h.wait_one_worker();
     let after_one = fd_count(h.pid);

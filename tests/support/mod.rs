@@ -223,8 +223,8 @@ impl Hello {
 
     /// Whether the master has logged worker `pid` as the generation that serves.
     fn master_says_serving(&self, pid: i32) -> bool {
-        let log = self.log_text();
-        log.contains(&format!("(pid {pid}) serving\n")) || log.contains(&format!("(pid {pid}) serving; "))
+        // The master's "generation N (pid P) serving[ (version ...)]" line.
+        self.log_text().contains(&format!("(pid {pid}) serving"))
     }
 
     /// The last `n` lines of the log that are not access log lines.

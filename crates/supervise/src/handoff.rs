@@ -15,6 +15,7 @@
 //! | worker → master | `STATUS=<text>` | the worker's last words, shown if it dies before it is ready |
 //! | worker → master | `STATUS=draining` | listeners closed: a reload that replaced it is complete |
 //! | worker → master | `WATCHDOG=1` | heartbeat from inside the serving runtime |
+//! | worker → master | `BATON_INFO=<text>` | with `READY=1`: what it runs (version, configuration), for `status` and `reload` |
 //! | master → worker | TERM / USR2 / QUIT / USR1 | shut down (after `--shutdown-delay`) / replaced, drain now / stop now / reopen the log |
 
 use std::ffi::OsString;
@@ -162,6 +163,9 @@ pub struct Message {
     pub draining: bool,
     /// `WATCHDOG=1`: the worker's runtime is alive.
     pub watchdog: bool,
+    /// `BATON_INFO=`: what the worker runs (its version, its configuration's source), shown by
+    /// `status` and `reload`.
+    pub info: Option<String>,
     /// Any other `STATUS=` text.
     pub status: Option<String>,
 }
@@ -174,13 +178,17 @@ impl Message {
             ready: field(msg, "READY") == Some("1"),
             draining: status == Some(STATUS_DRAINING),
             watchdog: field(msg, "WATCHDOG") == Some("1"),
+            info: field(msg, "BATON_INFO").map(str::to_owned),
             status: status.filter(|s| *s != STATUS_DRAINING).map(str::to_owned),
         }
     }
 
-    /// What a worker sends once it serves.
-    pub fn ready(generation: u64) -> String {
-        format!("READY=1\nSTATUS=generation {generation} serving")
+    /// What a worker sends once it serves; `info` says what it runs (one line).
+    pub fn ready(generation: u64, info: Option<&str>) -> String {
+        match info {
+            Some(i) => format!("READY=1\nSTATUS=generation {generation} serving\nBATON_INFO={}", i.replace('\n', " ")),
+            None => format!("READY=1\nSTATUS=generation {generation} serving"),
+        }
     }
 
     /// What a worker sends once its listeners are closed.
@@ -242,9 +250,11 @@ mod tests {
 
     #[test]
     fn handoff_round_trip_notify_messages() {
-        let m = Message::parse(&Message::ready(3));
-        assert!(m.ready && !m.draining);
+        let m = Message::parse(&Message::ready(3, None));
+        assert!(m.ready && !m.draining && m.info.is_none());
         assert_eq!(m.status.as_deref(), Some("generation 3 serving"));
+        let m = Message::parse(&Message::ready(3, Some("version 1.2\nconfig /x")));
+        assert_eq!(m.info.as_deref(), Some("version 1.2 config /x"));
         let m = Message::parse(&Message::draining());
         assert!(m.draining && !m.ready && m.status.is_none());
         assert!(Message::parse(Message::HEARTBEAT).watchdog);

@@ -323,9 +323,10 @@ impl Runner {
                 let _ = write!(word, " (ends in {:.1}s)", until.saturating_duration_since(now).as_secs_f64());
             }
             let good = if state.good == Some(g.binary) { ", last good" } else { "" };
+            let info = g.info.as_deref().map(|i| format!("; {i}")).unwrap_or_default();
             let _ = writeln!(
                 s,
-                "worker: pid {} generation {} {word} ({}{}; binary {}{good})",
+                "worker: pid {} generation {} {word} ({}{}; binary {}{good}{info})",
                 g.pid,
                 g.generation,
                 g.cause.word(),

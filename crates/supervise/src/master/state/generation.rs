@@ -53,6 +53,8 @@ pub(crate) struct Gen {
     pub(super) status: Option<String>,
     /// Why the master killed it, if it did.
     pub(super) killed_for: Option<String>,
+    /// What it said it runs (`BATON_INFO=`).
+    pub(crate) info: Option<String>,
     /// Control clients waiting for this generation's outcome.
     pub(super) waiters: Waiters,
     /// Still accepting connections (until it reports `STATUS=draining` or exits).

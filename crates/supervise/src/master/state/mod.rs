@@ -250,6 +250,7 @@ impl State {
                     heartbeat: now,
                     status: None,
                     killed_for: None,
+                    info: None,
                     waiters,
                     accepting: true,
                 });
@@ -324,6 +325,9 @@ impl State {
         if m.status.is_some() {
             g.status = m.status;
         }
+        if m.info.is_some() {
+            g.info = m.info;
+        }
         if m.ready && matches!(g.state, GenState::Starting { .. }) {
             self.on_ready(now, out, pid);
         }
@@ -363,6 +367,7 @@ impl State {
             waiters.append(&mut g.waiters.probation);
         }
         let binary = self.gens[idx].binary;
+        let info = self.gens[idx].info.as_deref().map(|i| format!(" ({i})")).unwrap_or_default();
         let mut same_as = None;
         let mut old_pids = Vec::new();
         for old in self.gens.iter_mut().filter(|g| g.pid != pid && g.state.serving()) {
@@ -397,9 +402,9 @@ impl State {
                 // Told, not hidden: a deploy that did not land (`cp` onto a busy file, a
                 // symlink switched elsewhere) looks exactly like this.
                 Some(old) => {
-                    format!("generation {generation} (pid {pid}) serving; the same binary as generation {old}")
+                    format!("generation {generation} (pid {pid}) serving{info}; the same binary as generation {old}")
                 }
-                None => format!("generation {generation} (pid {pid}) serving"),
+                None => format!("generation {generation} (pid {pid}) serving{info}"),
             },
             systemd: format!("READY=1\nSTATUS=generation {generation} serving (worker pid {pid})"),
             deadline: now + ACK_TIMEOUT,
