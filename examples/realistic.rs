@@ -54,6 +54,17 @@ fn main() -> ExitCode {
         // The app's own production defaults; the command line overrides each.
         .health_path("/healthz")
         .drain_timeout(std::time::Duration::from_secs(7))
+        // An app's own subcommand: `realistic migrate --to 3`, no server involved.
+        .command(
+            clap::Command::new("migrate").about("Migrate the database schema").arg(
+                clap::arg!(--to <VERSION> "The schema version to migrate to").value_parser(clap::value_parser!(u32)),
+            ),
+            |m| {
+                let to = m.get_one::<u32>("to").copied().unwrap_or(0);
+                println!("migrated to schema version {to}");
+                ExitCode::SUCCESS
+            },
+        )
         .on_shutdown(|| async {
             // Flush, close pools... here: leave a mark the tests can see.
             let mark = baton::launch_dir().join("shutdown.done");

@@ -98,6 +98,8 @@ pub struct App {
     option_defaults: Vec<(&'static str, String)>,
     /// Builder mistakes, reported when the app runs.
     errors: Vec<String>,
+    /// The app's own subcommands and what runs them.
+    commands: Vec<(clap::Command, std::sync::Arc<dyn Fn(&clap::ArgMatches) -> ExitCode>)>,
 }
 
 impl std::fmt::Debug for App {
@@ -114,6 +116,7 @@ impl std::fmt::Debug for App {
             .field("about", &self.about)
             .field("option_defaults", &self.option_defaults)
             .field("errors", &self.errors)
+            .field("commands", &self.commands.iter().map(|(c, _)| c.get_name().to_owned()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -140,6 +143,7 @@ impl App {
             about: None,
             option_defaults: Vec::new(),
             errors: Vec::new(),
+            commands: Vec::new(),
         }
     }
 
@@ -281,6 +285,19 @@ impl App {
         self
     }
 
+    /// A subcommand of the app's own (`myapp migrate --to 3`): `run` gets its matches and
+    /// returns the exit code; it runs in the calling process, with no server. Its name must
+    /// not be one of baton's (`run`, `start`, `stop`, `reload`, `status`, `reopen-logs`): that
+    /// is reported when the app runs (exit 2).
+    pub fn command(mut self, cmd: clap::Command, run: impl Fn(&clap::ArgMatches) -> ExitCode + 'static) -> Self {
+        if cli::SUBCOMMANDS.contains(&cmd.get_name()) {
+            self.errors.push(format!("the app's subcommand {:?} is one of baton's", cmd.get_name()));
+        } else {
+            self.commands.push((cmd, std::sync::Arc::new(run)));
+        }
+        self
+    }
+
     /// A clean end for the app: `hook` runs in each worker after its drain (or at its drain
     /// timeout) and before the runtime is dropped, so pools close and exporters flush. It gets
     /// `--drain-timeout` to finish; an error is logged. Default: none.
@@ -334,7 +351,8 @@ impl App {
 
     fn run<A: clap::Args + FromArgMatches + 'static>(self, factory: Factory<A>) -> ExitCode {
         let name = self.app_name();
-        let argv: Vec<OsString> = cli::with_default_subcommand(std::env::args_os().collect());
+        let own: Vec<&str> = self.commands.iter().map(|(c, _)| c.get_name()).collect();
+        let argv: Vec<OsString> = cli::with_default_subcommand(std::env::args_os().collect(), &own);
         if !self.errors.is_empty() {
             baton_supervise::errln!("{name}: {}", self.errors.join("; "));
             return ExitCode::from(2);
@@ -367,7 +385,16 @@ impl App {
                 c
             });
         }
-        let parsed = cmd.try_get_matches_from(&argv).and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
+        for (c, _) in &self.commands {
+            cmd = cmd.subcommand(c.clone());
+        }
+        let matches = cmd.try_get_matches_from(&argv);
+        if let Ok((sub, sub_matches)) = matches.as_ref().map(|m| m.subcommand().unwrap_or(("", m))) {
+            if let Some((_, run)) = self.commands.iter().find(|(c, _)| c.get_name() == sub) {
+                return run(sub_matches);
+            }
+        }
+        let parsed = matches.and_then(|m| cli::Cli::<A>::from_arg_matches(&m));
         let cli = match parsed {
             Ok(c) => c,
             Err(e) => {

@@ -288,15 +288,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "start", "stop", "reload", "status", "reopen-logs", "help"];
+/// baton's subcommands: names an app's own subcommands may not take.
+pub(crate) const SUBCOMMANDS: &[&str] = &["run", "start", "stop", "reload", "status", "reopen-logs", "help"];
 
 /// Without a subcommand the app serves in the foreground: `hello --delay 0` is `hello run --delay 0`.
-pub(crate) fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+/// The app's own subcommands (`app`) are left alone too.
+pub(crate) fn with_default_subcommand(mut argv: Vec<OsString>, app: &[&str]) -> Vec<OsString> {
     let first = argv.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let insert = match first.as_deref() {
         None => true,
         Some("-h" | "--help" | "-V" | "--version") => false,
-        Some(a) => !SUBCOMMANDS.contains(&a),
+        Some(a) => !SUBCOMMANDS.contains(&a) && !app.contains(&a),
     };
     if insert {
         argv.insert(1.min(argv.len()), "run".into());
@@ -325,9 +327,10 @@ mod tests {
     #[test]
     fn default_subcommand_is_run() {
         let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(with_default_subcommand(v(&["app"])), v(&["app", "run"]));
-        assert_eq!(with_default_subcommand(v(&["app", "--delay", "0"])), v(&["app", "run", "--delay", "0"]));
-        assert_eq!(with_default_subcommand(v(&["app", "stop"])), v(&["app", "stop"]));
-        assert_eq!(with_default_subcommand(v(&["app", "--help"])), v(&["app", "--help"]));
+        assert_eq!(with_default_subcommand(v(&["app"]), &[]), v(&["app", "run"]));
+        assert_eq!(with_default_subcommand(v(&["app", "--delay", "0"]), &[]), v(&["app", "run", "--delay", "0"]));
+        assert_eq!(with_default_subcommand(v(&["app", "stop"]), &[]), v(&["app", "stop"]));
+        assert_eq!(with_default_subcommand(v(&["app", "--help"]), &[]), v(&["app", "--help"]));
+        assert_eq!(with_default_subcommand(v(&["app", "migrate"]), &["migrate"]), v(&["app", "migrate"]));
     }
 }

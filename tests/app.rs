@@ -210,3 +210,12 @@ fn a_reload_rereads_the_config_file_and_a_broken_one_is_rolled_back() {
         text(&out)
     );
 }
+
+#[test]
+fn the_app_adds_its_own_subcommand() {
+    let out = Command::new(realistic_bin()).args(["migrate", "--to", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).trim(), "migrated to schema version 3");
+    let out = Command::new(realistic_bin()).arg("--help").output().unwrap();
+    assert!(text(&out).contains("migrate") && text(&out).contains("Migrate the database schema"), "{}", text(&out));
+}
