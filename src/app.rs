@@ -45,6 +45,9 @@ where
 
 impl<S: private::Sealed> IntoApp for S {}
 
+/// What runs an app's own subcommand.
+type CommandFn = std::sync::Arc<dyn Fn(&clap::ArgMatches) -> ExitCode>;
+
 /// Builder methods that set the app's default of a duration option.
 macro_rules! duration_defaults {
     ($($(#[$doc:meta])* $name:ident => $arg:literal,)*) => {
@@ -99,7 +102,7 @@ pub struct App {
     /// Builder mistakes, reported when the app runs.
     errors: Vec<String>,
     /// The app's own subcommands and what runs them.
-    commands: Vec<(clap::Command, std::sync::Arc<dyn Fn(&clap::ArgMatches) -> ExitCode>)>,
+    commands: Vec<(clap::Command, CommandFn)>,
 }
 
 impl std::fmt::Debug for App {
