@@ -46,6 +46,11 @@ fn main() -> ExitCode {
             }
         });
     }
+    if std::env::var_os("REALISTIC_OWN_SUBSCRIBER").is_some() {
+        // The app's own subscriber (JSON, OpenTelemetry...): installed before `serve()`, it
+        // stays in charge, in the master and in every worker.
+        tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).with_target(false).init();
+    }
     baton::App::new()
         .name("realistic")
         .version(env!("CARGO_PKG_VERSION"))
@@ -106,7 +111,8 @@ fn main() -> ExitCode {
 }
 
 async fn greet(State(s): State<Arc<AppState>>) -> String {
-    s.hits.fetch_add(1, Ordering::Relaxed);
+    let n = s.hits.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::info!(n, "greeted");
     format!("{} {}\n", s.greeting, s.motd).trim_end().to_owned()
 }
 

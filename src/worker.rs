@@ -143,7 +143,8 @@ fn serve<A>(
     let on_shutdown = hooks.on_shutdown;
     let run =
         Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness, on_shutdown };
-    let result = rt.block_on(run.serve());
+    let result =
+        rt.block_on(tracing::Instrument::instrument(run.serve(), baton_supervise::log::process_span("worker")));
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
     rt.shutdown_background();
     crate::access_log::flush();

@@ -219,3 +219,42 @@ fn the_app_adds_its_own_subcommand() {
     let out = Command::new(realistic_bin()).arg("--help").output().unwrap();
     assert!(text(&out).contains("migrate") && text(&out).contains("Migrate the database schema"), "{}", text(&out));
 }
+
+#[test]
+fn an_apps_own_subscriber_stays_in_charge_and_baton_says_which_process() {
+    let app = App::new("app-subscriber");
+    let listen = format!("127.0.0.1:{}", app.port);
+    let out = app
+        .cmd(&["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen])
+        .env("REALISTIC_OWN_SUBSCRIBER", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = app.log();
+    let started = log.lines().find(|l| l.contains("master started")).unwrap_or_else(|| panic!("{log}"));
+    assert!(!started.contains("master["), "the app's format, not baton's: {started}");
+    assert!(started.contains("baton{role=\"master\" pid="), "{started}");
+    let serving = log.lines().find(|l| l.contains("serving on")).unwrap_or_else(|| panic!("{log}"));
+    assert!(serving.contains("baton{role=\"worker\" pid="), "{serving}");
+}
+
+#[test]
+fn the_apps_events_in_a_handler_carry_the_request_id() {
+    let app = App::new("app-rid");
+    let listen = format!("127.0.0.1:{}", app.port);
+    let out = app
+        .cmd(&["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen])
+        .env("RUST_LOG", "info,baton=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = support::request(
+        app.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nx-request-id: trace-me-42\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    wait_until(Duration::from_secs(10), "the app's line", || app.log().contains("greeted"));
+    let line = app.log().lines().find(|l| l.contains("greeted")).unwrap().to_owned();
+    assert!(line.contains("request{id=\"trace-me-42\"}: greeted n=1"), "{line}");
+}

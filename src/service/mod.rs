@@ -151,6 +151,13 @@ where
                     // has begun, which the access log (written at the end) cannot.
                     tracing::debug!("request started: {method} {path}");
                     let fut = panic::CatchPanic { inner: app.oneshot(req), enabled: cfg.catch_panic };
+                    // The app's own events carry the request id when this span is enabled
+                    // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
+                    let span = match &rid {
+                        Some(id) => tracing::debug_span!("request", id = ?id),
+                        None => tracing::debug_span!("request"),
+                    };
+                    let fut = tracing::Instrument::instrument(fut, span);
                     match timeout::within(cfg.request_timeout, fut).await {
                         Some(Ok(Ok(r))) => r,
                         Some(Ok(Err(never))) => match never {},

@@ -57,6 +57,17 @@ pub fn init(role: &'static str) {
         .try_init();
 }
 
+/// The name of [`process_span`].
+const PROCESS_SPAN: &str = "baton";
+
+/// A span naming the process (`baton{role=master pid=123}`): entered for the whole life of
+/// the master and around a worker's serving, so that baton's lines say which process wrote
+/// them even when the app installed its own subscriber (baton's own format prints the same
+/// as its prefix and skips the span).
+pub fn process_span(role: &'static str) -> tracing::Span {
+    tracing::info_span!(PROCESS_SPAN, role, pid = std::process::id())
+}
+
 /// Log lines that could not be written since the last line that could.
 static LOST: AtomicU64 = AtomicU64::new(0);
 
@@ -122,7 +133,8 @@ where
         write!(w, "{ts} {:<5} {}[{}] ", event.metadata().level(), self.role, self.pid)?;
         // The spans the event is in, with their fields (`request{method=GET uri=/}: ...`).
         if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
+            // The process span (see [`process_span`]) is what the prefix already says.
+            for span in scope.from_root().filter(|s| s.name() != PROCESS_SPAN) {
                 write!(w, "{}", span.name())?;
                 let ext = span.extensions();
                 if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {

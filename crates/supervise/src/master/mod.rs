@@ -102,6 +102,8 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     }
     drop(log_file);
     log::init("master");
+    // Single-threaded: every line of the master is inside it.
+    let _process = log::process_span("master").entered();
     if let Some(c) = &control {
         c.listen()?;
     }
