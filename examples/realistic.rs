@@ -105,6 +105,7 @@ fn main() -> ExitCode {
                 .route("/", get(greet))
                 .route("/api/hits", get(hits))
                 .route("/whoami", get(whoami))
+                .route("/conn", get(conn))
                 .nest_service("/static", statics)
                 .with_state(state))
         })
@@ -123,4 +124,13 @@ async fn hits(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
     peer.to_string()
+}
+
+/// Where the request came in, TCP or unix.
+async fn conn(axum::Extension(c): axum::Extension<baton::Connection>) -> String {
+    let local = match &c.local {
+        baton::LocalAddr::Tcp(a) => a.to_string(),
+        baton::LocalAddr::Unix(p) => format!("unix:{}", p.as_deref().map_or("?".into(), |p| p.display().to_string())),
+    };
+    format!("peer={} local={local}", c.peer.map_or("none".into(), |p| p.to_string()))
 }

@@ -103,5 +103,25 @@ pub(crate) fn load_config(path: std::path::PathBuf) -> baton_supervise::Result<&
 /// Where the master passes [`launch_dir`] to its workers.
 pub(crate) const ENV_LAUNCH_DIR: &str = "BATON_LAUNCH_DIR";
 
+/// Where a request came in: on every request as an axum extension
+/// (`Extension(conn): Extension<baton::Connection>`), TCP and unix alike. On TCP listeners
+/// `ConnectInfo<SocketAddr>` is there too, as with `axum::serve`.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's address (TCP); `None` on a unix socket.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The listener's own address.
+    pub local: LocalAddr,
+}
+
+/// A listener's address (see [`Connection`]).
+#[derive(Debug, Clone)]
+pub enum LocalAddr {
+    /// A TCP listener.
+    Tcp(std::net::SocketAddr),
+    /// A unix socket listener, at this path (`None` if unnamed).
+    Unix(Option<std::sync::Arc<std::path::Path>>),
+}
+
 /// The app as baton runs it: a cloneable service from requests to responses.
 pub(crate) type AppService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;

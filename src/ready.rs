@@ -32,7 +32,11 @@ pub(crate) async fn gate(
         check().await.map_err(|e| format!("ready check failed: {e}"))?;
     }
     let Some(path) = probe else { return Ok(()) };
-    let svc = ConnService { app: app.clone(), shared: shared.clone(), conn: Arc::new(ConnState::new(None, shared)) };
+    let svc = ConnService {
+        app: app.clone(),
+        shared: shared.clone(),
+        conn: Arc::new(ConnState::new(None, crate::LocalAddr::Unix(None), shared)),
+    };
     let req = Request::get(path)
         .header(HOST, "localhost")
         .body(http_body_util::Empty::<Bytes>::new())

@@ -53,6 +53,8 @@ impl Listener {
 trait Acceptor: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>>;
+    /// The listener's own address, for the app.
+    fn local(&self) -> crate::LocalAddr;
     /// The TCP stream, which `--tls-cert` applies to; unix sockets stay plain (`Err`).
     #[cfg(feature = "tls")]
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io>;
@@ -70,6 +72,9 @@ impl Acceptor for tokio::net::TcpListener {
     }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(s, a)| (s, Some(a)))
+    }
+    fn local(&self) -> crate::LocalAddr {
+        crate::LocalAddr::Tcp(self.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))))
     }
     fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         io.readable()
@@ -89,6 +94,10 @@ impl Acceptor for tokio::net::UnixListener {
     }
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Option<SocketAddr>)>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(s, _)| (s, None))
+    }
+    fn local(&self) -> crate::LocalAddr {
+        let path = self.local_addr().ok().and_then(|a| a.as_pathname().map(std::sync::Arc::from));
+        crate::LocalAddr::Unix(path)
     }
     fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         io.readable()
@@ -181,6 +190,7 @@ impl Server {
 }
 
 async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) {
+    let local = l.local();
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -199,14 +209,14 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
             })
             .await
             {
-                spawn_conn::<L>(io, peer, &ctx, &alive);
+                spawn_conn::<L>(io, peer, local.clone(), &ctx, &alive);
             }
             break;
         };
         match accepted {
             Ok((io, peer)) => {
                 backoff = Duration::ZERO;
-                spawn_conn::<L>(io, peer, &ctx, &alive);
+                spawn_conn::<L>(io, peer, local.clone(), &ctx, &alive);
             }
             // The peer gave up before we accepted: nothing to do.
             Err(e)
@@ -230,14 +240,20 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
 }
 
 /// One task per connection; a TLS handshake first where it applies.
-fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
+fn spawn_conn<L: Acceptor>(
+    io: L::Io,
+    peer: Option<SocketAddr>,
+    local: crate::LocalAddr,
+    ctx: &Arc<Ctx>,
+    alive: &mpsc::Sender<()>,
+) {
     L::prepare(&io, &ctx.shared.cfg);
     let (ctx, alive) = (ctx.clone(), alive.clone());
     #[cfg(feature = "tls")]
     let io = match ctx.tls.clone() {
         Some(acceptor) => match L::tcp(io) {
             Ok(tcp) => {
-                tokio::spawn(crate::tls::serve(acceptor, tcp, peer, ctx, alive));
+                tokio::spawn(crate::tls::serve(acceptor, tcp, peer, local, ctx, alive));
                 return;
             }
             Err(io) => io,
@@ -252,16 +268,21 @@ fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, ctx: &Arc<Ctx>, 
             tracing::debug!("connection from {peer:?} sent nothing within {limit:?}: closed");
             return;
         }
-        serve_conn(io, peer, ctx, alive).await
+        serve_conn(io, peer, local, ctx, alive).await
     });
 }
 
-pub(crate) async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>, _alive: mpsc::Sender<()>)
-where
+pub(crate) async fn serve_conn<I>(
+    io: I,
+    peer: Option<SocketAddr>,
+    local: crate::LocalAddr,
+    ctx: Arc<Ctx>,
+    _alive: mpsc::Sender<()>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = &ctx.shared;
-    let conn_state = Arc::new(ConnState::new(peer, shared));
+    let conn_state = Arc::new(ConnState::new(peer, local, shared));
     let svc = ConnService { app: ctx.app.clone(), shared: shared.clone(), conn: conn_state.clone() };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

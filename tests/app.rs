@@ -258,3 +258,23 @@ fn the_apps_events_in_a_handler_carry_the_request_id() {
     let line = app.log().lines().find(|l| l.contains("greeted")).unwrap().to_owned();
     assert!(line.contains("request{id=\"trace-me-42\"}: greeted n=1"), "{line}");
 }
+
+#[test]
+fn where_a_request_came_in_on_tcp_and_unix_listeners() {
+    use std::io::{Read, Write};
+    let app = App::new("app-conn");
+    let sock = app.dir.join("app.sock");
+    let listen = format!("127.0.0.1:{}", app.port);
+    let unix = format!("unix:{}", sock.display());
+    let out =
+        app.cmd(&["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen, "--listen", &unix]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let tcp = get(app.addr(), "/conn").unwrap().body;
+    assert!(tcp.starts_with("peer=127.0.0.1:") && tcp.ends_with(&format!(" local={listen}")), "{tcp}");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /conn HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let resp = support::parse(&buf).unwrap();
+    assert_eq!(resp.body, format!("peer=none local={unix}"));
+}

@@ -15,15 +15,18 @@ use super::Shared;
 #[derive(Debug)]
 pub(crate) struct ConnState {
     pub(crate) peer: Option<SocketAddr>,
+    /// Given to the app with each request.
+    pub(crate) info: crate::Connection,
     h2: AtomicBool,
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
 }
 
 impl ConnState {
-    pub(crate) fn new(peer: Option<SocketAddr>, shared: &Shared) -> Self {
+    pub(crate) fn new(peer: Option<SocketAddr>, local: crate::LocalAddr, shared: &Shared) -> Self {
         ConnState {
             peer,
+            info: crate::Connection { peer, local },
             h2: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(shared.now_ms()),

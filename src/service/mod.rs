@@ -132,6 +132,7 @@ where
             // What `axum::serve(..).into_make_service_with_connect_info()` provides.
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
+        req.extensions_mut().insert(self.conn.info.clone());
         let record = (cfg.access_log != access_log::Format::Off)
             .then(|| Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start));
         let early = limits::bad_host(&req)
