@@ -35,16 +35,6 @@ fn install_next_with(app: &std::path::Path, extra: &str) {
     );
 }
 
-/// Waits for a worker other than `old` to answer, and returns its pid.
-fn wait_replaced(h: &Hello, old: i32) -> i32 {
-    let mut new = 0;
-    wait_until(Duration::from_secs(30), "a replacement worker", || {
-        new = get(h.addr(), "/pid").ok().and_then(|r| r.body.parse().ok()).unwrap_or(old);
-        new != old
-    });
-    new
-}
-
 #[test]
 fn crash_after_a_rolled_back_deploy_restarts_the_last_good_binary_not_the_broken_file() {
     let bin = TempDir::new("pinned");
@@ -56,7 +46,7 @@ fn crash_after_a_rolled_back_deploy_restarts_the_last_good_binary_not_the_broken
     assert_eq!(code, 1, "{out}");
     let old = h.worker_pid();
     signal(old, Signal::SIGKILL);
-    wait_replaced(&h, old);
+    h.wait_replaced(old);
     assert_eq!(version(&h), OLD, "the crash restart runs the last good binary");
     assert!(std::fs::read_to_string(&app).unwrap().contains("exit 1"), "the broken file is still on disk");
     assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
@@ -74,7 +64,7 @@ fn deleted_binary_a_crash_restart_runs_the_pinned_file() {
     std::fs::remove_file(&app).unwrap();
     let old = h.worker_pid();
     signal(old, Signal::SIGKILL);
-    wait_replaced(&h, old);
+    h.wait_replaced(old);
     assert_eq!(version(&h), OLD);
     assert!(h.log_text().contains("a crash restart from the last good binary"), "{}", h.log_tail(20));
 }
@@ -164,8 +154,7 @@ fn failing_ready_check_in_code_fails_the_start_with_its_reason() {
 fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
     let h = Hello::start(&hello_bin(), &["--delay", "0", "--watchdog", "1s"]);
     let stopped = h.worker_pid();
-    signal(stopped, Signal::SIGSTOP);
-    wait_until(Duration::from_secs(5), "the worker to stop", || support::process_state(stopped) == Some('T'));
+    support::stop_process(stopped);
     // Sent while the only worker is stopped: they wait in the kernel's accept queue.
     let addr = h.addr();
     let reqs: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/pid"))).collect();
@@ -203,7 +192,7 @@ fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
     for _ in 0..20 {
         let old = h.worker_pid();
         signal(old, Signal::SIGKILL);
-        wait_replaced(&h, old);
+        h.wait_replaced(old);
         // A worker that served 1 s resets the crash backoff (the hold-off against flapping),
         // so each restart is quick; nothing signals that moment.
         std::thread::sleep(Duration::from_millis(1100));

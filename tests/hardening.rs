@@ -88,8 +88,7 @@ fn reload_does_not_report_a_dead_generation_as_serving() {
     let old = h.worker_pid();
     // The old worker cannot confirm it stopped accepting while it is stopped: the reload's
     // answer waits (up to 5 s) for it.
-    signal(old, Signal::SIGSTOP);
-    wait_until(Duration::from_secs(5), "the worker to stop", || support::process_state(old) == Some('T'));
+    support::stop_process(old);
     let dir = h.dir.path().to_owned();
     let reload = std::thread::spawn(move || {
         Command::new(hello_bin()).args(["reload", "-p", "x.pid"]).current_dir(dir).output().unwrap()
@@ -114,9 +113,7 @@ fn crash_backoff_resets_once_a_replacement_has_served() {
     for _ in 0..3 {
         let old = h.worker_pid();
         signal(old, Signal::SIGKILL);
-        wait_until(Duration::from_secs(10), "a replacement", || {
-            get(h.addr(), "/pid").is_ok_and(|r| r.body != old.to_string())
-        });
+        h.wait_replaced(old);
         // Past the 1 s hold-off against flapping; nothing signals that moment.
         std::thread::sleep(Duration::from_millis(1100));
     }

@@ -91,6 +91,12 @@ pub fn process_state(pid: i32) -> Option<char> {
     s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
+/// Sends SIGSTOP to `pid` and waits until the kernel shows it stopped.
+pub fn stop_process(pid: i32) {
+    signal(pid, Signal::SIGSTOP);
+    wait_until(Duration::from_secs(5), "the process to stop", || process_state(pid) == Some('T'));
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone: PID 1 here reaps slowly).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -285,6 +291,16 @@ impl Hello {
             Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(self.dir.path()).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Waits until a worker other than `old` answers `/pid`, and returns its pid.
+    pub fn wait_replaced(&self, old: i32) -> i32 {
+        let mut new = 0;
+        wait_until(Duration::from_secs(30), "a replacement worker", || {
+            new = get(self.addr(), "/pid").ok().and_then(|r| r.body.parse().ok()).unwrap_or(old);
+            new != old
+        });
+        new
     }
 
     /// Waits until the master has exactly one worker.
