@@ -1,4 +1,4 @@
-//! The master's end of the control socket (`x.pid` -> `x.ctl`, mode 0600).
+//! The master's end of the control socket (`x.pid` -> `x.pid.ctl`, mode 0600).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
