@@ -93,8 +93,8 @@ pub struct App {
     request_id: bool,
     catch_panic: bool,
     idle_grace: Duration,
-    ready_check: Option<crate::ready::Check>,
-    on_shutdown: Option<crate::ready::Check>,
+    ready_check: Option<crate::ready::Hook>,
+    on_shutdown: Option<crate::ready::Hook>,
     version: Option<String>,
     about: Option<String>,
     /// Defaults of serving options set by the app (`--drain-timeout` ...), by clap argument id.

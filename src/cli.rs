@@ -242,22 +242,25 @@ impl ServeOpts {
 
     /// `--config`: as the master passed it to this worker (absolute), or as given.
     pub(crate) fn config_path(&self, under_master: bool) -> Option<PathBuf> {
-        if under_master {
-            return std::env::var_os(ENV_CONFIG).map(PathBuf::from);
-        }
-        self.config.as_ref().and_then(|p| std::path::absolute(p).ok())
+        worker_path(ENV_CONFIG, &self.config, under_master).and_then(|p| std::path::absolute(p).ok())
     }
 
     /// `--tls-cert` and `--tls-key`: as the master passed them to this worker (absolute), or as
     /// given (`--no-master`).
     #[cfg(feature = "tls")]
     pub(crate) fn tls_paths(&self, under_master: bool) -> Option<(PathBuf, PathBuf)> {
-        if under_master {
-            let get = |k| std::env::var_os(k).map(PathBuf::from);
-            return get(ENV_TLS_CERT).zip(get(ENV_TLS_KEY));
-        }
-        self.tls_cert.clone().zip(self.tls_key.clone())
+        worker_path(ENV_TLS_CERT, &self.tls_cert, under_master).zip(worker_path(
+            ENV_TLS_KEY,
+            &self.tls_key,
+            under_master,
+        ))
     }
+}
+
+/// A path option in a worker: under a master, the absolute path [`ServeOpts::master_config`]
+/// passed in `var` (the daemon runs in `/`); alone, the value given.
+fn worker_path(var: &str, given: &Option<PathBuf>, under_master: bool) -> Option<PathBuf> {
+    if under_master { std::env::var_os(var).map(PathBuf::from) } else { given.clone() }
 }
 
 /// `--config` made absolute by `run`/`start`, for the workers.

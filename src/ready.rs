@@ -15,15 +15,15 @@ use hyper::service::Service as _;
 use crate::AppService;
 use crate::service::{ConnService, ConnState, Shared};
 
-/// The app's own readiness check.
-pub(crate) type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// An async hook of the app's (its readiness check, its shutdown hook).
+pub(crate) type Hook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// How much of a failed probe's body the error shows.
 const EXCERPT: usize = 200;
 
 /// Runs the check, then the probe; the error says what failed, for `start` and `reload`.
 pub(crate) async fn gate(
-    check: Option<&Check>,
+    check: Option<&Hook>,
     probe: Option<&str>,
     app: &AppService,
     shared: &Arc<Shared>,

@@ -29,15 +29,15 @@ pub(crate) enum Role {
 
 /// The app's own code around the serving: a readiness check and a shutdown hook.
 pub(crate) struct Hooks {
-    pub(crate) ready_check: Option<crate::ready::Check>,
-    pub(crate) on_shutdown: Option<crate::ready::Check>,
+    pub(crate) ready_check: Option<crate::ready::Hook>,
+    pub(crate) on_shutdown: Option<crate::ready::Hook>,
     /// The app's version, for `status` and `reload`.
     pub(crate) version: Option<String>,
 }
 
 /// What decides when this worker is ready, and keeps telling the master it is alive.
 pub(crate) struct Readiness {
-    pub(crate) check: Option<crate::ready::Check>,
+    pub(crate) check: Option<crate::ready::Hook>,
     pub(crate) probe: Option<String>,
     pub(crate) watchdog: Option<Duration>,
     /// What this worker runs, sent with its readiness.
@@ -162,7 +162,7 @@ struct Run<A> {
     generation: u64,
     under_master: bool,
     readiness: Readiness,
-    on_shutdown: Option<crate::ready::Check>,
+    on_shutdown: Option<crate::ready::Hook>,
 }
 
 impl<A> Run<A> {
