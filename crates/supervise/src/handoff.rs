@@ -168,6 +168,8 @@ pub struct Message {
     pub info: Option<String>,
     /// Any other `STATUS=` text.
     pub status: Option<String>,
+    /// `BATON_CONNS=`: the worker's open connections (upgraded ones included).
+    pub conns: Option<u64>,
 }
 
 impl Message {
@@ -180,6 +182,7 @@ impl Message {
             watchdog: field(msg, "WATCHDOG") == Some("1"),
             info: field(msg, "BATON_INFO").map(str::to_owned),
             status: status.filter(|s| *s != STATUS_DRAINING).map(str::to_owned),
+            conns: field(msg, "BATON_CONNS").and_then(|n| n.parse().ok()),
         }
     }
 
@@ -198,6 +201,11 @@ impl Message {
 
     /// The heartbeat a worker sends from inside its runtime.
     pub const HEARTBEAT: &'static str = "WATCHDOG=1";
+
+    /// How many connections the worker has open (sent with heartbeats and while draining).
+    pub fn conns(n: u64) -> String {
+        format!("BATON_CONNS={n}")
+    }
 
     /// A worker's last words (one line: newlines would start new assignments).
     pub fn status(text: &str) -> String {
@@ -261,6 +269,9 @@ mod tests {
         let m = Message::parse(&Message::status("bad\nthing"));
         assert_eq!(m.status.as_deref(), Some("bad thing"));
         assert_eq!(Message::parse("READY=0\nMAINPID=4"), Message::default());
+        let m = Message::parse(&format!("{}\n{}", Message::HEARTBEAT, Message::conns(12)));
+        assert!(m.watchdog && m.conns == Some(12), "{m:?}");
+        assert_eq!(Message::parse("BATON_CONNS=many").conns, None);
     }
 
     #[test]

@@ -317,8 +317,13 @@ impl Model {
         prop_assert!(count(|g| matches!(g, GenState::Starting { .. })) <= 1, "two starting: {:?}", s.gens);
         prop_assert!(count(|g| g.serving()) <= 1, "two serving: {:?}", s.gens);
         if !self.stopping() {
-            let draining = count(|g| matches!(g, GenState::Draining { .. }));
+            let draining = s.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. }) && !g.cut).count();
             prop_assert!(draining <= s.limits.max_draining, "{draining} draining: {:?}", s.gens);
+            // Reloads wait only for a start under way, never for old generations to drain.
+            prop_assert!(s.queued.is_none() || s.starting(), "reload queued with no start under way: {:?}", s.gens);
+        }
+        for g in s.gens.iter().filter(|g| g.cut) {
+            prop_assert!(self.doomed.contains(&g.pid), "generation {} cut but not told", g.generation);
         }
         let tracked: BTreeSet<Pid> = s.gens.iter().map(|g| g.pid).collect();
         let live: BTreeSet<Pid> = self.live.keys().copied().collect();
@@ -449,7 +454,17 @@ fn model_known_scenarios() {
         ("reload storm while one starts", vec![Ready(0), Deploy, ctl, ctl, Deploy, Reload(None)], Some(3)),
         ("crash of the only worker restarts it", vec![Ready(0), Exits(0), Advance(200)], Some(1)),
         ("ready after the ready timeout", vec![Ready(0), ctl, Advance(61_000), Ready(1)], Some(1)),
-        ("reload waits for a draining slot", vec![Ready(0), ctl, Ready(1), ctl, Ready(2), ctl], Some(1)),
+        (
+            "a switch past --max-draining cuts the oldest draining generation",
+            vec![Ready(0), Deploy, ctl, Ready(1), Deploy, ctl, Ready(2), Deploy, ctl, Ready(3)],
+            Some(4),
+        ),
+        // Was a bug (found by the model): the queued reload waited for the crash backoff.
+        (
+            "a reload queued behind a failing start runs before the crash backoff",
+            vec![Ready(0), ctl, Deploy, ctl, Exits(0), Exits(0), Ready(0)],
+            Some(2),
+        ),
         ("stop with a reload queued", vec![Ready(0), ctl, Deploy, ctl, Stop], None),
         // Was a bug: the reload's client was never answered (found by the model).
         ("reload folded into the first start, then TERM, then ready", vec![ctl, Term, Ready(0)], None),

@@ -322,6 +322,15 @@ impl Runner {
             if let GenState::Probation { until } = g.state {
                 let _ = write!(word, " (ends in {:.1}s)", until.saturating_duration_since(now).as_secs_f64());
             }
+            if let Some(since) = g.draining_since {
+                let _ = write!(word, " for {:.1}s", now.saturating_duration_since(since).as_secs_f64());
+                if g.cut {
+                    word.push_str(", cut (--max-draining)");
+                }
+            }
+            if let Some(n) = g.conns {
+                let _ = write!(word, " with {n} connections open");
+            }
             let good = if state.good == Some(g.binary) { ", last good" } else { "" };
             let info = g.info.as_deref().map(|i| format!("; {i}")).unwrap_or_default();
             let _ = writeln!(

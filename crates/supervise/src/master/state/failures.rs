@@ -52,6 +52,8 @@ impl State {
                 self.maybe_queued(out);
             }
             Some(_) => self.maybe_queued(out),
+            // An operator's reload is waiting: it reads the disk (a fix, perhaps) and goes first.
+            None if self.queued.is_some() => self.maybe_queued(out),
             None => self.schedule_restart(now),
         }
     }

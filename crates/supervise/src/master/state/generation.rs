@@ -59,6 +59,12 @@ pub(crate) struct Gen {
     pub(super) waiters: Waiters,
     /// Still accepting connections (until it reports `STATUS=draining` or exits).
     pub(crate) accepting: bool,
+    /// When it was told to drain.
+    pub(crate) draining_since: Option<Instant>,
+    /// Told to stop at once (QUIT) to keep `--max-draining`: no longer counted as draining.
+    pub(crate) cut: bool,
+    /// Its open connections, as it last reported them (`BATON_CONNS=`).
+    pub(crate) conns: Option<u64>,
 }
 
 /// Control clients waiting for a generation: for its readiness, or for its probation too.

@@ -11,8 +11,9 @@
 //! killed at its deadline). Every generation runs a pinned binary: only a reload reads the
 //! disk; crash restarts run the last good one. A serving worker silent for the watchdog time
 //! is killed and replaced like a crash. A reload requested while one starts is folded into it
-//! (same binary on disk) or queued; so is one that finds `--max-draining` generations still
-//! draining.
+//! (same binary on disk) or queued. A switch that leaves more than `--max-draining`
+//! generations draining cuts the oldest (QUIT, then KILL): reloads never wait behind old
+//! connections.
 
 use std::time::{Duration, Instant};
 
@@ -80,7 +81,7 @@ pub(crate) struct State {
     pub(crate) generation: u64,
     /// The generation being spawned (between [`Action::Spawn`] and [`Event::Spawned`]).
     spawning: Option<(u64, Cause, Waiters)>,
-    /// A reload that waits for the start under way or for a draining slot, with its waiters.
+    /// A reload that waits for the start under way, with its waiters.
     pub(crate) queued: Option<Waiters>,
     /// The last binary that served through its probation (or became active without one):
     /// what crash restarts and rollbacks run.
@@ -199,10 +200,10 @@ impl State {
     }
 
     fn draining_count(&self) -> usize {
-        self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
+        self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. }) && !g.cut).count()
     }
 
-    fn starting(&self) -> bool {
+    pub(crate) fn starting(&self) -> bool {
         self.spawning.is_some() || self.gens.iter().any(|g| matches!(g.state, GenState::Starting { .. }))
     }
 
@@ -253,6 +254,9 @@ impl State {
                     info: None,
                     waiters,
                     accepting: true,
+                    draining_since: None,
+                    cut: false,
+                    conns: None,
                 });
                 if let Phase::Stopping { how, .. } = self.phase {
                     out.push(Action::Signal { pid, sig: how.signal() });
@@ -283,12 +287,6 @@ impl State {
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             return;
         }
-        let draining = self.draining_count();
-        if draining >= self.limits.max_draining {
-            tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
-            self.queued.get_or_insert_with(Waiters::default).add(waiter);
-            return;
-        }
         tracing::info!("reload: starting generation {}", self.generation + 1);
         out.push(Action::SystemdReloading);
         let mut waiters = Waiters::default();
@@ -296,12 +294,9 @@ impl State {
         self.spawn(out, Cause::Reload, waiters);
     }
 
-    /// Starts a queued reload once nothing blocks it.
+    /// Starts a queued reload once the start under way is over.
     fn maybe_queued(&mut self, out: &mut Vec<Action>) {
         if self.queued.is_none() || self.stopping() || self.starting() {
-            return;
-        }
-        if self.draining_count() >= self.limits.max_draining {
             return;
         }
         let waiters = self.queued.take().unwrap_or_default();
@@ -325,6 +320,9 @@ impl State {
         if m.status.is_some() {
             g.status = m.status;
         }
+        if m.conns.is_some() {
+            g.conns = m.conns;
+        }
         if m.info.is_some() {
             g.info = m.info;
         }
@@ -341,6 +339,7 @@ impl State {
             out.push(Action::Signal { pid, sig: how.signal() });
             let g = &mut self.gens[idx];
             g.state = GenState::Draining { kill_at: drain_deadline };
+            g.draining_since = Some(now);
             for w in std::mem::take(&mut g.waiters).all() {
                 out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
             }
@@ -378,6 +377,7 @@ impl State {
             // USR2: replaced, drain now (TERM would mean shutdown, with --shutdown-delay).
             out.push(Action::Signal { pid: old.pid, sig: Sig::Usr2 });
             old.state = GenState::Draining { kill_at: drain_deadline };
+            old.draining_since = Some(now);
             old_pids.push(old.pid);
             let replaced =
                 format!("generation {} replaced by generation {generation} before its probation ended", old.generation);
@@ -385,6 +385,7 @@ impl State {
                 out.push(Action::Reply { waiter: w, reply: Reply::Ok(replaced.clone()) });
             }
         }
+        self.make_room(now, out);
         if matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload {
             self.last_reload = Some(LastReload { at: now, result: Ok(generation) });
         }
@@ -415,6 +416,32 @@ impl State {
             out.push(Action::DaemonReady);
         }
         self.maybe_queued(out);
+    }
+
+    /// Keeps at most `--max-draining` generations draining: a reload never waits behind
+    /// generations held by long-lived connections. The oldest is cut instead: told to stop at
+    /// once (QUIT: its remaining connections are closed) and killed if it lingers.
+    fn make_room(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while self.draining_count() > self.limits.max_draining {
+            let Some(oldest) = self
+                .gens
+                .iter_mut()
+                .filter(|g| matches!(g.state, GenState::Draining { .. }) && !g.cut)
+                .min_by_key(|g| g.generation)
+            else {
+                return;
+            };
+            let open = oldest.conns.map(|n| format!(", {n} connections open")).unwrap_or_default();
+            tracing::warn!(
+                "cutting generation {} (pid {}): more than {} generations draining (--max-draining){open}",
+                oldest.generation,
+                oldest.pid,
+                self.limits.max_draining
+            );
+            oldest.cut = true;
+            oldest.state = GenState::Draining { kill_at: now + FAST_GRACE };
+            out.push(Action::Signal { pid: oldest.pid, sig: Sig::Quit });
+        }
     }
 
     /// Answers the pending reload once the replaced workers stopped accepting (or exited, or
