@@ -324,12 +324,13 @@ impl Runner {
             }
             if let Some(since) = g.draining_since {
                 let _ = write!(word, " for {:.1}s", now.saturating_duration_since(since).as_secs_f64());
-                if g.cut {
-                    word.push_str(", cut (--max-draining)");
+                if g.hurried {
+                    word.push_str(", hurried (a reload waits for its slot)");
                 }
-            }
-            if let Some(n) = g.conns {
-                let _ = write!(word, " with {n} connections open");
+                // Reported every 250 ms while draining: what keeps it alive.
+                if let Some(n) = g.conns {
+                    let _ = write!(word, ", {n} connection{} open", if n == 1 { "" } else { "s" });
+                }
             }
             let good = if state.good == Some(g.binary) { ", last good" } else { "" };
             let info = g.info.as_deref().map(|i| format!("; {i}")).unwrap_or_default();

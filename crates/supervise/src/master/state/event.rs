@@ -15,7 +15,8 @@ pub(crate) enum Sig {
     Quit,
     /// Reopen the log file.
     Usr1,
-    /// Replaced by a newer generation: drain now.
+    /// Replaced by a newer generation: drain now. Again while draining: hurry (close
+    /// long-lived connections now, a reload waits for the slot).
     Usr2,
     Kill,
 }

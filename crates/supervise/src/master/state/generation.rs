@@ -61,8 +61,8 @@ pub(crate) struct Gen {
     pub(crate) accepting: bool,
     /// When it was told to drain.
     pub(crate) draining_since: Option<Instant>,
-    /// Told to stop at once (QUIT) to keep `--max-draining`: no longer counted as draining.
-    pub(crate) cut: bool,
+    /// Told to hurry (close its long-lived connections now): a reload waits for its slot.
+    pub(crate) hurried: bool,
     /// Its open connections, as it last reported them (`BATON_CONNS=`).
     pub(crate) conns: Option<u64>,
 }

@@ -11,9 +11,9 @@
 //! killed at its deadline). Every generation runs a pinned binary: only a reload reads the
 //! disk; crash restarts run the last good one. A serving worker silent for the watchdog time
 //! is killed and replaced like a crash. A reload requested while one starts is folded into it
-//! (same binary on disk) or queued. A switch that leaves more than `--max-draining`
-//! generations draining cuts the oldest (QUIT, then KILL): reloads never wait behind old
-//! connections.
+//! (same binary on disk) or queued; so is one that finds `--max-draining` generations still
+//! draining, which then tells the oldest to hurry (close its long-lived connections now; its
+//! requests in flight still finish, and its drain deadline still holds).
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,7 @@ pub(crate) struct State {
     pub(crate) generation: u64,
     /// The generation being spawned (between [`Action::Spawn`] and [`Event::Spawned`]).
     spawning: Option<(u64, Cause, Waiters)>,
-    /// A reload that waits for the start under way, with its waiters.
+    /// A reload that waits for the start under way or for a draining slot, with its waiters.
     pub(crate) queued: Option<Waiters>,
     /// The last binary that served through its probation (or became active without one):
     /// what crash restarts and rollbacks run.
@@ -200,7 +200,7 @@ impl State {
     }
 
     fn draining_count(&self) -> usize {
-        self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. }) && !g.cut).count()
+        self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
     }
 
     pub(crate) fn starting(&self) -> bool {
@@ -255,7 +255,7 @@ impl State {
                     waiters,
                     accepting: true,
                     draining_since: None,
-                    cut: false,
+                    hurried: false,
                     conns: None,
                 });
                 if let Phase::Stopping { how, .. } = self.phase {
@@ -287,6 +287,13 @@ impl State {
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             return;
         }
+        let draining = self.draining_count();
+        if draining >= self.limits.max_draining {
+            tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
+            self.queued.get_or_insert_with(Waiters::default).add(waiter);
+            self.hurry_oldest(out);
+            return;
+        }
         tracing::info!("reload: starting generation {}", self.generation + 1);
         out.push(Action::SystemdReloading);
         let mut waiters = Waiters::default();
@@ -294,9 +301,13 @@ impl State {
         self.spawn(out, Cause::Reload, waiters);
     }
 
-    /// Starts a queued reload once the start under way is over.
+    /// Starts a queued reload once nothing blocks it.
     fn maybe_queued(&mut self, out: &mut Vec<Action>) {
         if self.queued.is_none() || self.stopping() || self.starting() {
+            return;
+        }
+        if self.draining_count() >= self.limits.max_draining {
+            self.hurry_oldest(out);
             return;
         }
         let waiters = self.queued.take().unwrap_or_default();
@@ -385,7 +396,6 @@ impl State {
                 out.push(Action::Reply { waiter: w, reply: Reply::Ok(replaced.clone()) });
             }
         }
-        self.make_room(now, out);
         if matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload {
             self.last_reload = Some(LastReload { at: now, result: Ok(generation) });
         }
@@ -418,29 +428,18 @@ impl State {
         self.maybe_queued(out);
     }
 
-    /// Keeps at most `--max-draining` generations draining: a reload never waits behind
-    /// generations held by long-lived connections. The oldest is cut instead: told to stop at
-    /// once (QUIT: its remaining connections are closed) and killed if it lingers.
-    fn make_room(&mut self, now: Instant, out: &mut Vec<Action>) {
-        while self.draining_count() > self.limits.max_draining {
-            let Some(oldest) = self
-                .gens
-                .iter_mut()
-                .filter(|g| matches!(g.state, GenState::Draining { .. }) && !g.cut)
-                .min_by_key(|g| g.generation)
-            else {
-                return;
-            };
-            let open = oldest.conns.map(|n| format!(", {n} connections open")).unwrap_or_default();
-            tracing::warn!(
-                "cutting generation {} (pid {}): more than {} generations draining (--max-draining){open}",
-                oldest.generation,
-                oldest.pid,
-                self.limits.max_draining
-            );
-            oldest.cut = true;
-            oldest.state = GenState::Draining { kill_at: now + FAST_GRACE };
-            out.push(Action::Signal { pid: oldest.pid, sig: Sig::Quit });
+    /// A reload waits for a draining slot: the oldest draining generation is told to hurry
+    /// (USR2 again): it closes its long-lived connections now (WebSockets get their close frame,
+    /// event streams end) rather than over the drain spread. Its requests in flight still
+    /// finish, and it is killed at its deadline as before: the wait is bounded either way.
+    fn hurry_oldest(&mut self, out: &mut Vec<Action>) {
+        let oldest =
+            self.gens.iter_mut().filter(|g| matches!(g.state, GenState::Draining { .. })).min_by_key(|g| g.generation);
+        if let Some(g) = oldest.filter(|g| !g.hurried) {
+            let open = g.conns.map(|n| format!(" ({n} connections open)")).unwrap_or_default();
+            tracing::info!("generation {} (pid {}) holds a draining slot{open}: told to hurry", g.generation, g.pid);
+            g.hurried = true;
+            out.push(Action::Signal { pid: g.pid, sig: Sig::Usr2 });
         }
     }
 
