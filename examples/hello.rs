@@ -19,8 +19,10 @@ struct Args {
     /// How long `GET /` waits before answering.
     #[arg(long, default_value = "5s", value_parser = baton::parse_duration)]
     delay: Duration,
-    /// Also serve `/panic` (a handler that panics), `POST /echo` (returns the body size) and
-    /// `/events` (server-sent ticks until shutdown), for trying the production defaults.
+    /// Also serve `/panic` (a handler that panics), `POST /echo` (returns the body size),
+    /// `/events` (server-sent ticks until shutdown, then `bye`), `/ticks` (server-sent ticks
+    /// through `baton::sse`) and `/ws` (a WebSocket echo through `baton::ws`), for trying the
+    /// production defaults and long-lived connections across reloads.
     #[arg(long)]
     debug_routes: bool,
     /// Fail in the app's start-up (to try failed starts and rollbacks).
@@ -81,9 +83,55 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
     if !debug_routes {
         return app;
     }
-    app.route("/panic", get(|| async { panic_route() }))
+    let app = app
+        .route("/panic", get(|| async { panic_route() }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
         .route("/events", get(events))
+        .route("/ticks", get(ticks));
+    #[cfg(feature = "ws")]
+    let app = app.route("/ws", get(ws_handler));
+    app
+}
+
+/// A WebSocket echo (the text `pid` is answered with the worker's pid), written as in axum's
+/// documentation with one change: the types come from `baton::ws`, so a reload or stop closes
+/// it cleanly (1012 or 1001) instead of cutting it.
+#[cfg(feature = "ws")]
+async fn ws_handler(ws: baton::ws::WebSocketUpgrade) -> axum::response::Response {
+    ws.on_upgrade(handle_socket)
+}
+
+#[cfg(feature = "ws")]
+async fn handle_socket(mut socket: baton::ws::WebSocket) {
+    let mut echoed = 0u64;
+    while let Some(msg) = socket.recv().await {
+        let Ok(msg) = msg else { break };
+        let msg = match msg {
+            axum::extract::ws::Message::Close(_) => continue,
+            // Which worker answers (to see a reconnect reach the new generation).
+            axum::extract::ws::Message::Text(t) if t.as_str() == "pid" => std::process::id().to_string().into(),
+            other => other,
+        };
+        if socket.send(msg).await.is_err() {
+            break;
+        }
+        echoed += 1;
+    }
+    // The clean-up after the receive loop: runs for every socket, however it closed.
+    tracing::info!("websocket clean-up: echoed {echoed} messages");
+}
+
+/// Server-sent ticks every 100 ms through `baton::sse`: the stream ends (after a whole event)
+/// when the worker drains.
+async fn ticks() -> impl IntoResponse {
+    let ticks = futures_util::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data(format!("tick {n}"))),
+            n + 1,
+        ))
+    });
+    baton::sse::Sse::new(Box::pin(ticks))
 }
 
 /// Server-sent events: a tick every 100 ms until the worker drains, then `bye` and the end.

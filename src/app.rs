@@ -195,6 +195,8 @@ impl App {
     duration_defaults! {
         /// `--drain-timeout`: how long a shutdown or reload lets in-flight requests finish.
         drain_timeout => "drain_timeout",
+        /// `--drain-spread`: long-lived connections close at random moments within this long.
+        drain_spread => "drain_spread",
         /// `--ready-timeout`: how long a new worker may take to report ready.
         ready_timeout => "ready_timeout",
         /// `--shutdown-delay`: on TERM, answer 503 on the health route and serve this long first.
@@ -481,6 +483,7 @@ impl App {
             drain_timeout: opts.drain_timeout,
             shutdown_delay: opts.shutdown_delay,
             idle_grace: self.idle_grace,
+            drain_spread: opts.drain_spread()?,
             tcp_nodelay: opts.tcp_nodelay,
             #[cfg(feature = "tls")]
             tls: None,

@@ -128,7 +128,14 @@ pub(crate) struct ServeOpts {
     /// On TERM, first answer 503 on the health route and keep serving this long, then drain.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub(crate) shutdown_delay: Duration,
-    /// At most this many old generations draining at once; further reloads wait for a slot.
+    /// Long-lived connections (WebSockets through `baton::ws`, event streams through
+    /// `baton::sse`) are closed each at its own random moment within this long after the drain
+    /// starts, so their clients do not all reconnect in the same millisecond. Default: a third
+    /// of `--drain-timeout`; at most `--drain-timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) drain_spread: Option<Duration>,
+    /// At most this many old generations draining at once: a further reload waits for a slot,
+    /// and the oldest is told to close its long-lived connections now (its requests finish).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_draining: u32,
     /// After a reload, the new binary is on probation this long: if it crashes (or fails the
@@ -206,6 +213,18 @@ impl ControlArgs {
 }
 
 impl ServeOpts {
+    /// `--drain-spread`, or its default: a third of the drain timeout.
+    pub(crate) fn drain_spread(&self) -> Result<Duration> {
+        match self.drain_spread {
+            None => Ok(self.drain_timeout / 3),
+            Some(d) if d > self.drain_timeout => Err(Error::usage(format!(
+                "--drain-spread {d:?} is longer than --drain-timeout {:?}: connections would be cut before their turn",
+                self.drain_timeout
+            ))),
+            Some(d) => Ok(d),
+        }
+    }
+
     /// What the master needs. TLS paths are made absolute here (the daemon changes to `/`) and
     /// reach each worker through its environment; the master itself never reads them.
     pub(crate) fn master_config(&self, name: &str, daemon: bool, listen: ListenSpecs) -> Result<MasterConfig> {

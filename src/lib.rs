@@ -25,7 +25,8 @@
 //! | USR2, HUP | reload: start a worker from the binary on disk; once ready the old one drains; if it fails, it is killed and the old one keeps serving |
 //! | USR1 | reopen the log file |
 //!
-//! Cargo features: `tls` (default on): `--tls-cert`/`--tls-key` with rustls and `ring`.
+//! Cargo features, both on by default: `tls`: `--tls-cert`/`--tls-key` with rustls and
+//! `ring`; `ws`: `baton::ws`, WebSockets that close cleanly when a worker drains.
 //!
 #![doc = include_str!("../docs/draining.md")]
 
@@ -36,9 +37,12 @@ mod ready;
 mod serve;
 mod service;
 mod shutdown;
+pub mod sse;
 #[cfg(feature = "tls")]
 mod tls;
 mod worker;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 use std::convert::Infallible;
 
@@ -48,7 +52,7 @@ use tower::util::BoxCloneSyncService;
 
 pub use app::{App, IntoApp, NoArgs, serve};
 pub use cli::parse_duration;
-pub use shutdown::{Shutdown, ShutdownGuard};
+pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};
 
 /// The directory the app was started from (`run` or `start`), whatever the process's current
 /// directory is now: a daemon (and its workers) runs in `/`, so a relative path the app uses

@@ -277,13 +277,14 @@ pub(crate) async fn serve_conn<I>(
     peer: Option<SocketAddr>,
     local: crate::LocalAddr,
     ctx: Arc<Ctx>,
-    _alive: mpsc::Sender<()>,
+    alive: mpsc::Sender<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = &ctx.shared;
     let conn_state = Arc::new(ConnState::new(peer, local, shared));
     let svc = ConnService { app: ctx.app.clone(), shared: shared.clone(), conn: conn_state.clone() };
+    let io = Counted { io, _open: Open::new(shared.clone(), alive) };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.drain.clone();
@@ -326,6 +327,75 @@ pub(crate) async fn serve_conn<I>(
                 }
             }
         }
+    }
+}
+
+/// A connection's socket, counted as open (and keeping a draining worker alive) for as long as
+/// it lives: through hyper, and after an upgrade (WebSocket) in the app's hands until the app
+/// drops it.
+struct Counted<I> {
+    io: I,
+    _open: Open,
+}
+
+/// One open connection in [`Shared::open_conns`] and the drain's count.
+struct Open {
+    shared: Arc<Shared>,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Open {
+    fn new(shared: Arc<Shared>, alive: mpsc::Sender<()>) -> Open {
+        shared.open_conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open { shared, _alive: alive }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    #[inline]
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    #[inline]
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

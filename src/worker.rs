@@ -220,17 +220,19 @@ impl<A> Run<A> {
         if let (Some(every), Some(n)) = (readiness.watchdog, notifier.clone()) {
             // From inside the runtime: a runtime too busy or blocked to run this is what the
             // master's watchdog is for.
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every / 3);
                 loop {
                     tick.tick().await;
-                    let _ = n.send(Message::HEARTBEAT);
+                    let conns = shared.open_conns.load(std::sync::atomic::Ordering::Relaxed);
+                    let _ = n.send(&format!("{}\n{}", Message::HEARTBEAT, Message::conns(conns)));
                 }
             });
         }
         let mut server = Server::start(listeners, app, shared.clone());
         let (rx, weak) = server.drain_signal();
-        crate::shutdown::install(rx, weak);
+        crate::shutdown::install(rx, weak, shared.cfg.drain_spread);
         tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
         notify(&Message::ready(generation, readiness.info.as_deref()));
 
@@ -271,12 +273,50 @@ impl<A> Run<A> {
         let timeout = shared.cfg.drain_timeout;
         tracing::info!("draining (at most {timeout:?})");
         let started = std::time::Instant::now();
-        tokio::select! {
-            _ = server.drain() => tracing::info!("drained in {:?}", started.elapsed()),
-            _ = tokio::time::sleep(timeout) => tracing::warn!("drain timeout {timeout:?} reached: cutting remaining connections"),
-            _ = term.recv() => return Ok(now("TERM")),
-            _ = int.recv() => return Ok(now("INT")),
-            _ = quit.recv() => return Ok(now("QUIT")),
+        if let Some(n) = notifier.clone() {
+            // `status` shows what keeps this generation draining.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut last = None;
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    let conns = shared.open_conns.load(std::sync::atomic::Ordering::Relaxed);
+                    if last != Some(conns) {
+                        let _ = n.send(&Message::conns(conns));
+                        last = Some(conns);
+                    }
+                }
+            });
+        }
+        crate::shutdown::begin(match stop {
+            Stop::Replaced => crate::DrainReason::Reload,
+            _ => crate::DrainReason::Shutdown,
+        });
+        let drained = server.drain();
+        tokio::pin!(drained);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut drained => {
+                    tracing::info!("drained in {:?}", started.elapsed());
+                    break;
+                }
+                _ = &mut deadline => {
+                    tracing::warn!("drain timeout {timeout:?} reached: cutting remaining connections");
+                    break;
+                }
+                // From the master: a reload waits for this generation's draining slot.
+                _ = usr2.recv() => {
+                    let open = shared.open_conns.load(std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("a reload waits for this generation: closing long-lived connections now ({open} open)");
+                    crate::shutdown::hurry();
+                }
+                _ = term.recv() => return Ok(now("TERM")),
+                _ = int.recv() => return Ok(now("INT")),
+                _ = quit.recv() => return Ok(now("QUIT")),
+            }
         }
         if let Some(hook) = on_shutdown {
             match tokio::time::timeout(timeout, hook()).await {

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub(crate) struct HttpConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) idle_grace: Duration,
+    /// Long-lived connections (WebSocket, server-sent events) are told to close each at its
+    /// own random moment within this long after the drain starts.
+    pub(crate) drain_spread: Duration,
     pub(crate) tcp_nodelay: bool,
     /// TLS for TCP listeners (loaded by the worker).
     #[cfg(feature = "tls")]
@@ -61,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The health route answers 503 once set.
     pub(crate) unhealthy: AtomicBool,
+    /// Connections open now, upgraded ones (WebSocket) included.
+    pub(crate) open_conns: AtomicU64,
     epoch: Instant,
     /// The wall-clock time at `epoch`: the access log's timestamps come from the monotonic
     /// reading a request takes anyway, not from another clock read.
@@ -73,6 +78,7 @@ impl Shared {
             cfg,
             draining: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
+            open_conns: AtomicU64::new(0),
             epoch: Instant::now(),
             epoch_wall: std::time::SystemTime::now(),
         }
