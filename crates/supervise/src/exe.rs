@@ -31,8 +31,8 @@ pub(crate) fn lookup_user(user: &str, group: Option<&str>) -> Result<(Uid, Gid)>
 pub(crate) struct BinaryId {
     dev: u64,
     ino: u64,
-    size: u64,
-    mtime_ns: i64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
 }
 
 #[cfg(test)]

@@ -48,8 +48,16 @@ pub const BATON_WATCHDOG_USEC: &str = "BATON_WATCHDOG_USEC";
 pub const STATUS_DRAINING: &str = "draining";
 
 /// Variables of the contract: the master never passes its own copies on to a worker.
-pub const CONTRACT_VARS: [&str; 7] =
-    [LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, BATON_WORKER, BATON_LOG, BATON_WATCHDOG_USEC];
+pub const CONTRACT_VARS: [&str; 8] = [
+    LISTEN_FDS,
+    LISTEN_FDNAMES,
+    LISTEN_PID,
+    NOTIFY_SOCKET,
+    BATON_WORKER,
+    BATON_LOG,
+    BATON_WATCHDOG_USEC,
+    crate::metrics::BATON_METRICS,
+];
 
 /// What the master tells one worker through its environment (besides `LISTEN_PID`, which only
 /// the forked child can know).

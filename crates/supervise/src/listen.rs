@@ -56,6 +56,9 @@ impl FromStr for ListenSpec {
                 if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
                     return Err(format!("invalid listener name {n:?} in {s:?}: use letters, digits, - _ ."));
                 }
+                if n.starts_with("baton-") {
+                    return Err(format!("invalid listener name {n:?} in {s:?}: names starting baton- are baton's"));
+                }
                 (n.to_owned(), a)
             }
             None => (DEFAULT_NAME.to_owned(), s),
@@ -196,13 +199,14 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
 /// served too; with no `--listen` at all, the inherited sockets alone.
 pub fn resolve(specs: &ListenSpecs, inherited: Option<Vec<Bound>>) -> Result<Vec<Bound>> {
     let Some(mut pool) = inherited else {
-        return bind_all(specs.effective());
+        return bind_all(&specs.effective());
     };
-    if specs.given.is_empty() {
+    let wanted: Vec<&ListenSpec> = specs.given.iter().chain(&specs.extra).collect();
+    if wanted.is_empty() {
         return Ok(pool);
     }
-    let mut out = Vec::with_capacity(specs.given.len() + pool.len());
-    for spec in &specs.given {
+    let mut out = Vec::with_capacity(wanted.len() + pool.len());
+    for spec in wanted {
         match pool.iter().position(|b| b.name == spec.name) {
             Some(i) => out.push(pool.remove(i)),
             None => match bind(spec) {
@@ -227,12 +231,19 @@ pub struct ListenSpecs {
     pub given: Vec<ListenSpec>,
     /// The app's default.
     pub default: Vec<ListenSpec>,
+    /// Bound in any case, after the others (baton's own: `--metrics-listen`).
+    pub extra: Vec<ListenSpec>,
 }
 
+/// The name of the `--metrics-listen` listener; names starting `baton-` are baton's.
+pub const METRICS_LISTENER: &str = "baton-metrics";
+
 impl ListenSpecs {
-    /// What to bind: the given values, or the default when none was given.
-    pub fn effective(&self) -> &[ListenSpec] {
-        if self.given.is_empty() { &self.default } else { &self.given }
+    /// What to bind: the given values, or the default when none was given, then the extras.
+    pub fn effective(&self) -> Vec<ListenSpec> {
+        let mut v = if self.given.is_empty() { self.default.clone() } else { self.given.clone() };
+        v.extend(self.extra.iter().cloned());
+        v
     }
 }
 

@@ -7,7 +7,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use libc::c_char;
@@ -61,6 +61,28 @@ pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: a listening socket passed to this process by its parent (LISTEN_FDS protocol),
     // adopted before this process opens anything of its own; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Takes ownership of an inherited descriptor number once it is proven to be a regular file
+/// (the metrics region), and marks it close-on-exec.
+pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 3 {
+        return Err(io::Error::other("not an inherited file (stdio)"));
+    }
+    // SAFETY: fstat writes into a zeroed stat we own; it only queries the descriptor table.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(raw, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::other(format!("inherited fd {raw} is not the metrics region")));
+    }
+    // SAFETY: the master placed this file at `raw` for this process (after the listeners,
+    // which were adopted first); nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(fd)
 }
 
 /// Marks every descriptor from 3 on close-on-exec: whatever this process inherited (a
@@ -366,4 +388,67 @@ pub(crate) fn drop_privileges(user: &str, uid: nix::unistd::Uid, gid: nix::unist
         return Err(io::Error::other("could regain root after setuid"));
     }
     Ok(())
+}
+
+/// A zeroed [`Region`](crate::metrics::Region) in this process's memory, never freed.
+pub(crate) fn private_region() -> &'static crate::metrics::Region {
+    let layout = std::alloc::Layout::new::<crate::metrics::Region>();
+    // SAFETY: the layout is the region's (non-zero size); the region is made of atomics only,
+    // for which all-zero bytes are a valid value; the allocation is leaked, so 'static holds.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        &*p.cast::<crate::metrics::Region>()
+    }
+}
+
+/// A new shared memory file (`memfd`, close-on-exec) the size of a
+/// [`Region`](crate::metrics::Region), mapped shared.
+pub(crate) fn shared_region() -> io::Result<(OwnedFd, &'static crate::metrics::Region)> {
+    let fd = nix::sys::memfd::memfd_create(c"baton-metrics", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let len = size_of::<crate::metrics::Region>();
+    nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    let r = map_region(fd.as_fd())?;
+    Ok((fd, r))
+}
+
+/// Maps the [`Region`](crate::metrics::Region) in `fd` shared, for the rest of the process.
+pub(crate) fn map_region(fd: BorrowedFd<'_>) -> io::Result<&'static crate::metrics::Region> {
+    let len = size_of::<crate::metrics::Region>();
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || (st.st_size as u64) < len as u64 {
+        return Err(io::Error::other("not a metrics region (wrong file type or size)"));
+    }
+    // SAFETY: a fresh mapping (no address hint) of `len` bytes of a file at least that long;
+    // nothing else refers to that address range.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is page-aligned (more than the region's alignment), `len` bytes long
+    // and never unmapped ('static). The region is made of atomics only: any bytes are a valid
+    // value, and other processes writing the same memory concurrently is what atomics allow.
+    Ok(unsafe { &*p.cast::<crate::metrics::Region>() })
+}
+
+/// The system's page size.
+pub(crate) fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |n| n as u64)
+}
+
+/// A TCP listening socket's accept queue: (connections waiting, limit), from `TCP_INFO`.
+pub(crate) fn listen_queue(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    // SAFETY: tcp_info is plain integers: all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own, and updates len.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+    };
+    // On a listening socket (state 10, TCP_LISTEN) unacked is the accept queue and sacked its limit.
+    (rc == 0 && info.tcpi_state == 10).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }

@@ -23,6 +23,34 @@ pub struct Handoff {
     /// Send [`Message::HEARTBEAT`](crate::handoff::Message::HEARTBEAT) more often than this
     /// once ready (a third of it is a good period), or the master replaces this worker.
     pub watchdog: Option<std::time::Duration>,
+    /// The master's metrics region and this worker's slot in it; `Err` says why it could not
+    /// be used; `None` when the master passed none.
+    pub metrics: Option<std::result::Result<SharedMetrics, String>>,
+}
+
+/// The metrics region a worker adds to (see [`crate::metrics`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedMetrics {
+    /// The region, shared with the master and every generation.
+    pub region: &'static crate::metrics::Region,
+    /// This worker's gauges, if the master had a slot free.
+    pub slot: Option<usize>,
+}
+
+/// Maps the region named by `BATON_METRICS` (`<fd>:<slot>`).
+fn take_metrics() -> Option<std::result::Result<SharedMetrics, String>> {
+    let v = std::env::var(crate::metrics::BATON_METRICS).ok()?;
+    sys::remove_env(&[crate::metrics::BATON_METRICS]);
+    let parsed = v.split_once(':').and_then(|(fd, slot)| Some((fd.parse::<i32>().ok()?, slot.parse::<usize>().ok())));
+    let Some((fd, slot)) = parsed else {
+        return Some(Err(format!("invalid {}={v:?}", crate::metrics::BATON_METRICS)));
+    };
+    let mapped = sys::adopt_file(fd).and_then(crate::metrics::Region::map);
+    Some(
+        mapped
+            .map(|region| SharedMetrics { region, slot: slot.filter(|s| *s < crate::metrics::SLOTS) })
+            .map_err(|e| e.to_string()),
+    )
 }
 
 impl Handoff {
@@ -34,12 +62,14 @@ impl Handoff {
         sys::remove_env(&[handoff::BATON_WORKER, handoff::BATON_LOG, handoff::BATON_WATCHDOG_USEC]);
         let listeners = listen::take_inherited()?
             .ok_or_else(|| Error::new(ErrorKind::Listen, format!("{} names another process", handoff::LISTEN_PID)))?;
+        let metrics = take_metrics();
         Ok(Some(Handoff {
             master: env.master,
             generation: env.generation,
             log: env.log,
             listeners,
             watchdog: env.watchdog,
+            metrics,
         }))
     }
 }

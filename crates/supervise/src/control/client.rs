@@ -31,6 +31,13 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                     crate::outln!("not running (no pid file {shown})");
                     Ok(ExitCode::from(3))
                 }
+                Command::StatusJson => {
+                    crate::outln!(
+                        "{{\"state\":\"not running\",\"pid_file\":{}}}",
+                        crate::json::string(&shown.to_string())
+                    );
+                    Ok(ExitCode::from(3))
+                }
                 Command::Stop => {
                     crate::outln!("not running (no pid file {shown})");
                     Ok(ExitCode::SUCCESS)
@@ -44,6 +51,10 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             return match cmd {
                 Command::Status => {
                     crate::outln!("dead: {what}");
+                    Ok(ExitCode::from(1))
+                }
+                Command::StatusJson => {
+                    crate::outln!("{{\"state\":\"dead\",\"reason\":{}}}", crate::json::string(&what));
                     Ok(ExitCode::from(1))
                 }
                 Command::Stop => {
@@ -100,7 +111,12 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             } else {
                 crate::outln!("{t}");
             }
-            if cmd == Command::Status && !t.lines().any(|l| l == "state: serving") {
+            let serving = match cmd {
+                Command::Status => t.lines().any(|l| l == "state: serving"),
+                Command::StatusJson => t.contains("\"state\":\"serving\""),
+                _ => true,
+            };
+            if !serving {
                 // LSB's "unknown": the master runs, but no worker serves.
                 return Ok(ExitCode::from(4));
             }
@@ -147,6 +163,7 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
             crate::outln!("sent USR1 to pid {pid}");
         }
         Command::Status => crate::outln!("pid: {pid}"),
+        Command::StatusJson => crate::outln!("{{\"pid\":{pid}}}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,15 +14,23 @@ pub enum Command {
     /// A reload answered only once the new generation passed its probation (or was rolled
     /// back).
     ReloadWaitProbation,
-    /// Pid, uptime, generations, listeners, last reload.
+    /// Pid, uptime, generations, listeners, last reload, counters.
     Status,
+    /// The same as one JSON object (`status --json`).
+    StatusJson,
     /// Reopen the log file in every process.
     ReopenLogs,
 }
 
 impl Command {
-    const ALL: [Command; 5] =
-        [Command::Stop, Command::Reload, Command::ReloadWaitProbation, Command::Status, Command::ReopenLogs];
+    const ALL: [Command; 6] = [
+        Command::Stop,
+        Command::Reload,
+        Command::ReloadWaitProbation,
+        Command::Status,
+        Command::StatusJson,
+        Command::ReopenLogs,
+    ];
 
     /// The request line's word.
     pub fn word(self) -> &'static str {
@@ -31,6 +39,7 @@ impl Command {
             Command::Reload => "reload",
             Command::ReloadWaitProbation => "reload-wait-probation",
             Command::Status => "status",
+            Command::StatusJson => "status-json",
             Command::ReopenLogs => "reopen-logs",
         }
     }

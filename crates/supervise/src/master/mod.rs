@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -133,6 +133,19 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let notify =
         NotifyServer::bind(log_owner).map_err(|e| Error::io(ErrorKind::Io, "cannot create the notify socket", e))?;
 
+    let metrics = match crate::metrics::Region::create() {
+        Ok((fd, r)) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let since = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            r.master.start_time.store(since.as_secs(), Relaxed);
+            r.master.master_pid.store(u64::from(std::process::id()), Relaxed);
+            Some((fd, r))
+        }
+        Err(e) => {
+            tracing::warn!("no shared metrics (counters start over with each worker): {e}");
+            None
+        }
+    };
     let limits = state::Limits {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
@@ -156,6 +169,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             systemd,
             daemon_status,
             pidfile,
+            metrics,
         },
         cfg.watchdog,
     );

@@ -22,6 +22,7 @@ use crate::daemon::StatusPipe;
 use crate::exe::{BinaryId, binary_id, pin};
 use crate::handoff::{self, WorkerEnv};
 use crate::listen::Bound;
+use crate::metrics::{self, Region};
 use crate::notify::{Notifier, NotifyServer};
 use crate::pidfile::PidFile;
 use crate::sys::{self, WorkerExec};
@@ -42,6 +43,8 @@ pub(super) struct Io {
     pub(super) systemd: Option<Notifier>,
     pub(super) daemon_status: Option<StatusPipe>,
     pub(super) pidfile: Option<PidFile>,
+    /// The counters every worker adds to (`None`: shared memory unavailable).
+    pub(super) metrics: Option<(std::os::fd::OwnedFd, &'static Region)>,
 }
 
 /// The loop's own bookkeeping around the state machine.
@@ -60,6 +63,8 @@ pub(super) struct Runner {
     strangers: Strangers,
     /// Set by [`Action::Exit`]: the exit code and what `start` prints.
     exit: Option<(u8, Option<String>)>,
+    /// Control clients that asked for `status --json`.
+    json_waiters: std::collections::HashSet<WaiterId>,
 }
 
 impl Runner {
@@ -78,6 +83,7 @@ impl Runner {
             watchdog,
             started: Instant::now(),
             strangers: Strangers::default(),
+            json_waiters: Default::default(),
             exit: None,
         }
     }
@@ -161,6 +167,10 @@ impl Runner {
                 Command::Stop => Event::Shutdown { how: Stopping::Graceful, waiter: w },
                 Command::ReopenLogs => Event::ReopenLogs { waiter: w },
                 Command::Status => Event::Status { waiter: id },
+                Command::StatusJson => {
+                    self.json_waiters.insert(id);
+                    Event::Status { waiter: id }
+                }
             });
         }
         loop {
@@ -168,6 +178,9 @@ impl Runner {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
+                        if let Some((_, r)) = &self.io.metrics {
+                            r.free_slot(pid.as_raw() as u32);
+                        }
                         events.push(Event::Exited { pid, how: describe_status(status) });
                     }
                 }
@@ -205,6 +218,25 @@ impl Runner {
         }
         // Binaries no generation runs and no restart would run are closed: fd counts stay flat.
         self.pins.retain(|id, _| state.needs_binary(id));
+        self.sync_metrics(state);
+    }
+
+    /// Copies the state machine's counters to the shared region.
+    fn sync_metrics(&self, state: &mut State) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let durations = std::mem::take(&mut state.stats.reload_durations);
+        let Some((_, r)) = &self.io.metrics else { return };
+        let (m, st) = (&r.master, &state.stats);
+        m.generation.store(state.active().map_or(0, |g| g.generation), Relaxed);
+        m.reloads_ok.store(st.reloads_ok, Relaxed);
+        m.reloads_failed.store(st.reloads_failed, Relaxed);
+        m.reloads_rolled_back.store(st.reloads_rolled_back, Relaxed);
+        m.worker_starts.store(st.worker_starts, Relaxed);
+        m.worker_crashes.store(st.worker_crashes, Relaxed);
+        for d in durations {
+            let i = metrics::bucket(&metrics::RELOAD_BUCKETS, d.as_secs_f64());
+            m.reload_duration.observe(i, d.as_nanos() as u64);
+        }
     }
 
     fn execute(&mut self, state: &State, action: Action) -> Option<Event> {
@@ -222,7 +254,8 @@ impl Runner {
             }
             Action::Reply { waiter, reply } => self.reply(waiter, &reply),
             Action::ReplyStatus { waiter } => {
-                let text = self.status_text(state);
+                let text =
+                    if self.json_waiters.remove(&waiter) { self.status_json(state) } else { self.status_text(state) };
                 self.reply(waiter, &Reply::Ok(text));
             }
             Action::ReopenLog { waiter } => self.reopen_log(waiter),
@@ -288,11 +321,25 @@ impl Runner {
         };
         let mut env = self.base_env.clone();
         env.extend(contract.to_vars().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())));
-        let fds: Vec<i32> = io.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        let mut fds: Vec<i32> = io.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        // The metrics region goes right after the listeners (LISTEN_FDS does not count it).
+        let slot = io.metrics.as_ref().map(|(fd, r)| {
+            let at = handoff::LISTEN_FDS_START + fds.len() as i32;
+            fds.push(fd.as_raw_fd());
+            let slot = r.vacant_slot();
+            let value = format!("{at}:{}", slot.map_or("-".to_owned(), |s| s.to_string()));
+            env.push((metrics::BATON_METRICS.as_bytes().to_vec(), value.into_bytes()));
+            slot
+        });
         let argv: Vec<&std::ffi::OsStr> = io.argv.iter().map(|a| a.as_os_str()).collect();
         let spawned = WorkerExec::new(exe.as_fd(), &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
         let result = match spawned {
-            Ok(pid) => Ok((Pid::from_raw(pid), binary)),
+            Ok(pid) => {
+                if let (Some((_, r)), Some(Some(slot))) = (&io.metrics, slot) {
+                    r.claim_slot(slot, pid as u32, generation);
+                }
+                Ok((Pid::from_raw(pid), binary))
+            }
             Err(e) => Err(format!("fork/exec failed: {e}")),
         };
         Event::Spawned { generation, result }
@@ -347,6 +394,14 @@ impl Runner {
         for l in &self.io.listeners {
             let _ = writeln!(s, "listener: {}", l.describe());
         }
+        if let Some((_, r)) = &self.io.metrics {
+            let c = Counts::of(r);
+            let _ = writeln!(
+                s,
+                "requests: {} since start ({} 5xx); reloads: {} ok, {} failed, {} rolled back; worker crashes: {}",
+                c.requests, c.by_class[4], c.reloads[0], c.reloads[1], c.reloads[2], c.crashes
+            );
+        }
         match &state.last_reload {
             None => s.push_str("last reload: none\n"),
             Some(r) => {
@@ -359,6 +414,94 @@ impl Runner {
             }
         }
         s
+    }
+
+    /// `status --json`: the facts of [`Runner::status_text`] and the counters, one object.
+    fn status_json(&self, state: &State) -> String {
+        use crate::json::{Object, array};
+        let now = Instant::now();
+        let what = match (&state.phase, state.restart_at()) {
+            (Phase::Stopping { .. } | Phase::Exited, _) => "stopping",
+            _ if state.active().is_some() => "serving",
+            (_, Some(_)) => "crash-looping",
+            _ => "starting",
+        };
+        let rfc3339 = |t: SystemTime| {
+            let mut at = String::new();
+            crate::log::rfc3339(&mut at, t);
+            at
+        };
+        let workers = state.gens.iter().map(|g| {
+            let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(g.binary.mtime_ns.max(0) as u64);
+            let mut o = Object::default()
+                .num("pid", g.pid)
+                .num("generation", g.generation)
+                .str("state", g.state.word())
+                .str("cause", g.cause.word())
+                .bool("accepting", g.accepting)
+                .num("binary_size", g.binary.size)
+                .str("binary_mtime", &rfc3339(mtime))
+                .bool("last_good", state.good == Some(g.binary))
+                .opt_str("info", g.info.as_deref());
+            o = match g.draining_since {
+                Some(t) => o.num("draining_seconds", format!("{:.3}", now.saturating_duration_since(t).as_secs_f64())),
+                None => o.raw("draining_seconds", "null"),
+            };
+            o = match (g.draining_since, g.conns) {
+                (Some(_), Some(n)) => o.num("connections", n),
+                _ => o.raw("connections", "null"),
+            };
+            o.bool("hurried", g.hurried).end()
+        });
+        let listeners = self.io.listeners.iter().map(|l| crate::json::string(&l.describe()));
+        let last_reload = match &state.last_reload {
+            None => "null".to_owned(),
+            Some(r) => {
+                let o = Object::default().str("at", &rfc3339(SystemTime::now() - r.at.elapsed()));
+                match &r.result {
+                    Ok(g) => o.bool("ok", true).num("generation", g).end(),
+                    Err(e) => o.bool("ok", false).str("error", e).end(),
+                }
+            }
+        };
+        let mut o = Object::default()
+            .num("pid", std::process::id())
+            .num("uptime_seconds", self.started.elapsed().as_secs())
+            .str("state", what)
+            .num("generation", state.active().map_or(0, |g| g.generation))
+            .str("binary", &self.io.exe.display().to_string())
+            .raw("workers", &array(workers))
+            .raw("listeners", &array(listeners))
+            .raw("last_reload", &last_reload);
+        if let Some((_, r)) = &self.io.metrics {
+            let c = Counts::of(r);
+            let classes = Object::default()
+                .num("1xx", c.by_class[0])
+                .num("2xx", c.by_class[1])
+                .num("3xx", c.by_class[2])
+                .num("4xx", c.by_class[3])
+                .num("5xx", c.by_class[4])
+                .end();
+            let app_listeners =
+                self.io.listeners.iter().enumerate().filter(|(_, l)| l.name != crate::listen::METRICS_LISTENER);
+            let by_listener = app_listeners
+                .fold(Object::default(), |o, (i, l)| o.num(&l.name, c.by_listener.get(i).copied().unwrap_or(0)));
+            let requests = Object::default()
+                .num("total", c.requests)
+                .raw("by_class", &classes)
+                .raw("by_listener", &by_listener.end());
+            let reloads = Object::default()
+                .num("ok", c.reloads[0])
+                .num("failed", c.reloads[1])
+                .num("rolled_back", c.reloads[2])
+                .end();
+            o = o
+                .raw("requests", &requests.end())
+                .raw("reloads", &reloads)
+                .num("worker_starts", c.starts)
+                .num("worker_crashes", c.crashes);
+        }
+        o.end()
     }
 
     /// Reopens the master's log file; on failure logs to the old one, which stays in use.
@@ -444,5 +587,38 @@ fn describe_status(s: WaitStatus) -> String {
         WaitStatus::Exited(_, c) => format!("exited with status {c}"),
         WaitStatus::Signaled(_, sig, core) => format!("killed by {sig}{}", if core { " (core dumped)" } else { "" }),
         other => format!("{other:?}"),
+    }
+}
+
+/// The counters `status` shows, read from the shared region.
+struct Counts {
+    requests: u64,
+    by_class: [u64; metrics::CLASSES],
+    by_listener: Vec<u64>,
+    /// ok, failed, rolled back.
+    reloads: [u64; 3],
+    starts: u64,
+    crashes: u64,
+}
+
+impl Counts {
+    fn of(r: &Region) -> Counts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let req = r.requests();
+        let mut by_class = [0; metrics::CLASSES];
+        for row in &req {
+            for (c, v) in row.iter().enumerate() {
+                by_class[c] += v;
+            }
+        }
+        let m = &r.master;
+        Counts {
+            requests: by_class.iter().sum(),
+            by_class,
+            by_listener: req.iter().map(|row| row.iter().sum()).collect(),
+            reloads: [m.reloads_ok.load(Relaxed), m.reloads_failed.load(Relaxed), m.reloads_rolled_back.load(Relaxed)],
+            starts: m.worker_starts.load(Relaxed),
+            crashes: m.worker_crashes.load(Relaxed),
+        }
     }
 }

@@ -97,7 +97,7 @@ impl State {
                 (true, start_failure.take())
             }
             Phase::Starting | Phase::Serving { .. } => {
-                self.flush_ack(out);
+                self.flush_ack(now, out);
                 tracing::info!("{} shutdown", if how == Stopping::Graceful { "graceful" } else { "fast" });
                 out.push(Action::Systemd("STOPPING=1".into()));
                 // Close our copy of the listeners first: otherwise clients told to reconnect

@@ -39,6 +39,7 @@ impl State {
             return;
         }
         if cause == Cause::Reload {
+            self.stats.reloads_failed += 1;
             self.last_reload = Some(LastReload { at: now, result: Err(why.clone()) });
         }
         match self.active() {
@@ -99,6 +100,8 @@ impl State {
             }
             _ if self.stopping() => tracing::info!("worker generation {} (pid {pid}) {how}", g.generation),
             GenState::Probation { .. } => {
+                self.stats.worker_crashes += 1;
+                self.stats.reloads_rolled_back += 1;
                 let after = g.ready_at.map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
                 let why = format!(
                     "rolled back after {:.1}s: generation {} {how}{last_words}",
@@ -116,6 +119,7 @@ impl State {
                 }
             }
             GenState::Active => {
+                self.stats.worker_crashes += 1;
                 tracing::error!("worker generation {} (pid {pid}) died unexpectedly: {how}{last_words}", g.generation);
                 if g.ready_at.is_some_and(|r| now.saturating_duration_since(r) >= STABLE_AFTER) {
                     self.crash_streak = 0;

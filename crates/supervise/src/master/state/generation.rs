@@ -46,6 +46,8 @@ pub(crate) struct Gen {
     pub(crate) binary: BinaryId,
     pub(crate) cause: Cause,
     pub(super) started: Instant,
+    /// When its reload was asked for (its start, for other causes).
+    pub(super) requested: Instant,
     pub(super) ready_at: Option<Instant>,
     /// The last `WATCHDOG=1` (or its readiness).
     pub(super) heartbeat: Instant,
@@ -100,6 +102,8 @@ pub(super) struct PendingAck {
     pub(super) reply: String,
     pub(super) systemd: String,
     pub(super) deadline: Instant,
+    /// When the reload was asked for (a reload's answer only): its duration is a metric.
+    pub(super) requested: Option<Instant>,
 }
 
 /// The outcome of the last reload, for `status`.

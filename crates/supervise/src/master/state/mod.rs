@@ -91,6 +91,27 @@ pub(crate) struct State {
     pub(crate) last_reload: Option<LastReload>,
     /// When to tell systemd `WATCHDOG=1` next.
     sd_watchdog_at: Option<Instant>,
+    /// When the reload under way (or queued) was first asked for.
+    reload_requested: Option<Instant>,
+    /// What the metrics count (copied to the shared region by the run loop).
+    pub(crate) stats: Stats,
+}
+
+/// The master's counters, monotonic.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stats {
+    /// Reloads whose new generation served (later rollbacks included).
+    pub(crate) reloads_ok: u64,
+    /// Reloads whose new generation failed before it served.
+    pub(crate) reloads_failed: u64,
+    /// Reloads rolled back after the switch (a crash in probation).
+    pub(crate) reloads_rolled_back: u64,
+    pub(crate) worker_starts: u64,
+    /// Serving workers that died unexpectedly (the watchdog's kills included).
+    pub(crate) worker_crashes: u64,
+    /// Reload durations not yet taken by the run loop: from the request to the replaced
+    /// generation no longer accepting.
+    pub(crate) reload_durations: Vec<Duration>,
 }
 
 impl State {
@@ -107,6 +128,8 @@ impl State {
             ack: None,
             last_reload: None,
             sd_watchdog_at: None,
+            reload_requested: None,
+            stats: Stats::default(),
         }
     }
 
@@ -127,7 +150,7 @@ impl State {
                 }
                 self.stop(now, &mut out, how);
             }
-            Event::Reload { waiter, on_disk } => self.reload(&mut out, waiter, on_disk),
+            Event::Reload { waiter, on_disk } => self.reload(now, &mut out, waiter, on_disk),
             Event::ReopenLogs { waiter } => {
                 out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: Sig::Usr1 }));
                 out.push(Action::ReopenLog { waiter });
@@ -237,10 +260,13 @@ impl State {
                 return;
             }
         };
+        let requested = if cause == Cause::Reload { self.reload_requested.take() } else { None };
         match result {
             Ok((pid, binary)) => {
                 tracing::info!("starting worker generation {generation} (pid {pid}){}", cause.note());
+                self.stats.worker_starts += 1;
                 self.gens.push(Gen {
+                    requested: requested.unwrap_or(now),
                     pid,
                     generation,
                     state: GenState::Starting { deadline: now + self.limits.ready_timeout },
@@ -269,7 +295,7 @@ impl State {
         }
     }
 
-    fn reload(&mut self, out: &mut Vec<Action>, waiter: Option<Waiting>, on_disk: Option<BinaryId>) {
+    fn reload(&mut self, now: Instant, out: &mut Vec<Action>, waiter: Option<Waiting>, on_disk: Option<BinaryId>) {
         if self.stopping() {
             if let Some(w) = waiter {
                 out.push(Action::Reply { waiter: w.id, reply: Reply::Err("shutting down".into()) });
@@ -285,8 +311,10 @@ impl State {
             }
             tracing::info!("reload requested while generation {} starts: queued", s.generation);
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
+            self.reload_requested.get_or_insert(now);
             return;
         }
+        self.reload_requested.get_or_insert(now);
         let draining = self.draining_count();
         if draining >= self.limits.max_draining {
             tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
@@ -396,8 +424,10 @@ impl State {
                 out.push(Action::Reply { waiter: w, reply: Reply::Ok(replaced.clone()) });
             }
         }
-        if matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload {
+        let reload = matches!(self.phase, Phase::Serving { .. }) && self.gens[idx].cause == Cause::Reload;
+        if reload {
             self.last_reload = Some(LastReload { at: now, result: Ok(generation) });
+            self.stats.reloads_ok += 1;
         }
         if let Some(prev) = self.ack.take() {
             // A newer generation became ready before the previous reload was answered: those
@@ -419,6 +449,7 @@ impl State {
             },
             systemd: format!("READY=1\nSTATUS=generation {generation} serving (worker pid {pid})"),
             deadline: now + ACK_TIMEOUT,
+            requested: reload.then_some(self.gens[idx].requested),
         });
         self.check_ack(now, out);
         if self.phase == Phase::Starting {
@@ -449,12 +480,15 @@ impl State {
         let Some(a) = &self.ack else { return };
         let done = a.old.iter().all(|p| self.gens.iter().find(|g| g.pid == *p).is_none_or(|g| !g.accepting));
         if done || now >= a.deadline {
-            self.flush_ack(out);
+            self.flush_ack(now, out);
         }
     }
 
-    fn flush_ack(&mut self, out: &mut Vec<Action>) {
+    fn flush_ack(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let Some(a) = self.ack.take() {
+            if let Some(t) = a.requested {
+                self.stats.reload_durations.push(now.saturating_duration_since(t));
+            }
             tracing::info!("{}", a.reply);
             out.extend(a.waiters.into_iter().map(|w| Action::Reply { waiter: w, reply: Reply::Ok(a.reply.clone()) }));
             out.push(Action::Systemd(a.systemd));

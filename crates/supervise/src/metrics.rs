@@ -1,0 +1,269 @@
+//! Counters that outlive workers: one shared memory region (a `memfd`), created by the master
+//! and mapped by every worker, so every generation adds to the same counters and neither a
+//! reload nor a crash resets them (Envoy's hot-restart stats, without a second process).
+//!
+//! Layout ([`Region`]), all atomics, zero-initialised:
+//! - **shards** of monotonic request counters (by listener and status class) and the request
+//!   duration histogram. Each worker thread adds to its own shard (no cache line shared
+//!   between threads of one process); readers sum the shards.
+//! - **worker slots**: gauges of one worker (requests in flight, open connections). The
+//!   master hands each worker a slot and clears it when the worker is reaped, so a worker
+//!   killed mid-request leaves no gauge behind.
+//! - **master**: what only the master knows (generation, reloads, starts, crashes).
+//!
+//! The region is handed over like a listener: an fd placed right after the listeners, named
+//! by `BATON_METRICS` (`<fd>:<slot>`). A worker whose build has another layout (a deploy of
+//! a newer baton) does not map it: it counts in a private region and says so.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys;
+
+/// Status classes counted: 1xx to 5xx.
+pub const CLASSES: usize = 5;
+/// Listeners with their own request counters; further ones count with the last.
+pub const LISTENERS: usize = 16;
+/// Counter shards (worker threads beyond this share).
+pub const SHARDS: usize = 16;
+/// Workers with gauges at once (beyond this a worker has none).
+pub const SLOTS: usize = 32;
+/// Upper bounds of the request duration histogram, in seconds (`+Inf` follows).
+pub const REQUEST_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds of the reload duration histogram, in seconds (`+Inf` follows).
+pub const RELOAD_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+const MAGIC: u64 = u64::from_be_bytes(*b"batonmx1");
+
+/// A histogram: cumulative counts are computed by the reader.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    pub buckets: [AtomicU64; N],
+    /// Sum of the observations, in nanoseconds.
+    pub sum_ns: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Adds one observation that falls in bucket `i`.
+    #[inline]
+    pub fn observe(&self, i: usize, ns: u64) {
+        self.buckets[i.min(N - 1)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The bucket of `secs` among `bounds` (`bounds.len()` for `+Inf`).
+#[inline]
+pub fn bucket(bounds: &[f64], secs: f64) -> usize {
+    bounds.iter().position(|b| secs <= *b).unwrap_or(bounds.len())
+}
+
+/// One shard of the monotonic request counters.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Shard {
+    /// Requests answered, by listener and status class.
+    pub requests: [[AtomicU64; CLASSES]; LISTENERS],
+    /// How long requests took, from the request head to the end of the response body.
+    pub duration: Histogram<13>,
+}
+
+/// Open connections of one worker, by kind.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Conns {
+    /// HTTP/1 connections (not upgraded).
+    pub h1: AtomicU64,
+    /// HTTP/2 connections.
+    pub h2: AtomicU64,
+    /// Upgraded connections (WebSocket).
+    pub upgraded: AtomicU64,
+    /// Of all of them, those over TLS.
+    pub tls: AtomicU64,
+}
+
+/// The gauges of one worker.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Slot {
+    /// The worker's pid; 0 while the slot is free.
+    pub pid: AtomicU64,
+    /// The worker's generation.
+    pub generation: AtomicU64,
+    /// 1 once the worker drains.
+    pub draining: AtomicU64,
+    /// Requests in flight.
+    pub in_flight: AtomicU64,
+    /// Open connections.
+    pub conns: Conns,
+}
+
+/// What only the master knows.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MasterStats {
+    /// The master's start, in seconds since the Unix epoch.
+    pub start_time: AtomicU64,
+    /// The master's pid.
+    pub master_pid: AtomicU64,
+    /// The generation serving now.
+    pub generation: AtomicU64,
+    /// Reloads whose new generation serves.
+    pub reloads_ok: AtomicU64,
+    /// Reloads whose new generation failed before it served (the old one kept serving).
+    pub reloads_failed: AtomicU64,
+    /// Reloads whose new generation failed its probation (the last good binary came back).
+    pub reloads_rolled_back: AtomicU64,
+    /// From the reload request to the old generation no longer accepting.
+    pub reload_duration: Histogram<9>,
+    /// Workers started (any cause).
+    pub worker_starts: AtomicU64,
+    /// Serving workers that died unexpectedly (or were killed by the watchdog).
+    pub worker_crashes: AtomicU64,
+}
+
+/// The whole shared region.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Region {
+    magic: AtomicU64,
+    size: AtomicU64,
+    /// The master's counters.
+    pub master: MasterStats,
+    /// One per live worker.
+    pub slots: [Slot; SLOTS],
+    /// The request counters, one shard per worker thread.
+    pub shards: [Shard; SHARDS],
+}
+
+/// The fd and slot of a worker's region (`BATON_METRICS=<fd>:<slot>`).
+pub const BATON_METRICS: &str = "BATON_METRICS";
+
+impl Region {
+    /// A region in this process's memory only (no master, or a master with another layout).
+    pub fn private() -> &'static Region {
+        let r = sys::private_region();
+        r.stamp();
+        r
+    }
+
+    /// The master's: a shared memory region to hand to workers.
+    pub fn create() -> std::io::Result<(OwnedFd, &'static Region)> {
+        let (fd, r) = sys::shared_region()?;
+        r.stamp();
+        Ok((fd, r))
+    }
+
+    /// A worker's: maps the master's region from `fd` (closed afterwards: the mapping stays).
+    /// Fails if the region is not one of this layout.
+    pub fn map(fd: OwnedFd) -> std::io::Result<&'static Region> {
+        let r = sys::map_region(fd.as_fd())?;
+        if r.magic.load(Ordering::Acquire) != MAGIC || r.size.load(Ordering::Acquire) != size_of::<Region>() as u64 {
+            return Err(std::io::Error::other("the master's metrics have another layout (a different baton version)"));
+        }
+        Ok(r)
+    }
+
+    fn stamp(&self) {
+        self.size.store(size_of::<Region>() as u64, Ordering::Release);
+        self.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Requests answered so far, by listener and class, summed over the shards.
+    pub fn requests(&self) -> [[u64; CLASSES]; LISTENERS] {
+        let mut out = [[0; CLASSES]; LISTENERS];
+        for s in &self.shards {
+            for (l, row) in s.requests.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    out[l][c] += v.load(Ordering::Relaxed);
+                }
+            }
+        }
+        out
+    }
+
+    /// The request duration histogram summed over the shards: (per-bucket counts, sum in ns).
+    pub fn request_durations(&self) -> ([u64; 13], u64) {
+        let mut b = [0; 13];
+        let mut sum = 0;
+        for s in &self.shards {
+            for (i, v) in s.duration.buckets.iter().enumerate() {
+                b[i] += v.load(Ordering::Relaxed);
+            }
+            sum += s.duration.sum_ns.load(Ordering::Relaxed);
+        }
+        (b, sum)
+    }
+
+    /// A free worker slot (the master, before a spawn).
+    pub fn vacant_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.pid.load(Ordering::Acquire) == 0)
+    }
+
+    /// Gives slot `i` to worker `pid` (the master, after the spawn).
+    pub fn claim_slot(&self, i: usize, pid: u32, generation: u64) {
+        let s = &self.slots[i];
+        for g in [&s.draining, &s.in_flight, &s.conns.h1, &s.conns.h2, &s.conns.upgraded, &s.conns.tls] {
+            g.store(0, Ordering::Relaxed);
+        }
+        s.generation.store(generation, Ordering::Relaxed);
+        s.pid.store(u64::from(pid), Ordering::Release);
+    }
+
+    /// Frees the slot of a reaped worker (the master).
+    pub fn free_slot(&self, pid: u32) {
+        for s in self.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) == u64::from(pid)) {
+            s.pid.store(0, Ordering::Release);
+        }
+    }
+
+    /// The worker slots in use.
+    pub fn live_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0)
+    }
+}
+
+/// Resident memory of process `pid` in bytes (Linux `/proc/<pid>/statm`); `None` elsewhere or
+/// when it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * sys::page_size())
+}
+
+/// Connections waiting in a listening socket's accept queue, and the queue's limit (Linux
+/// `TCP_INFO`); `None` for other sockets.
+pub fn listen_backlog(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u32, u32)> {
+    sys::listen_queue(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_region_is_shared_through_its_fd() {
+        let (fd, master) = Region::create().unwrap();
+        let dup = fd.try_clone().unwrap();
+        let worker = Region::map(dup).unwrap();
+        assert!(!std::ptr::eq(master, worker), "two mappings");
+        worker.shards[3].requests[1][1].fetch_add(5, Ordering::Relaxed);
+        worker.shards[0].requests[1][1].fetch_add(2, Ordering::Relaxed);
+        assert_eq!(master.requests()[1][1], 7);
+        let slot = master.vacant_slot().unwrap();
+        master.claim_slot(slot, 4242, 3);
+        assert_eq!(master.vacant_slot(), Some(slot + 1));
+        assert_eq!(worker.slots[slot].generation.load(Ordering::Relaxed), 3);
+        master.free_slot(4242);
+        assert_eq!(worker.live_slots().count(), 0);
+        // Something that is not a region of this layout is refused.
+        let (other, r) = Region::create().unwrap();
+        r.magic.store(0, Ordering::Relaxed);
+        assert!(Region::map(other).is_err());
+        assert_eq!(bucket(&REQUEST_BUCKETS, 0.0001), 0);
+        assert_eq!(bucket(&REQUEST_BUCKETS, 0.001), 1);
+        assert_eq!(bucket(&REQUEST_BUCKETS, 99.0), REQUEST_BUCKETS.len());
+    }
+}
