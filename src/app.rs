@@ -428,7 +428,7 @@ impl App {
             cli::Command::Stop(c) => c.run(&name, Command::Stop),
             cli::Command::Reload(r) if r.wait_probation => r.control.run(&name, Command::ReloadWaitProbation),
             cli::Command::Reload(r) => r.control.run(&name, Command::Reload),
-            cli::Command::Status(c) => c.run(&name, Command::Status),
+            cli::Command::Status(s) => s.control.run(&name, if s.json { Command::StatusJson } else { Command::Status }),
             cli::Command::ReopenLogs(c) => c.run(&name, Command::ReopenLogs),
         };
         match result {
@@ -456,7 +456,11 @@ impl App {
         factory: Factory<A>,
     ) -> Result<ExitCode> {
         let opts = s.opts;
-        let listen = ListenSpecs { given: opts.listen.clone(), default: self.default_listen.clone() };
+        let listen = ListenSpecs {
+            given: opts.listen.clone(),
+            default: self.default_listen.clone(),
+            extra: opts.metrics_listen.iter().cloned().collect(),
+        };
         for (flag, path) in [("--health-path", &opts.health_path), ("--ready-probe", &opts.ready_probe)] {
             if let Some(p) = path {
                 if !p.starts_with('/') || p.parse::<http::Uri>().is_err() {

@@ -31,9 +31,9 @@ pub(crate) enum Command<A: Args> {
     Stop(ControlArgs),
     /// Zero-downtime reload; exits 0 only once the new worker serves.
     Reload(ReloadArgs),
-    /// Show pid, uptime, generation, workers, listeners (LSB exit codes: 0 running, 1 dead with
-    /// pid file, 3 not running).
-    Status(ControlArgs),
+    /// Show pid, uptime, generation, workers, listeners, requests and reloads since start (LSB
+    /// exit codes: 0 running, 1 dead with pid file, 3 not running, 4 no worker serves).
+    Status(StatusArgs),
     /// Reopen the log file (after logrotate moved it).
     ReopenLogs(ControlArgs),
 }
@@ -84,6 +84,16 @@ pub(crate) struct ControlArgs {
     /// How long to wait for the outcome.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
+}
+
+/// `status`'s options.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+    /// One JSON object instead of text (fields: docs/metrics.md).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `reload`'s options.
@@ -200,6 +210,11 @@ pub(crate) struct ServeOpts {
     /// privileges, so it may be readable by root only.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, text format 0.0.4) on this address
+    /// (`IP:PORT`, `:PORT` or `unix:/path`; e.g. `127.0.0.1:9100`). The counters live in the
+    /// master and survive reloads and crashes. Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub(crate) metrics_listen: Option<baton_supervise::listen::ListenSpec>,
     /// Health route answering 200, and 503 once shutting down (e.g. `/healthz`). Off by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) health_path: Option<String>,
@@ -287,6 +302,16 @@ const ENV_CONFIG: &str = "BATON_CONFIG";
 /// `--tls-cert` and `--tls-key` made absolute by `run`/`start`, for the workers.
 const ENV_TLS_CERT: &str = "BATON_TLS_CERT";
 const ENV_TLS_KEY: &str = "BATON_TLS_KEY";
+
+/// `--metrics-listen`: an address, as `--listen` takes it but without a name.
+fn parse_metrics_listen(s: &str) -> std::result::Result<baton_supervise::listen::ListenSpec, String> {
+    if s.contains('=') {
+        return Err(format!("invalid address {s:?}: --metrics-listen takes no name"));
+    }
+    let mut spec: baton_supervise::listen::ListenSpec = s.parse()?;
+    spec.name = baton_supervise::listen::METRICS_LISTENER.to_owned();
+    Ok(spec)
+}
 
 /// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -33,6 +33,7 @@
 mod access_log;
 mod app;
 mod cli;
+mod metrics;
 mod ready;
 mod serve;
 mod service;

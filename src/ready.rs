@@ -35,7 +35,13 @@ pub(crate) async fn gate(
     let svc = ConnService {
         app: app.clone(),
         shared: shared.clone(),
-        conn: Arc::new(ConnState::new(None, crate::LocalAddr::Unix(None), shared)),
+        // Internal: the probe is neither counted in the metrics nor logged.
+        conn: Arc::new(ConnState::new(
+            None,
+            crate::serve::Via { local: crate::LocalAddr::Unix(None), listener: 0, tls: false },
+            true,
+            shared,
+        )),
     };
     let req = Request::get(path)
         .header(HOST, "localhost")

@@ -28,6 +28,15 @@ use baton_supervise::listen::Bound;
 /// How often a draining HTTP/1 connection checks whether it has been idle for the grace.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone)]
+pub(crate) struct Via {
+    pub(crate) local: crate::LocalAddr,
+    /// Its index among this worker's listeners.
+    pub(crate) listener: u16,
+    pub(crate) tls: bool,
+}
+
 /// A tokio listener of either kind.
 pub(crate) enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -120,13 +129,20 @@ pub(crate) struct Ctx {
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: AppService,
+    /// `--metrics-listen`: its index and what serves it.
+    metrics: Option<(u16, AppService)>,
     pub(crate) shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 }
 
 impl Server {
     /// Starts accepting on every listener. Must run inside the runtime.
-    pub(crate) fn start(listeners: Vec<Listener>, app: AppService, shared: Arc<Shared>) -> Server {
+    pub(crate) fn start(
+        listeners: Vec<Listener>,
+        app: AppService,
+        metrics: Option<(u16, AppService)>,
+        shared: Arc<Shared>,
+    ) -> Server {
         let cfg = &shared.cfg;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -147,16 +163,19 @@ impl Server {
             #[cfg(feature = "tls")]
             tls: cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             app,
+            metrics,
             shared: shared.clone(),
             drain: drain_rx,
         });
         let accept_tasks = listeners
             .into_iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let (ctx, stop, alive) = (ctx.clone(), stop_rx.clone(), alive_tx.clone());
+                let i = i as u16;
                 match l {
-                    Listener::Tcp(l) => tokio::spawn(accept_loop(l, ctx, stop, alive)),
-                    Listener::Unix(l) => tokio::spawn(accept_loop(l, ctx, stop, alive)),
+                    Listener::Tcp(l) => tokio::spawn(accept_loop(l, i, ctx, stop, alive)),
+                    Listener::Unix(l) => tokio::spawn(accept_loop(l, i, ctx, stop, alive)),
                 }
             })
             .collect();
@@ -189,8 +208,14 @@ impl Server {
     }
 }
 
-async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) {
-    let local = l.local();
+async fn accept_loop<L: Acceptor>(
+    l: L,
+    listener: u16,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let via = Via { local: l.local(), listener, tls: false };
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -209,14 +234,14 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
             })
             .await
             {
-                spawn_conn::<L>(io, peer, local.clone(), &ctx, &alive);
+                spawn_conn::<L>(io, peer, via.clone(), &ctx, &alive);
             }
             break;
         };
         match accepted {
             Ok((io, peer)) => {
                 backoff = Duration::ZERO;
-                spawn_conn::<L>(io, peer, local.clone(), &ctx, &alive);
+                spawn_conn::<L>(io, peer, via.clone(), &ctx, &alive);
             }
             // The peer gave up before we accepted: nothing to do.
             Err(e)
@@ -240,20 +265,14 @@ async fn accept_loop<L: Acceptor>(l: L, ctx: Arc<Ctx>, mut stop: watch::Receiver
 }
 
 /// One task per connection; a TLS handshake first where it applies.
-fn spawn_conn<L: Acceptor>(
-    io: L::Io,
-    peer: Option<SocketAddr>,
-    local: crate::LocalAddr,
-    ctx: &Arc<Ctx>,
-    alive: &mpsc::Sender<()>,
-) {
+fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, via: Via, ctx: &Arc<Ctx>, alive: &mpsc::Sender<()>) {
     L::prepare(&io, &ctx.shared.cfg);
     let (ctx, alive) = (ctx.clone(), alive.clone());
     #[cfg(feature = "tls")]
     let io = match ctx.tls.clone() {
         Some(acceptor) => match L::tcp(io) {
             Ok(tcp) => {
-                tokio::spawn(crate::tls::serve(acceptor, tcp, peer, local, ctx, alive));
+                tokio::spawn(crate::tls::serve(acceptor, tcp, peer, via, ctx, alive));
                 return;
             }
             Err(io) => io,
@@ -268,23 +287,22 @@ fn spawn_conn<L: Acceptor>(
             tracing::debug!("connection from {peer:?} sent nothing within {limit:?}: closed");
             return;
         }
-        serve_conn(io, peer, local, ctx, alive).await
+        serve_conn(io, peer, via, ctx, alive).await
     });
 }
 
-pub(crate) async fn serve_conn<I>(
-    io: I,
-    peer: Option<SocketAddr>,
-    local: crate::LocalAddr,
-    ctx: Arc<Ctx>,
-    alive: mpsc::Sender<()>,
-) where
+pub(crate) async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, via: Via, ctx: Arc<Ctx>, alive: mpsc::Sender<()>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = &ctx.shared;
-    let conn_state = Arc::new(ConnState::new(peer, local, shared));
-    let svc = ConnService { app: ctx.app.clone(), shared: shared.clone(), conn: conn_state.clone() };
-    let io = Counted { io, _open: Open::new(shared.clone(), alive) };
+    let (app, internal) = match &ctx.metrics {
+        Some((i, metrics)) if *i == via.listener => (metrics.clone(), true),
+        _ => (ctx.app.clone(), false),
+    };
+    let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
+    let svc = ConnService { app, shared: shared.clone(), conn: conn_state.clone() };
+    let io = Counted { io, _open: Open::new(shared.clone(), conn_state.clone(), alive) };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.drain.clone();
@@ -338,22 +356,29 @@ struct Counted<I> {
     _open: Open,
 }
 
-/// One open connection in [`Shared::open_conns`] and the drain's count.
+/// One open connection in [`Shared::open_conns`], the metrics and the drain's count.
 struct Open {
     shared: Arc<Shared>,
+    conn: Arc<ConnState>,
     _alive: mpsc::Sender<()>,
 }
 
 impl Open {
-    fn new(shared: Arc<Shared>, alive: mpsc::Sender<()>) -> Open {
+    fn new(shared: Arc<Shared>, conn: Arc<ConnState>, alive: mpsc::Sender<()>) -> Open {
         shared.open_conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Open { shared, _alive: alive }
+        if !conn.internal {
+            shared.metrics.conn_opened(conn.tls);
+        }
+        Open { shared, conn, _alive: alive }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.conn.internal {
+            self.shared.metrics.conn_closed(self.conn.kind(), self.conn.tls);
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub(crate) async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     mut tcp: tokio::net::TcpStream,
     peer: Option<std::net::SocketAddr>,
-    local: crate::LocalAddr,
+    mut via: crate::serve::Via,
     ctx: Arc<crate::serve::Ctx>,
     alive: tokio::sync::mpsc::Sender<()>,
 ) {
@@ -71,7 +71,10 @@ pub(crate) async fn serve(
         acceptor.accept(tcp).await
     };
     match tokio::time::timeout(limit, handshake).await {
-        Ok(Ok(tls)) => crate::serve::serve_conn(tls, peer, local, ctx, alive).await,
+        Ok(Ok(tls)) => {
+            via.tls = true;
+            crate::serve::serve_conn(tls, peer, via, ctx, alive).await
+        }
         // Scanners and plain-HTTP clients: not worth more than a debug line each.
         Ok(Err(e)) => tracing::debug!("TLS handshake with {who} failed: {e}"),
         Err(_) => tracing::debug!("TLS handshake with {who} timed out after {limit:?}"),

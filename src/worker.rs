@@ -94,8 +94,19 @@ fn serve<A>(
         Role::UnderMaster(h) => h.watchdog,
         Role::Single(..) => None,
     };
-    let (listeners, log_path, generation, master) = match role {
-        Role::UnderMaster(h) => (h.listeners, h.log, h.generation, Some(h.master)),
+    let mut metrics_note = None;
+    let (listeners, log_path, generation, master, shared_metrics) = match role {
+        Role::UnderMaster(h) => {
+            let shared = match h.metrics {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
+                    metrics_note = Some(e);
+                    None
+                }
+                None => None,
+            };
+            (h.listeners, h.log, h.generation, Some(h.master), shared)
+        }
         Role::Single(specs, inherited) => {
             let log_path = match &opts.log {
                 Some(p) => {
@@ -107,10 +118,14 @@ fn serve<A>(
                 }
                 None => None,
             };
-            (listen::resolve(&specs, inherited)?, log_path, 1, None)
+            (listen::resolve(&specs, inherited)?, log_path, 1, None, None)
         }
     };
     baton_supervise::log::init("worker");
+    if let Some(e) = metrics_note {
+        tracing::warn!("counting in this worker's own memory: {e}");
+    }
+    let metrics = crate::metrics::Metrics::new(shared_metrics);
     // Before the privilege drop: the key is often readable by root only.
     #[cfg(feature = "tls")]
     {
@@ -141,8 +156,21 @@ fn serve<A>(
     };
     let readiness = Readiness { check: hooks.ready_check, probe: opts.ready_probe.clone(), watchdog, info };
     let on_shutdown = hooks.on_shutdown;
-    let run =
-        Run { listeners, http, args, factory, notifier, log_path, generation, under_master, readiness, on_shutdown };
+    let version = hooks.version.clone().unwrap_or_else(|| "unknown".to_owned());
+    let run = Run {
+        listeners,
+        http,
+        args,
+        factory,
+        notifier,
+        log_path,
+        generation,
+        under_master,
+        readiness,
+        on_shutdown,
+        metrics,
+        version,
+    };
     let result =
         rt.block_on(tracing::Instrument::instrument(run.serve(), baton_supervise::log::process_span("worker")));
     // Connections cut at the deadline are dropped with the runtime; do not wait for them.
@@ -163,6 +191,8 @@ struct Run<A> {
     under_master: bool,
     readiness: Readiness,
     on_shutdown: Option<crate::ready::Hook>,
+    metrics: crate::metrics::Metrics,
+    version: String,
 }
 
 impl<A> Run<A> {
@@ -178,6 +208,8 @@ impl<A> Run<A> {
             under_master,
             readiness,
             on_shutdown,
+            metrics,
+            version,
         } = self;
         let notify = |msg: &str| {
             if let Some(n) = &notifier {
@@ -193,6 +225,15 @@ impl<A> Run<A> {
             (sig(SignalKind::user_defined1())?, sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
 
         let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
+        let metrics_at = listeners.iter().position(|b| b.name == listen::METRICS_LISTENER);
+        let exposition = Arc::new(crate::metrics::Exposition {
+            metrics,
+            listeners: listeners.iter().map(|b| b.name.clone()).collect(),
+            // Copies for the accept queues' lengths (dropped when the drain starts).
+            sockets: std::sync::Mutex::new(listeners.iter().map(|b| b.fd.try_clone().ok()).collect()),
+            version,
+            binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
+        });
         let app = match factory(args).await {
             Ok(app) => app,
             Err(e) => {
@@ -210,7 +251,7 @@ impl<A> Run<A> {
         let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
         #[cfg(not(feature = "tls"))]
         let tls_note = "";
-        let shared = Arc::new(Shared::new(http));
+        let shared = Arc::new(Shared::new(http, metrics));
         // Before accepting anything: a worker that fails here has taken no connection.
         if let Err(e) = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared).await {
             tracing::error!("{e}");
@@ -230,7 +271,8 @@ impl<A> Run<A> {
                 }
             });
         }
-        let mut server = Server::start(listeners, app, shared.clone());
+        let metrics_app = metrics_at.map(|i| (i as u16, crate::metrics::service(exposition.clone())));
+        let mut server = Server::start(listeners, app, metrics_app, shared.clone());
         let (rx, weak) = server.drain_signal();
         crate::shutdown::install(rx, weak, shared.cfg.drain_spread);
         tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
@@ -268,6 +310,8 @@ impl<A> Run<A> {
             }
         }
         server.stop_accepting().await;
+        exposition.forget_listeners();
+        metrics.draining();
         // Tells the master this process takes no new connection: a reload is complete.
         notify(&Message::draining());
         let timeout = shared.cfg.drain_timeout;

@@ -17,17 +17,27 @@ pub(crate) struct ConnState {
     pub(crate) peer: Option<SocketAddr>,
     /// Given to the app with each request.
     pub(crate) info: crate::Connection,
+    /// Index of the listener it came in on.
+    pub(crate) listener: u16,
+    pub(crate) tls: bool,
+    /// On the metrics listener: not counted, not logged.
+    pub(crate) internal: bool,
     h2: AtomicBool,
+    upgraded: AtomicBool,
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
 }
 
 impl ConnState {
-    pub(crate) fn new(peer: Option<SocketAddr>, local: crate::LocalAddr, shared: &Shared) -> Self {
+    pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Shared) -> Self {
         ConnState {
             peer,
-            info: crate::Connection { peer, local },
+            info: crate::Connection { peer, local: via.local },
+            listener: via.listener,
+            tls: via.tls,
+            internal,
             h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(shared.now_ms()),
         }
@@ -37,10 +47,24 @@ impl ConnState {
         self.h2.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn saw(&self, version: Version) {
-        if version == Version::HTTP_2 {
-            self.h2.store(true, Ordering::Relaxed);
+    pub(crate) fn saw(&self, version: Version, shared: &Shared) {
+        let first_h2 =
+            version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) && !self.h2.swap(true, Ordering::Relaxed);
+        if first_h2 && !self.internal {
+            shared.metrics.conn_became(false);
         }
+    }
+
+    /// Its response was 101: the connection is the app's now (a WebSocket).
+    pub(crate) fn upgraded(&self, shared: &Shared) {
+        if !self.upgraded.swap(true, Ordering::Relaxed) && !self.internal && !self.is_h2() {
+            shared.metrics.conn_became(true);
+        }
+    }
+
+    /// For the metrics: 0 HTTP/1, 1 HTTP/2, 2 upgraded.
+    pub(crate) fn kind(&self) -> u8 {
+        if self.upgraded.load(Ordering::Relaxed) && !self.is_h2() { 2 } else { u8::from(self.is_h2()) }
     }
 
     /// When the connection will have been idle for `limit` if nothing happens meanwhile.
@@ -71,16 +95,27 @@ pub(crate) struct InFlight {
     shared: Arc<Shared>,
     /// When it ended, if the owner read the clock already (one clock read per request).
     pub(crate) ended: Option<std::time::Instant>,
+    /// When it began, and its response's status (for the metrics).
+    pub(crate) start: std::time::Instant,
+    pub(crate) status: u16,
 }
 
 impl InFlight {
-    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>) -> Self {
+    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>, start: std::time::Instant) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { conn: conn.clone(), shared: shared.clone(), ended: None }
+        if !conn.internal {
+            shared.metrics.in_flight(true);
+        }
+        InFlight { conn: conn.clone(), shared: shared.clone(), ended: None, start, status: 0 }
     }
 }
 
 impl InFlight {
+    /// The request's response was 101 (see [`ConnState::upgraded`]).
+    pub(crate) fn conn_upgraded(&self) {
+        self.conn.upgraded(&self.shared);
+    }
+
     /// `t` as wall-clock time (see [`Shared::wall_at`]).
     pub(crate) fn shared_wall(&self, t: std::time::Instant) -> std::time::SystemTime {
         self.shared.wall_at(t)
@@ -95,6 +130,13 @@ impl Drop for InFlight {
         };
         self.conn.last_active_ms.store(ms, Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.conn.internal {
+            self.shared.metrics.in_flight(false);
+            if let Some(end) = self.ended {
+                let took = end.saturating_duration_since(self.start);
+                self.shared.metrics.request_done(usize::from(self.conn.listener), self.status, took);
+            }
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The health route answers 503 once set.
     pub(crate) unhealthy: AtomicBool,
+    /// Where requests and connections are counted.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Connections open now, upgraded ones (WebSocket) included.
     pub(crate) open_conns: AtomicU64,
     epoch: Instant,
@@ -73,9 +75,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: HttpConfig) -> Self {
+    pub(crate) fn new(cfg: HttpConfig, metrics: crate::metrics::Metrics) -> Self {
         Shared {
             cfg,
+            metrics,
             draining: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
             open_conns: AtomicU64::new(0),
@@ -131,15 +134,15 @@ where
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         let version = req.version();
-        self.conn.saw(version);
-        let guard = InFlight::new(&self.conn, &shared);
+        self.conn.saw(version, &shared);
+        let mut guard = InFlight::new(&self.conn, &shared, start);
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
         if let Some(peer) = self.conn.peer {
             // What `axum::serve(..).into_make_service_with_connect_info()` provides.
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
         req.extensions_mut().insert(self.conn.info.clone());
-        let record = (cfg.access_log != access_log::Format::Off)
+        let record = (cfg.access_log != access_log::Format::Off && !self.conn.internal)
             .then(|| Record::new(cfg.access_log, &req, self.conn.peer, rid.clone(), start));
         let early = limits::bad_host(&req)
             .or_else(|| health::answer(&req, &shared))
@@ -187,6 +190,10 @@ where
             let mut record = record;
             if let Some(r) = record.as_mut() {
                 r.status = resp.status();
+            }
+            guard.status = resp.status().as_u16();
+            if guard.status == 101 {
+                guard.conn_upgraded();
             }
             Ok(resp.map(|body| TrackedBody { body, record, guard }))
         })

@@ -108,6 +108,10 @@ impl Stats {
 pub struct Control {
     pub stop: AtomicBool,
     pub stopping: AtomicBool,
+    /// While set, connections send no new request (see [`Control::busy`]).
+    pub pause: AtomicBool,
+    /// Requests sent and not yet answered (or failed).
+    pub busy: std::sync::atomic::AtomicUsize,
 }
 
 pub async fn run(cfg: Config, ctl: Arc<Control>) -> Stats {
@@ -197,6 +201,12 @@ async fn conn_loop(cfg: Config, ctl: Arc<Control>, seed: u64) -> Stats {
             sender = None;
             continue;
         }
+        if ctl.pause.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        ctl.busy.fetch_add(1, Ordering::SeqCst);
+        let _busy = Busy(&ctl.busy);
         let mut req = Request::get(cfg.path).header("host", "t");
         if cfg.mode == Mode::Fresh {
             req = req.header("connection", "close");
@@ -253,4 +263,13 @@ fn graceful_goaway(e: &hyper::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<h2::Error>())
         .is_some_and(|h| h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR))
+}
+
+/// Counts one request in [`Control::busy`] until dropped.
+struct Busy<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -1,0 +1,228 @@
+//! Metrics that survive reloads, through the real `hello` binary: `--metrics-listen` scraped
+//! over real connections on 127.0.0.1 while workers are reloaded and killed, `status --json`,
+//! and `promtool check metrics` (Debian package `prometheus`) in an ignored test.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{Hello, free_port, get, hello_bin, load, rt, signal, wait_until};
+
+/// Starts hello with `--metrics-listen` on a free port; returns it and the metrics address.
+fn start(extra: &[&str]) -> (Hello, SocketAddr) {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = metrics.to_string();
+    let mut args = vec!["--delay", "0", "-p", "x.pid", "--metrics-listen", &listen];
+    args.extend_from_slice(extra);
+    (Hello::start(&hello_bin(), &args), metrics)
+}
+
+fn scrape(addr: SocketAddr) -> Result<String, String> {
+    match get(addr, "/metrics") {
+        Ok(r) if r.status == 200 => Ok(r.body),
+        Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Every sample of the text format: `name{labels}` to value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+            (k.to_owned(), v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
+        })
+        .collect()
+}
+
+/// The samples that may only grow: counters and histograms.
+fn monotonic(name: &str) -> bool {
+    let base = name.split('{').next().unwrap();
+    base.ends_with("_total") || base.ends_with("_bucket") || base.ends_with("_sum") || base.ends_with("_count")
+}
+
+fn http_requests(s: &BTreeMap<String, f64>) -> f64 {
+    s.iter().filter(|(k, _)| k.starts_with("baton_requests_total{listener=\"http\"")).map(|(_, v)| v).sum()
+}
+
+/// The serving worker's pid, from `status --json`.
+fn serving_pid(h: &Hello) -> Option<i64> {
+    let (code, out) = h.ctl(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    if code != 0 {
+        return None;
+    }
+    v["workers"].as_array()?.iter().find(|w| w["state"] == "serving")?["pid"].as_i64()
+}
+
+#[test]
+fn counters_survive_reloads_and_crashes_and_match_the_client_exactly() {
+    let (h, maddr) = start(&[]);
+    // Start-up made requests of its own (`/pid` until it answered).
+    let before = http_requests(&samples(&scrape(maddr).unwrap()));
+    let rt = rt();
+    let ctl = Arc::new(load::Control::default());
+    let run = rt.spawn(load::run(
+        load::Config { max_time: Duration::from_secs(120), ..load::Config::hello(h.addr(), load::Mode::KeepAlive, 8) },
+        ctl.clone(),
+    ));
+    // A scraper every 100 ms, checking each scrape against the one before.
+    let done = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut scrapes, mut last, mut problems) = (0, BTreeMap::new(), Vec::new());
+            while !done.load(Ordering::SeqCst) {
+                match scrape(maddr) {
+                    Ok(text) => {
+                        let now = samples(&text);
+                        for (k, v) in now.iter().filter(|(k, _)| monotonic(k)) {
+                            if let Some(before) = last.get(k) {
+                                if v < before {
+                                    problems.push(format!("{k} went from {before} to {v}"));
+                                }
+                            }
+                        }
+                        last = now;
+                        scrapes += 1;
+                    }
+                    Err(e) => problems.push(format!("scrape failed: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (scrapes, problems)
+        })
+    };
+    for round in 0..20 {
+        let (code, out) = h.ctl(&["reload"]);
+        assert_eq!(code, 0, "reload {round}: {out}");
+        if round == 5 || round == 12 {
+            // Killed while no request is in flight, so that "completed" has one meaning for
+            // both sides: no response is half-sent when the worker dies.
+            ctl.pause.store(true, Ordering::SeqCst);
+            wait_until(Duration::from_secs(10), "the load to pause", || ctl.busy.load(Ordering::SeqCst) == 0);
+            let victim = serving_pid(&h).expect("a serving worker");
+            signal(victim as i32, Signal::SIGKILL);
+            wait_until(Duration::from_secs(10), "a replacement", || serving_pid(&h).is_some_and(|p| p != victim));
+            ctl.pause.store(false, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctl.stop.store(true, Ordering::SeqCst);
+    let stats = rt.block_on(run).unwrap();
+    done.store(true, Ordering::SeqCst);
+    let (scrapes, problems) = scraper.join().unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(scrapes >= 10, "{scrapes} scrapes");
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    // The last responses' counts are written once their bodies are done: wait for them.
+    let mut last = BTreeMap::new();
+    wait_until(Duration::from_secs(5), "requests_total to reach the client's count", || {
+        last = samples(&scrape(maddr).unwrap());
+        http_requests(&last) >= before + stats.ok as f64
+    });
+    let counted = http_requests(&last) - before;
+    assert_eq!(counted, stats.ok as f64, "requests_total against the client's completed requests");
+    assert_eq!(last["baton_reloads_total{result=\"ok\"}"], 20.0);
+    assert_eq!(last["baton_worker_crashes_total"], 2.0);
+    // 1 + 20 reloads + 2 crash restarts.
+    assert_eq!(last["baton_worker_starts_total"], 23.0);
+    assert_eq!(last["baton_reload_duration_seconds_count"], 20.0);
+    assert_eq!(last["baton_request_duration_seconds_count"], before + stats.ok as f64);
+}
+
+#[test]
+fn status_json_parses_and_agrees_with_the_metrics() {
+    let (h, maddr) = start(&[]);
+    // Start-up made requests of its own (`/pid` until it answered).
+    let before = http_requests(&samples(&scrape(maddr).unwrap())) as u64;
+    for _ in 0..7 {
+        assert_eq!(get(h.addr(), "/").unwrap().status, 200);
+    }
+    assert_eq!(get(h.addr(), "/missing").unwrap().status, 404);
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = h.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let m = samples(&scrape(maddr).unwrap());
+    assert_eq!(v["state"], "serving");
+    assert_eq!(v["pid"].as_i64(), Some(i64::from(h.pid)));
+    assert_eq!(v["generation"].as_f64(), Some(m["baton_generation"]));
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["requests"]["total"].as_f64(), Some(http_requests(&m)));
+    assert_eq!(v["requests"]["by_class"]["2xx"], before + 7, "{out}");
+    assert_eq!(v["requests"]["by_class"]["4xx"], 1, "{out}");
+    assert_eq!(v["requests"]["by_listener"]["http"], before + 8, "{out}");
+    assert!(v["requests"]["by_listener"].get("baton-metrics").is_none(), "{out}");
+    assert_eq!(v["reloads"]["ok"].as_f64(), Some(m["baton_reloads_total{result=\"ok\"}"]));
+    assert_eq!(v["worker_starts"].as_f64(), Some(m["baton_worker_starts_total"]));
+    assert_eq!(v["worker_crashes"].as_f64(), Some(m["baton_worker_crashes_total"]));
+    assert_eq!(v["last_reload"]["ok"], true);
+    let workers = v["workers"].as_array().unwrap();
+    assert!(workers.iter().any(|w| w["state"] == "serving" && w["generation"] == 2), "{out}");
+    // The text form says the same in words.
+    let (_, text) = h.ctl(&["status"]);
+    let words = format!("requests: {} since start (0 5xx); reloads: 1 ok, 0 failed, 0 rolled back", before + 8);
+    assert!(text.contains(&words), "{text}");
+    // Not running: still one JSON object, with LSB's code.
+    let (code, out) = h.ctl(&["stop"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = h.ctl(&["status", "--json"]);
+    assert_eq!(code, 3, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["state"], "not running");
+}
+
+#[test]
+fn metrics_listen_is_checked_and_only_serves_metrics() {
+    let (h, maddr) = start(&[]);
+    assert_eq!(get(maddr, "/").unwrap().status, 404);
+    assert_eq!(get(h.addr(), "/metrics").unwrap().status, 404, "the app's listener does not serve them");
+    let text = scrape(maddr).unwrap();
+    assert!(text.contains("baton_build_info{version=\"0.1.0\""), "{text}");
+    assert!(text.contains("baton_listen_backlog{listener=\"http\"} "), "{text}");
+    assert!(text.contains("baton_resident_memory_bytes{role=\"master\"} "), "{text}");
+    // Scrapes are neither counted nor logged as the app's requests.
+    let before = samples(&text);
+    let after = samples(&scrape(maddr).unwrap());
+    assert_eq!(http_requests(&after), http_requests(&before), "{text}");
+    assert!(!h.log_text().contains("GET /metrics"), "{}", h.log_tail(10));
+    let out =
+        std::process::Command::new(hello_bin()).args(["run", "--metrics-listen", "x=127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("takes no name"));
+    let out =
+        std::process::Command::new(hello_bin()).args(["run", "--listen", "baton-x=127.0.0.1:1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names starting baton- are baton's"));
+}
+
+#[test]
+#[ignore = "needs promtool (Debian package prometheus)"]
+fn exposition_passes_promtool() {
+    let (h, maddr) = start(&[]);
+    for _ in 0..3 {
+        get(h.addr(), "/").unwrap();
+    }
+    h.ctl(&["reload"]);
+    let text = scrape(maddr).unwrap();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool: {said}\n{text}");
+    assert!(said.trim().is_empty(), "promtool has remarks (lint): {said}");
+}
