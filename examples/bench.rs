@@ -76,6 +76,9 @@ fn main() -> ExitCode {
             serve_bench(&rt);
         }
     }
+    if what == "metrics" && serve::wrk_available() {
+        serve::metrics_cost(6, 5);
+    }
     if what == "all" || what == "reload" {
         reload_bench(&rt);
     }
@@ -86,12 +89,14 @@ fn main() -> ExitCode {
 }
 
 /// baton with the switches the App builder owns taken from the environment (for the
-/// breakdown): request id and panic catching off unless `BENCH_REQUEST_ID`/`BENCH_CATCH_PANIC`.
+/// breakdown): request id, panic catching and metrics off unless `BENCH_REQUEST_ID`,
+/// `BENCH_CATCH_PANIC`, `BENCH_METRICS`.
 fn serve_ablation() -> ExitCode {
     let on = |k: &str| std::env::var_os(k).is_some();
     baton::App::new()
         .request_id(on("BENCH_REQUEST_ID"))
         .catch_panic(on("BENCH_CATCH_PANIC"))
+        .metrics(on("BENCH_METRICS"))
         .serve(|_: baton::NoArgs| async { hello::app(Duration::ZERO, false) })
 }
 

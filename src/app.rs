@@ -92,6 +92,7 @@ pub struct App {
     default_listen: Vec<ListenSpec>,
     request_id: bool,
     catch_panic: bool,
+    metrics: bool,
     idle_grace: Duration,
     ready_check: Option<crate::ready::Hook>,
     on_shutdown: Option<crate::ready::Hook>,
@@ -112,6 +113,7 @@ impl std::fmt::Debug for App {
             .field("default_listen", &self.default_listen)
             .field("request_id", &self.request_id)
             .field("catch_panic", &self.catch_panic)
+            .field("metrics", &self.metrics)
             .field("idle_grace", &self.idle_grace)
             .field("ready_check", &self.ready_check.is_some())
             .field("on_shutdown", &self.on_shutdown.is_some())
@@ -139,6 +141,7 @@ impl App {
             default_listen: vec!["0.0.0.0:8080".parse().expect("valid default")],
             request_id: true,
             catch_panic: true,
+            metrics: true,
             idle_grace: Duration::from_secs(1),
             ready_check: None,
             on_shutdown: None,
@@ -251,6 +254,13 @@ impl App {
     /// sent by the client). Default is on.
     pub fn request_id(mut self, on: bool) -> Self {
         self.request_id = on;
+        self
+    }
+
+    /// Whether workers count requests and connections (for `--metrics-listen` and `status`).
+    /// Default is on; off, the metrics show only the master's own counters.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
         self
     }
 
@@ -476,6 +486,7 @@ impl App {
             access_log: opts.access_log,
             request_id: self.request_id,
             catch_panic: self.catch_panic,
+            metrics: self.metrics,
             request_timeout: Some(opts.request_timeout).filter(|d| !d.is_zero()),
             header_timeout: opts.header_timeout,
             idle_timeout: Some(opts.idle_timeout).filter(|d| !d.is_zero()),

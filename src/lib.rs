@@ -33,7 +33,8 @@
 mod access_log;
 mod app;
 mod cli;
-mod metrics;
+#[doc(hidden)]
+pub mod metrics;
 mod ready;
 mod serve;
 mod service;

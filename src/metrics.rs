@@ -1,4 +1,4 @@
-//! The worker's side of the metrics: counting into the master's shared region
+//! Internal (public only for `bench -- metrics`). The worker's side of the metrics: counting into the master's shared region
 //! (`baton_supervise::metrics`) on the request path, and the Prometheus text exposition
 //! (format 0.0.4) served on `--metrics-listen`.
 
@@ -281,6 +281,21 @@ fn histogram(o: &mut String, name: &str, bounds: &[f64], counts: &[u64], sum_ns:
 /// A label value escaped as the text format wants (backslash, quote, newline).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// For `bench -- metrics`: the time `n` requests' counting takes on this thread (the request
+/// path's whole metrics work: in flight up and down, the counter, the histogram).
+#[doc(hidden)]
+pub fn time_counting(n: u32) -> Duration {
+    let m = Metrics::new(None);
+    let took = Duration::from_micros(250);
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        m.in_flight(true);
+        m.request_done(std::hint::black_box(0), std::hint::black_box(200 + (i % 2) as u16), took);
+        m.in_flight(false);
+    }
+    start.elapsed()
 }
 
 #[cfg(test)]

@@ -366,7 +366,7 @@ struct Open {
 impl Open {
     fn new(shared: Arc<Shared>, conn: Arc<ConnState>, alive: mpsc::Sender<()>) -> Open {
         shared.open_conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !conn.internal {
+        if conn.counted {
             shared.metrics.conn_opened(conn.tls);
         }
         Open { shared, conn, _alive: alive }
@@ -376,7 +376,7 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.conn.internal {
+        if self.conn.counted {
             self.shared.metrics.conn_closed(self.conn.kind(), self.conn.tls);
         }
     }

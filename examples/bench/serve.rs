@@ -152,8 +152,9 @@ pub(crate) fn breakdown(secs: u64) {
         v
     };
     type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("every default off", with(&[]), &[]),
+        ("+ metrics counting", with(&[]), &[("BENCH_METRICS", "1")]),
         ("+ request id", with(&[]), &[("BENCH_REQUEST_ID", "1")]),
         ("+ catch panic", with(&[]), &[("BENCH_CATCH_PANIC", "1")]),
         ("+ request timeout 60s", with(&["--request-timeout", "60s"]), &[]),
@@ -161,6 +162,17 @@ pub(crate) fn breakdown(secs: u64) {
         ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
         ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
     ];
+    // Every default on (combined log to a file), with and without the metrics' counting.
+    const ALL: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1")];
+    const ALL_METRICS: &[(&str, &str)] =
+        &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .chain([
+            ("every default, metrics counting off", vec!["-l", "access.log"], ALL),
+            ("every default, metrics counting on", vec!["-l", "access.log"], ALL_METRICS),
+        ])
+        .collect();
     println!(" breakdown: each default alone ({secs} s runs; ratios against plain axum::serve in the same pass)");
     let axum = {
         let s = Server::start("axum", &[]);
@@ -174,4 +186,29 @@ pub(crate) fn breakdown(secs: u64) {
         let r = wrk(&s, secs, false);
         print(&format!("{name} ({:.3}x)", r.cpu_us / axum.cpu_us), &r);
     }
+}
+
+/// `bench -- metrics`: every default on, metrics counting off and on, alternating rounds; the
+/// median of the per-round ratios of server CPU per request.
+pub(crate) fn metrics_cost(rounds: usize, secs: u64) {
+    const OFF: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1")];
+    const ON: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
+    println!(" metrics counting: every default on (combined log to a file), off then on, {rounds} rounds of {secs} s");
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let mut cpu = [0.0; 2];
+        for (i, (name, env)) in [("metrics counting off", OFF), ("metrics counting on", ON)].into_iter().enumerate() {
+            let s = Server::start_with_env("baton-ablation", &["-l", "access.log"], env);
+            wrk(&s, 1, false);
+            let r = wrk(&s, secs, false);
+            print(name, &r);
+            cpu[i] = r.cpu_us;
+        }
+        ratios.push(cpu[1] / cpu[0]);
+    }
+    let rounded: Vec<f64> = ratios.iter().map(|x| (x * 1000.0).round() / 1000.0).collect();
+    println!("  CPU per request, on vs off: median {:.3} (rounds {rounded:?})", median(ratios));
+    let n = 20_000_000;
+    let ns: Vec<f64> = (0..5).map(|_| baton::metrics::time_counting(n).as_nanos() as f64 / f64::from(n)).collect();
+    println!("  the counting alone, in a loop on one thread: {:.1} ns per request (median of 5 x {n})", median(ns));
 }

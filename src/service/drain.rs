@@ -22,6 +22,8 @@ pub(crate) struct ConnState {
     pub(crate) tls: bool,
     /// On the metrics listener: not counted, not logged.
     pub(crate) internal: bool,
+    /// Counted in the metrics (not internal, and counting is on).
+    pub(crate) counted: bool,
     h2: AtomicBool,
     upgraded: AtomicBool,
     in_flight: AtomicU32,
@@ -36,6 +38,7 @@ impl ConnState {
             listener: via.listener,
             tls: via.tls,
             internal,
+            counted: !internal && shared.cfg.metrics,
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
@@ -50,14 +53,14 @@ impl ConnState {
     pub(crate) fn saw(&self, version: Version, shared: &Shared) {
         let first_h2 =
             version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) && !self.h2.swap(true, Ordering::Relaxed);
-        if first_h2 && !self.internal {
+        if first_h2 && self.counted {
             shared.metrics.conn_became(false);
         }
     }
 
     /// Its response was 101: the connection is the app's now (a WebSocket).
     pub(crate) fn upgraded(&self, shared: &Shared) {
-        if !self.upgraded.swap(true, Ordering::Relaxed) && !self.internal && !self.is_h2() {
+        if !self.upgraded.swap(true, Ordering::Relaxed) && self.counted && !self.is_h2() {
             shared.metrics.conn_became(true);
         }
     }
@@ -103,7 +106,7 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>, start: std::time::Instant) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        if !conn.internal {
+        if conn.counted {
             shared.metrics.in_flight(true);
         }
         InFlight { conn: conn.clone(), shared: shared.clone(), ended: None, start, status: 0 }
@@ -130,7 +133,7 @@ impl Drop for InFlight {
         };
         self.conn.last_active_ms.store(ms, Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if !self.conn.internal {
+        if self.conn.counted {
             self.shared.metrics.in_flight(false);
             if let Some(end) = self.ended {
                 let took = end.saturating_duration_since(self.start);

@@ -36,6 +36,8 @@ pub(crate) struct HttpConfig {
     pub(crate) access_log: access_log::Format,
     pub(crate) request_id: bool,
     pub(crate) catch_panic: bool,
+    /// Count requests and connections for the metrics and `status`.
+    pub(crate) metrics: bool,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
