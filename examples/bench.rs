@@ -113,14 +113,15 @@ fn serve_axum() -> ExitCode {
 
 static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Pins this process (and the runtime threads it starts later) to CPU 1.
+/// Pins this process (and the runtime threads it starts later) to CPU 1, with `taskset` (which
+/// the servers are started under too).
 fn pin_client() -> bool {
     let ok = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
         && Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success())
-        && {
-            let mut set = nix::sched::CpuSet::new();
-            set.set(1).is_ok() && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok()
-        };
+        && Command::new("taskset")
+            .args(["-p", "-c", "1", &std::process::id().to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
     PINNED.store(ok, Ordering::Relaxed);
     ok
 }

@@ -49,7 +49,7 @@ impl Listener {
         let sock = socket2::Socket::from(b.fd);
         // tokio's from_std requires O_NONBLOCK; it is already set (bind/adopt) and is never
         // cleared: the flag lives on the file description shared with the master.
-        if sock.domain()? == socket2::Domain::UNIX {
+        if sock.local_addr()?.domain() == socket2::Domain::UNIX {
             let l: std::os::unix::net::UnixListener = sock.into();
             Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?))
         } else {

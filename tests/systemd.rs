@@ -1,6 +1,7 @@
 //! systemd and containers: the sd_notify sequence as systemd sees it, socket activation with
 //! the real `systemd-socket-activate`, `--shutdown-delay` with the health route, PID 1 in a
-//! pid namespace, and the shipped unit and logrotate files.
+//! pid namespace, and the shipped unit and logrotate files. Linux only.
+#![cfg(target_os = "linux")]
 
 mod support;
 

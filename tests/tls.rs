@@ -1,7 +1,7 @@
 //! TLS through the real binary (`--tls-cert`, `--tls-key`): HTTP/1.1 and HTTP/2 chosen by ALPN,
 //! a reload that picks up a renewed certificate, a broken certificate rolled back, and clients
 //! that do not speak TLS. The certificates are test-only fixtures (`tests/fixtures/tls/gen.sh`).
-#![cfg(feature = "tls")]
+#![cfg(all(feature = "tls", target_os = "linux"))]
 
 mod support;
 

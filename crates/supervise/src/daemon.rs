@@ -33,8 +33,7 @@ impl StatusPipe {
 /// Must run before any thread exists (checked).
 pub(crate) fn daemonize() -> Result<StatusPipe> {
     let fail = |what: &str, e: std::io::Error| Error::io(ErrorKind::Io, format!("cannot daemonize: {what}"), e);
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipe", e.into()))?;
+    let (r, w): (OwnedFd, OwnedFd) = sys::pipe_cloexec().map_err(|e| fail("pipe", e))?;
     match sys::fork_single_threaded().map_err(|e| fail("fork", e))? {
         Some(child) => {
             drop(w);

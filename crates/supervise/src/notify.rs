@@ -2,11 +2,7 @@
 //! toward systemd) send; the master receives on its own socket and checks each sender's pid.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-
-use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixCredentials, sockopt};
 
 /// Sends notifications to the socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
 /// abstract namespace).
@@ -30,7 +26,7 @@ impl Notifier {
 
     fn connect(name: &str) -> io::Result<Notifier> {
         let addr = match name.strip_prefix('@') {
-            Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes())?,
+            Some(abs) => crate::sys::abstract_addr(abs)?,
             None if name.starts_with('/') => SocketAddr::from_pathname(name)?,
             None => {
                 return Err(io::Error::other(format!("unsupported NOTIFY_SOCKET {name:?}")));
@@ -42,13 +38,14 @@ impl Notifier {
 
     /// Sends one message, e.g. `"READY=1"` or `"STATUS=serving"`.
     pub fn send(&self, msg: &str) -> io::Result<()> {
-        self.sock.send_to_addr(msg.as_bytes(), &self.addr).map(drop)
+        self.sock.send_to_addr(crate::sys::notify_stamp(msg).as_bytes(), &self.addr).map(drop)
     }
 }
 
 /// The master's notify socket: a datagram socket in a private directory (mode 0700, created
-/// fresh, owned by the workers' user), so that only the master and its workers can reach it;
-/// with `SO_PASSCRED`, the kernel stamps every message with the sender's pid.
+/// fresh, owned by the workers' user), so that only the master and its workers can reach it.
+/// On Linux the kernel stamps every message with the sender's pid (`SO_PASSCRED`); elsewhere
+/// the sender names itself (`BATON_PID=`, added by [`Notifier::send`]).
 #[derive(Debug)]
 pub(crate) struct NotifyServer {
     sock: UnixDatagram,
@@ -80,7 +77,7 @@ impl NotifyServer {
         let bound = (|| {
             let sock = UnixDatagram::bind(&path)?;
             sock.set_nonblocking(true)?;
-            socket::setsockopt(&sock, sockopt::PassCred, &true)?;
+            crate::sys::notify_setup(&sock)?;
             if let Some((uid, gid)) = owner {
                 // The socket first, while the directory is still root's alone.
                 nix::unistd::chown(&path, Some(uid), Some(gid))?;
@@ -109,27 +106,7 @@ impl NotifyServer {
 
     /// The next pending message with its sender's pid; `None` when none is pending.
     pub(crate) fn recv(&self) -> io::Result<Option<(i32, String)>> {
-        let mut buf = [0u8; 4096];
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        let msg = match socket::recvmsg::<()>(
-            self.sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut pid = 0;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmCredentials(cred) = c {
-                pid = cred.pid();
-            }
-        }
-        let len = msg.bytes;
-        Ok(Some((pid, String::from_utf8_lossy(&buf[..len]).into_owned())))
+        crate::sys::notify_recv(&self.sock)
     }
 
     pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -129,6 +129,10 @@ pub(crate) fn control_path(pid: &Path) -> PathBuf {
 pub(crate) fn held_by(path: &Path, pid: i32) -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let target = std::fs::metadata(path)?;
+    if !Path::new("/proc/self/fd").exists() {
+        // No `/proc` (macOS, the BSDs): the file is locked and names `pid`.
+        return Ok(matches!(probe(path), Ok(Probe::Running(p)) if p == pid));
+    }
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let Ok(m) = std::fs::metadata(entry?.path()) else { continue };
         if m.dev() == target.dev() && m.ino() == target.ino() {

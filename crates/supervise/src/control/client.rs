@@ -129,7 +129,8 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
 /// master), or the answer is not trusted.
 fn ask(path: &Path, cmd: Command, timeout: Duration, pid: i32) -> io::Result<Reply> {
     let mut s = UnixStream::connect(path)?;
-    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)?.pid();
+    // Linux only (SO_PEERCRED); elsewhere the socket's directory permissions decide who serves it.
+    let peer = crate::sys::peer_pid(&s)?.unwrap_or(pid);
     if peer != pid {
         return Err(io::Error::other(format!("{} is served by pid {peer}, not the pid file's {pid}", path.display())));
     }
@@ -210,9 +211,13 @@ impl Exited {
 }
 
 /// Whether `pid` exists and is not a zombie (a daemon's zombie waits for PID 1 to reap it).
+/// Without `/proc` (macOS, the BSDs) a zombie counts as alive until it is reaped.
 fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
+    if std::path::Path::new("/proc/self/stat").exists() {
+        return match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+            Err(_) => false,
+        };
     }
+    kill(Pid::from_raw(pid), None).is_ok()
 }

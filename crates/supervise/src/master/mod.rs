@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 
 use crate::control::server::ControlServer;
@@ -121,15 +120,8 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         Signal::SIGUSR2,
         Signal::SIGCHLD,
     ];
-    let mut signals = SigSet::empty();
-    for s in handled {
-        signals.add(s);
-    }
-    sys::install_noop_handlers(&handled).map_err(|e| Error::io(ErrorKind::Io, "sigaction", e))?;
-    let orig_mask = SigSet::thread_get_mask().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
-    signals.thread_block().map_err(|e| Error::io(ErrorKind::Io, "sigprocmask", e.into()))?;
-    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| Error::io(ErrorKind::Io, "signalfd", e.into()))?;
+    let (signals, orig_mask) =
+        sys::Signals::new(&handled).map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))?;
     let notify =
         NotifyServer::bind(log_owner).map_err(|e| Error::io(ErrorKind::Io, "cannot create the notify socket", e))?;
 
@@ -163,7 +155,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             log_path,
             log_owner,
             orig_mask,
-            sigfd,
+            signals,
             notify,
             control,
             systemd,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
@@ -37,7 +36,7 @@ pub(super) struct Io {
     pub(super) log_path: Option<PathBuf>,
     pub(super) log_owner: Option<(Uid, Gid)>,
     pub(super) orig_mask: SigSet,
-    pub(super) sigfd: SignalFd,
+    pub(super) signals: sys::Signals,
     pub(super) notify: NotifyServer,
     pub(super) control: Option<ControlServer>,
     pub(super) systemd: Option<Notifier>,
@@ -91,7 +90,12 @@ impl Runner {
     /// Runs until the state machine says exit; returns the exit code.
     pub(super) fn run(&mut self, limits: Limits) -> u8 {
         let names: Vec<String> = self.io.listeners.iter().map(Bound::describe).collect();
-        tracing::info!("master started (binary {}), listening on {}", self.io.exe.display(), names.join(", "));
+        tracing::info!(
+            "master started (binary {}, {} OS backend), listening on {}",
+            self.io.exe.display(),
+            sys::BACKEND,
+            names.join(", ")
+        );
         let mut state = State::new(limits);
         self.dispatch(&mut state, Event::Start);
         while self.exit.is_none() {
@@ -112,7 +116,7 @@ impl Runner {
         });
         let control_fds = self.io.control.as_ref().map(|c| c.poll_fds()).unwrap_or_default();
         let mut fds = vec![
-            PollFd::new(self.io.sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.io.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.io.notify.as_fd(), PollFlags::POLLIN),
         ];
         fds.extend(control_fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
@@ -130,8 +134,8 @@ impl Runner {
     fn collect_events(&mut self, state: &State) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
-            match self.io.sigfd.read_signal() {
-                Ok(Some(info)) => events.extend(self.signal_event(info.ssi_signo as i32)),
+            match self.io.signals.read() {
+                Ok(Some(signo)) => events.extend(self.signal_event(signo)),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!("reading signals failed: {e}");
@@ -332,7 +336,8 @@ impl Runner {
             slot
         });
         let argv: Vec<&std::ffi::OsStr> = io.argv.iter().map(|a| a.as_os_str()).collect();
-        let spawned = WorkerExec::new(exe.as_fd(), &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
+        let spawned =
+            WorkerExec::new(exe.as_fd(), &io.exe, &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
         let result = match spawned {
             Ok(pid) => {
                 if let (Some((_, r)), Some(Some(slot))) = (&io.metrics, slot) {

@@ -1,5 +1,6 @@
-//! The OS boundary: fork/exec, fd plumbing, environment mutation. The only module allowed
-//! `unsafe`; every block says why it holds. Between `fork()` and `execve()` in [`WorkerExec::spawn`]
+//! The OS boundary: fork/exec, fd plumbing, environment mutation, signals, shared memory. The
+//! only module allowed `unsafe` and the only one with `cfg` for the target; every block says
+//! why it holds. Between `fork()` and `execve()` in [`WorkerExec::spawn`]
 //! the child only makes async-signal-safe calls on memory prepared before the fork: no
 //! allocation, no locks.
 #![allow(unsafe_code)] // the OS boundary: see the module docs
@@ -14,12 +15,33 @@ use libc::c_char;
 
 use crate::handoff::LISTEN_FDS_START;
 
+// The two backends: what only Linux has (signalfd, pidfd, memfd, execveat, the parent-death
+// signal, kernel-stamped credentials, TCP_INFO), and portable POSIX for macOS and the BSDs
+// (self-pipe signals, fexecve, a parent watcher, self-declared notify senders). The portable
+// one builds on Linux too with the `portable` feature, so its code is tested here.
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+#[path = "linux.rs"]
+mod backend;
+#[cfg(any(not(target_os = "linux"), feature = "portable"))]
+#[path = "portable.rs"]
+mod backend;
+
+pub(crate) use backend::{
+    NAME as BACKEND, Signals, abstract_addr, die_with_parent, listen_queue, notify_recv, notify_setup, notify_stamp,
+    peer_pid, pidfd_open, pipe_cloexec,
+};
+
 /// Most listeners one worker can be handed (the child keeps them in a stack array).
 pub(crate) const MAX_LISTENERS: usize = 64;
 
-/// Whether this process has exactly one thread (Linux: counts `/proc/self/task`).
+/// Whether this process has exactly one thread (counts `/proc/self/task`). Where there is no
+/// such directory (macOS, the BSDs) it cannot be checked and is assumed: baton itself starts
+/// no thread before it forks; an app that does is warned about on Linux.
 pub(crate) fn is_single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
+    match std::fs::read_dir("/proc/self/task") {
+        Ok(d) => d.count() == 1,
+        Err(_) => !cfg!(target_os = "linux"),
+    }
 }
 
 /// Removes environment variables (they were meant for this process only), when that is sound:
@@ -55,7 +77,7 @@ pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the fd is open (fstat succeeded) for the call's duration; the borrow does not
     // outlive it and closes nothing.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    if !socket2::SockRef::from(&borrowed).is_listener()? {
+    if !is_listener(borrowed)? {
         return Err(io::Error::other("not a listening socket"));
     }
     // SAFETY: a listening socket passed to this process by its parent (LISTEN_FDS protocol),
@@ -85,14 +107,28 @@ pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether a socket listens (`SO_ACCEPTCONN`, POSIX).
+fn is_listener(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&raw mut v).cast(), &mut len)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(v != 0) }
+}
+
 /// Marks every descriptor from 3 on close-on-exec: whatever this process inherited (a
 /// launcher's open file, a shell's `9>>secret`) must not reach workers, which may run as
 /// another user. Descriptors this process opens itself are close-on-exec already.
 pub(crate) fn cloexec_inherited() -> io::Result<()> {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= 3)
-        .collect();
+    // `/proc/self/fd` (Linux) or `/dev/fd` (macOS, FreeBSD with fdescfs) lists the open fds;
+    // without either, every number up to 1024 is tried.
+    let listed = std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd"));
+    let fds: Vec<RawFd> = match listed {
+        Ok(d) => d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|fd| *fd >= 3).collect(),
+        Err(_) => (3..1024).collect(),
+    };
     for fd in fds {
         // EBADF: the directory's own fd, closed by now.
         match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
@@ -101,19 +137,6 @@ pub(crate) fn cloexec_inherited() -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A descriptor that becomes readable when process `pid` has exited (Linux 5.3+ `pidfd_open`).
-/// Unlike polling `kill(pid, 0)` it cannot be fooled by a zombie or by a reused pid.
-pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1; no memory is
-    // passed to the kernel.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Points fds 1 and 2 at `file` (a log file opened with O_APPEND): every writer follows at once.
@@ -163,43 +186,15 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Asks the kernel to send `sig` to this process when its parent dies, then checks the parent
-/// is still `expected` (it may have died before the call: then exit at once).
-pub(crate) fn die_with_parent(sig: libc::c_int, expected: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if nix::unistd::getppid().as_raw() != expected {
-        return Err(io::Error::other("the master is gone"));
-    }
-    Ok(())
-}
-
-extern "C" fn noop_handler(_: libc::c_int) {}
-
-/// Installs a handler that does nothing for each signal. The master reads its signals from a
-/// signalfd with them blocked; a real handler still matters when it runs as PID 1 of a pid
-/// namespace (a container), where the kernel drops signals whose disposition is the default.
-/// Handlers are reset to the default at exec, so workers do not inherit them.
-pub(crate) fn install_noop_handlers(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
-    let action = SigAction::new(SigHandler::Handler(noop_handler), SaFlags::SA_RESTART, SigSet::empty());
-    for &sig in signals {
-        // SAFETY: the handler does nothing, which is async-signal-safe; no other handler is
-        // being replaced that the process relies on (the master runs no user code).
-        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
-    }
-    Ok(())
-}
-
 /// Everything a worker's fork + exec needs, built before the fork so that the child allocates
 /// nothing. `LISTEN_PID` holds room for the digits of the child's pid, written after the fork.
 #[derive(Debug)]
 pub(crate) struct WorkerExec {
-    /// The pinned binary: executed with `execveat(fd, "", AT_EMPTY_PATH)`, so the file on
-    /// disk may be replaced or deleted meanwhile.
+    /// The pinned binary: executed from this fd (Linux `execveat(fd, "", AT_EMPTY_PATH)`,
+    /// `fexecve` elsewhere), so the file on disk may be replaced or deleted meanwhile.
     exe: RawFd,
+    /// Its path, for systems that can only execute a path (macOS).
+    path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     env: Vec<Vec<u8>>,
@@ -233,6 +228,7 @@ impl WorkerExec {
     /// child. `exe` must stay open until [`WorkerExec::spawn`] returned.
     pub(crate) fn new(
         exe: BorrowedFd<'_>,
+        path: &std::path::Path,
         argv: &[&OsStr],
         env: &[(Vec<u8>, Vec<u8>)],
         fds: &[RawFd],
@@ -270,6 +266,7 @@ impl WorkerExec {
         fd_arr[..fds.len()].copy_from_slice(fds);
         Ok(WorkerExec {
             exe: exe.as_raw_fd(),
+            path: cstr(path.as_os_str().as_bytes())?,
             _argv: argv,
             argv_ptrs,
             env: env_bufs,
@@ -312,7 +309,7 @@ impl WorkerExec {
             }
             libc::sigprocmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
             // A worker drains and exits when the master dies, however it died.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+            backend::child_parent_death(libc::SIGTERM);
             if libc::getppid() != self.parent {
                 libc::_exit(1);
             }
@@ -346,12 +343,11 @@ impl WorkerExec {
             std::ptr::copy_nonoverlapping(digits.as_ptr().add(PID_ROOM - len), self.pid_digits, len);
             *self.pid_digits.add(len) = 0;
             let exec = || {
-                let empty = c"".as_ptr();
                 let (argv, envp) = (self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
-                libc::syscall(libc::SYS_execveat, self.exe, empty, argv, envp, libc::AT_EMPTY_PATH)
+                backend::child_exec(self.exe, self.path.as_ptr(), argv, envp)
             };
             exec();
-            if *libc::__errno_location() == libc::ENOENT {
+            if nix::errno::Errno::last_raw() == libc::ENOENT {
                 // A script: its interpreter opens it as /dev/fd/N, which a close-on-exec fd
                 // would not survive. Keep it open across exec (it stays open in the worker).
                 libc::fcntl(self.exe, libc::F_SETFD, 0);
@@ -381,7 +377,7 @@ pub(crate) fn drop_privileges(user: &str, uid: nix::unistd::Uid, gid: nix::unist
         ));
     }
     let name = CString::new(user).map_err(|_| io::Error::other("NUL in user name"))?;
-    nix::unistd::initgroups(&name, gid)?;
+    backend::init_groups(&name, gid)?;
     nix::unistd::setgid(gid)?;
     nix::unistd::setuid(uid)?;
     if !uid.is_root() && nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
@@ -404,11 +400,11 @@ pub(crate) fn private_region() -> &'static crate::metrics::Region {
     }
 }
 
-/// A new shared memory file (`memfd`, close-on-exec) the size of a
+/// A new shared memory file (close-on-exec; a `memfd` on Linux) the size of a
 /// [`Region`](crate::metrics::Region), mapped shared.
 pub(crate) fn shared_region() -> io::Result<(OwnedFd, &'static crate::metrics::Region)> {
-    let fd = nix::sys::memfd::memfd_create(c"baton-metrics", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
     let len = size_of::<crate::metrics::Region>();
+    let fd = backend::shared_file()?;
     nix::unistd::ftruncate(&fd, len as libc::off_t)?;
     let r = map_region(fd.as_fd())?;
     Ok((fd, r))
@@ -438,17 +434,4 @@ pub(crate) fn map_region(fd: BorrowedFd<'_>) -> io::Result<&'static crate::metri
 /// The system's page size.
 pub(crate) fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |n| n as u64)
-}
-
-/// A TCP listening socket's accept queue: (connections waiting, limit), from `TCP_INFO`.
-pub(crate) fn listen_queue(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
-    // SAFETY: tcp_info is plain integers: all-zero is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own, and updates len.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
-    };
-    // On a listening socket (state 10, TCP_LISTEN) unacked is the accept queue and sacked its limit.
-    (rc == 0 && info.tcpi_state == 10).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }
