@@ -284,14 +284,26 @@ impl WorkerExec {
     /// worker cannot be handled by a copy of the master's handlers.
     pub(crate) fn spawn(&mut self) -> io::Result<libc::pid_t> {
         debug_assert!(!self.env.is_empty());
+        // The master's signals stay blocked across the fork (they are already with signalfd):
+        // a signal sent to the new pid before it reset its handlers must not run a copy of the
+        // master's handler (the portable backend's would write into the master's self-pipe).
+        let mut block = nix::sys::signal::SigSet::empty();
+        for sig in RESET_SIGNALS {
+            if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+                block.add(s);
+            }
+        }
+        let before = block.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
         // SAFETY: the master is single-threaded; the child runs only `child_after_fork`, which
         // makes async-signal-safe calls on memory prepared before the fork.
-        match unsafe { libc::fork() } {
+        let forked = match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: we are the freshly forked child.
             0 => unsafe { self.child_after_fork() },
             pid => Ok(pid),
-        }
+        };
+        before.thread_set_mask()?;
+        forked
     }
 
     /// Runs in the child between fork and exec: async-signal-safe calls only, no allocation.
