@@ -17,6 +17,8 @@ mod hello;
 #[path = "../tests/support/load.rs"]
 mod load;
 
+#[path = "bench/instructions.rs"]
+mod instructions;
 #[path = "bench/serve.rs"]
 mod serve;
 
@@ -75,6 +77,9 @@ fn main() -> ExitCode {
             println!("wrk not found (Debian package wrk): the built-in client, which may be slower than the server");
             serve_bench(&rt);
         }
+    }
+    if what == "instructions" && serve::wrk_available() && instructions::valgrind_available() {
+        instructions::table(5, 3);
     }
     if what == "metrics" && serve::wrk_available() {
         serve::metrics_cost(6, 5);

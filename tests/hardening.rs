@@ -252,7 +252,7 @@ fn symlink_switch_deploy_is_followed_when_started_through_path() {
     cmd.env("PATH", path).args(["run", "--delay", "0", "-p", "x.pid", "--listen", &format!("127.0.0.1:{port}")]);
     let h = Hello::launch(cmd, port);
     h.wait_ready();
-    assert!(h.log_text().contains(&format!("master started (binary {})", link.display())), "{}", h.log_tail(5));
+    assert!(h.log_text().contains(&format!("master started (binary {}, ", link.display())), "{}", h.log_tail(5));
     // Reloading the same binary says so.
     let (code, out) = h.ctl(&["reload"]);
     assert_eq!(code, 0, "{out}");

@@ -1,0 +1,104 @@
+//! `bench -- instructions`: the server's own instructions per request, counted by callgrind
+//! (Debian package `valgrind`). Unlike CPU time, the count does not depend on what else the
+//! machine does, so differences of a percent show. It counts user space only (the kernel's
+//! TCP work is the same for both servers) and runs baton with `--no-master` (the master takes
+//! no part in serving, and valgrind cannot follow its `execveat`). Each server is measured
+//! twice, idle and under `wrk`; the difference over the requests served is the figure.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::median;
+
+pub(crate) fn valgrind_available() -> bool {
+    Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Instructions executed by one server run, and the requests `wrk` completed against it.
+fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool) -> (f64, f64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("baton-bench-cg-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("callgrind.out");
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(std::env::current_exe().unwrap());
+    if role != "axum" {
+        cmd.args(["run", "--no-master", "--listen", &addr]).args(extra);
+    }
+    cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", &addr).envs(env.iter().copied()).current_dir(&dir);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+    let mut child = cmd.spawn().expect("valgrind");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "{role} did not start under valgrind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut requests = 0.0;
+    if secs > 0 {
+        let mut w = Command::new("wrk");
+        w.args(["-t1", "-c16", &format!("-d{secs}s"), &format!("http://{addr}/")]);
+        if close {
+            w.args(["-H", "Connection: close"]);
+        }
+        let text = String::from_utf8_lossy(&w.output().expect("wrk").stdout).into_owned();
+        requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let instructions = text
+        .lines()
+        .find_map(|l| l.strip_prefix("totals: ").or_else(|| l.strip_prefix("summary: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let _ = std::fs::remove_dir_all(&dir);
+    (instructions, requests)
+}
+
+/// Instructions per request: (busy - idle) / requests, median of `rounds`.
+fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool, rounds: usize) -> f64 {
+    let idle = run(role, extra, env, 0, close).0;
+    let v: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (busy, requests) = run(role, extra, env, secs, close);
+            (busy - idle) / requests.max(1.0)
+        })
+        .collect();
+    median(v)
+}
+
+pub(crate) fn table(secs: u64, rounds: usize) {
+    type Config = (&'static str, &'static str, &'static [&'static str], &'static [(&'static str, &'static str)], bool);
+    const ALL: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
+    let configs: [Config; 6] = [
+        ("plain axum::serve (keep-alive)", "axum", &[], &[], false),
+        ("baton, defaults, access log to a file", "baton", &["-l", "access.log"], &[], false),
+        ("baton --access-log off", "baton", &["--access-log", "off"], &[], false),
+        (
+            "baton, every default off",
+            "baton-ablation",
+            &["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"],
+            &[],
+            false,
+        ),
+        ("plain axum::serve (Connection: close)", "axum", &[], &[], true),
+        ("baton, defaults (Connection: close)", "baton-ablation", &["-l", "access.log"], ALL, true),
+    ];
+    println!("instructions (callgrind, user space; wrk -t1 -c16, {secs} s under valgrind, median of {rounds}):");
+    let mut base = [f64::NAN; 2];
+    for (name, role, extra, env, close) in configs {
+        let n = per_request(role, extra, env, secs, close, rounds);
+        let b = &mut base[usize::from(close)];
+        if role == "axum" {
+            *b = n;
+        }
+        println!("  {name:<46} {n:>9.0} instructions/request  ({:.3}x axum)", n / *b);
+    }
+}
