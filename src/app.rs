@@ -26,6 +26,7 @@ pub trait IntoApp: private::Sealed {}
 mod private {
     /// Boxes the service (sealed: the blanket impl below is the only one).
     pub trait Sealed {
+        #[allow(private_interfaces)] // sealed: nobody outside can call or implement it
         fn into_service(self) -> crate::AppService;
     }
 }
@@ -37,9 +38,17 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    #[allow(private_interfaces)]
     fn into_service(self) -> AppService {
         use tower::ServiceExt as _;
-        BoxCloneSyncService::new(self.map_response(|r: Response<B>| r.map(Body::new)))
+        let mut slot = Some(self);
+        if let Some(router) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<axum::Router>>() {
+            if let Some(r) = router.take() {
+                return AppService::Router(r);
+            }
+        }
+        let s = slot.take().expect("taken only for a Router");
+        AppService::Boxed(BoxCloneSyncService::new(s.map_response(|r: Response<B>| r.map(Body::new))))
     }
 }
 

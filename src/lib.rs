@@ -129,5 +129,51 @@ pub enum LocalAddr {
     Unix(Option<std::sync::Arc<std::path::Path>>),
 }
 
-/// The app as baton runs it: a cloneable service from requests to responses.
-pub(crate) type AppService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The app as baton runs it: a cloneable service from requests to responses. An axum
+/// `Router` (the common case) is called directly: cloning it per request is a reference count,
+/// where a boxed service costs an allocation and a virtual call.
+#[derive(Clone)]
+pub(crate) enum AppService {
+    Router(axum::Router),
+    Boxed(BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>),
+}
+
+impl std::fmt::Debug for AppService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppService::Router(_) => "AppService::Router",
+            AppService::Boxed(_) => "AppService::Boxed",
+        })
+    }
+}
+
+impl AppService {
+    /// Answers one request.
+    pub(crate) fn oneshot(&self, req: Request<Body>) -> AppFuture {
+        use tower::ServiceExt as _;
+        match self {
+            AppService::Router(r) => AppFuture::Router { fut: r.clone().oneshot(req) },
+            AppService::Boxed(s) => AppFuture::Boxed { fut: s.clone().oneshot(req) },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`AppService::oneshot`]'s future.
+    #[project = AppFutureProj]
+    pub(crate) enum AppFuture {
+        Router { #[pin] fut: tower::util::Oneshot<axum::Router, Request<Body>> },
+        Boxed { #[pin] fut: tower::util::Oneshot<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>, Request<Body>> },
+    }
+}
+
+impl std::future::Future for AppFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            AppFutureProj::Router { fut } => fut.poll(cx),
+            AppFutureProj::Boxed { fut } => fut.poll(cx),
+        }
+    }
+}

@@ -257,7 +257,7 @@ pub(crate) fn service(exposition: std::sync::Arc<Exposition>) -> crate::AppServi
             async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], e.render()) }
         }),
     );
-    tower::util::BoxCloneSyncService::new(router)
+    crate::AppService::Router(router)
 }
 
 /// A histogram's series from per-bucket counts (the last is `+Inf`).

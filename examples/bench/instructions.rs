@@ -25,8 +25,14 @@ fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool)
     cmd.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe().unwrap());
-    if role != "axum" {
-        cmd.args(["run", "--no-master", "--listen", &addr]).args(extra);
+    match role {
+        "baton" => {
+            cmd.args(["run", "--no-master", "--listen", &addr, "--delay", "0"]).args(extra);
+        }
+        "baton-ablation" => {
+            cmd.args(["run", "--no-master", "--listen", &addr]).args(extra);
+        }
+        _ => {}
     }
     cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", &addr).envs(env.iter().copied()).current_dir(&dir);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());

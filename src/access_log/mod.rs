@@ -86,9 +86,19 @@ impl Record {
 
     fn remote(&self, out: &mut String) {
         use std::fmt::Write as _;
-        match self.peer {
-            Some(p) => {
-                let _ = write!(out, "{}", p.ip());
+        match self.peer.map(|p| p.ip()) {
+            // Without the formatting machinery: the common case, measured at a few hundred
+            // instructions per line through `Display`.
+            Some(std::net::IpAddr::V4(ip)) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_u64(out, u64::from(octet));
+                }
+            }
+            Some(ip) => {
+                let _ = write!(out, "{ip}");
             }
             None => out.push_str("unix"),
         }
@@ -120,12 +130,13 @@ impl Record {
     }
 
     fn json(&self, out: &mut String, took: Duration, wall: SystemTime) {
-        use std::fmt::Write as _;
         out.push_str("{\"time\":\"");
         cached_time(out, wall, true);
         out.push_str("\",\"remote\":\"");
         self.remote(out);
-        let _ = write!(out, "\",\"method\":\"{}\",\"uri\":\"", self.method);
+        out.push_str("\",\"method\":\"");
+        out.push_str(self.method.as_str());
+        out.push_str("\",\"uri\":\"");
         escape_into(out, self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(), b'"', true);
         out.push_str("\",\"version\":\"");
         out.push_str(version(self.version));
@@ -137,7 +148,9 @@ impl Record {
         push_fixed(out, took.as_micros() as u64, 3);
         for (key, v) in [("request_id", &self.rid), ("user_agent", &self.user_agent), ("referer", &self.referer)] {
             if let Some(v) = v {
-                let _ = write!(out, ",\"{key}\":\"");
+                out.push_str(",\"");
+                out.push_str(key);
+                out.push_str("\":\"");
                 escape_into(out, v.as_bytes(), b'"', true);
                 out.push('"');
             }

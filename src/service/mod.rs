@@ -1,14 +1,13 @@
 //! The production defaults in front of the app, composed in one place ([`ConnService::call`]),
-//! one module each: request id, health route, body limit (413), panic -> 500, request timeout
-//! (503), `Connection: close` while draining, and the access log. One allocation per request
-//! beyond what `axum::serve` does (the boxed future).
+//! one module each: request id, health route, body limit (413), `Connection: close` while
+//! draining, and the access log; panic -> 500, the request timeout (503) and the request span
+//! share one future around the app's (`handle.rs`).
 
 mod drain;
+mod handle;
 mod health;
 mod limits;
-mod panic;
 mod request_id;
-mod timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,7 +21,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tower::ServiceExt as _;
 
 pub(crate) use drain::ConnState;
 use drain::InFlight;
@@ -162,22 +160,20 @@ where
                     // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
                     // has begun, which the access log (written at the end) cannot.
                     tracing::debug!("request started: {method} {path}");
-                    let fut = panic::CatchPanic { inner: app.oneshot(req), enabled: cfg.catch_panic };
                     // The app's own events carry the request id when this span is enabled
                     // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
                     let span = match &rid {
                         Some(id) => tracing::debug_span!("request", id = ?id),
                         None => tracing::debug_span!("request"),
                     };
-                    let fut = tracing::Instrument::instrument(fut, span);
-                    match timeout::within(cfg.request_timeout, fut).await {
-                        Some(Ok(Ok(r))) => r,
-                        Some(Ok(Err(never))) => match never {},
-                        Some(Err(panic)) => {
+                    let deadline = cfg.request_timeout.map(|t| start + t);
+                    match handle::Handle::new(app.oneshot(req), cfg.catch_panic, span, deadline).await {
+                        handle::Outcome::Done(r) => r,
+                        handle::Outcome::Panicked(panic) => {
                             tracing::error!("handler panicked on {method} {path}: {panic}");
                             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
                         }
-                        None => {
+                        handle::Outcome::TimedOut => {
                             tracing::warn!("request timeout on {method} {path}");
                             plain(StatusCode::SERVICE_UNAVAILABLE, "request timeout\n")
                         }

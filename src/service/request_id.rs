@@ -24,7 +24,18 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> HeaderValue {
         (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let v = HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value");
+    // `{prefix:08x}-{n:x}`, without the formatting machinery (it is on every request).
+    let mut buf = [0u8; 8 + 1 + 16];
+    let hex = |d: u64| b"0123456789abcdef"[(d & 0xf) as usize];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = hex(u64::from(prefix) >> (28 - 4 * i));
+    }
+    buf[8] = b'-';
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        buf[9 + i] = hex(n >> (4 * (digits - 1 - i)));
+    }
+    let v = HeaderValue::from_bytes(&buf[..9 + digits]).expect("hex is a valid header value");
     req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
     v
 }
@@ -44,5 +55,11 @@ mod tests {
         assert_eq!(ensure(&mut given), "abc-123");
         let mut bad = Request::builder().header("x-request-id", "has space").body(()).unwrap();
         assert_ne!(ensure(&mut bad), "has space");
+        // The shape `{prefix:08x}-{n:x}`.
+        let id = ensure(&mut Request::new(()));
+        let (prefix, n) = id.to_str().unwrap().split_once('-').unwrap();
+        assert_eq!(prefix.len(), 8);
+        assert!(u32::from_str_radix(prefix, 16).is_ok() && u64::from_str_radix(n, 16).is_ok(), "{id:?}");
+        assert!(!n.starts_with('0') || n == "0", "{id:?}");
     }
 }
