@@ -1,7 +1,8 @@
 //! The production defaults in front of the app, composed in one place ([`ConnService::call`]),
 //! one module each: request id, health route, body limit (413), `Connection: close` while
 //! draining, and the access log; panic -> 500, the request timeout (503) and the request span
-//! share one future around the app's (`handle.rs`).
+//! share one future around the app's (`handle.rs`). No allocation per request of baton's own
+//! beyond the request's extensions: the service's future is a named type.
 
 mod drain;
 mod handle;
@@ -116,8 +117,6 @@ pub(crate) struct ConnService {
     pub(crate) conn: Arc<ConnState>,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
-
 /// Generic over the request body so that the ready probe can send a request through the
 /// same stack without a connection.
 impl<B> hyper::service::Service<Request<B>> for ConnService
@@ -127,15 +126,15 @@ where
 {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
-    type Future = BoxFuture;
+    type Future = ConnFuture;
 
-    fn call(&self, mut req: Request<B>) -> BoxFuture {
+    fn call(&self, mut req: Request<B>) -> ConnFuture {
         let start = Instant::now();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         let version = req.version();
         self.conn.saw(version, &shared);
-        let mut guard = InFlight::new(&self.conn, &shared, start);
+        let guard = InFlight::new(&self.conn, &shared, start);
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req));
         if let Some(peer) = self.conn.peer {
             // What `axum::serve(..).into_make_service_with_connect_info()` provides.
@@ -147,54 +146,97 @@ where
         let early = limits::bad_host(&req)
             .or_else(|| health::answer(&req, &shared))
             .or_else(|| limits::refuse(&req, cfg.max_body_bytes));
-        let app = self.app.clone();
-        Box::pin(async move {
-            let cfg = &shared.cfg;
-            let mut resp = match early {
-                Some(r) => r,
-                None => {
-                    let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, start);
-                    // Cheap clones (an enum, reference-counted bytes), for the error lines below.
-                    let (method, uri) = (req.method().clone(), req.uri().clone());
-                    let path = uri.path();
-                    // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
-                    // has begun, which the access log (written at the end) cannot.
-                    tracing::debug!("request started: {method} {path}");
-                    // The app's own events carry the request id when this span is enabled
-                    // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
-                    let span = match &rid {
-                        Some(id) => tracing::debug_span!("request", id = ?id),
-                        None => tracing::debug_span!("request"),
-                    };
-                    let deadline = cfg.request_timeout.map(|t| start + t);
-                    match handle::Handle::new(app.oneshot(req), cfg.catch_panic, span, deadline).await {
-                        handle::Outcome::Done(r) => r,
-                        handle::Outcome::Panicked(panic) => {
-                            tracing::error!("handler panicked on {method} {path}: {panic}");
-                            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
-                        }
-                        handle::Outcome::TimedOut => {
-                            tracing::warn!("request timeout on {method} {path}");
-                            plain(StatusCode::SERVICE_UNAVAILABLE, "request timeout\n")
-                        }
-                    }
+        let state = match early {
+            Some(r) => Stage::Early { resp: Some(r) },
+            None => {
+                let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, start);
+                // Cheap clones (an enum, reference-counted bytes), for the error lines.
+                let (method, uri) = (req.method().clone(), req.uri().clone());
+                // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
+                // has begun, which the access log (written at the end) cannot.
+                tracing::debug!("request started: {method} {}", uri.path());
+                // The app's own events carry the request id when this span is enabled
+                // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
+                let span = match &rid {
+                    Some(id) => tracing::debug_span!("request", id = ?id),
+                    None => tracing::debug_span!("request"),
+                };
+                let deadline = cfg.request_timeout.map(|t| start + t);
+                let handle = handle::Handle::new(self.app.oneshot(req), cfg.catch_panic, span, deadline);
+                Stage::App { handle, method, uri }
+            }
+        };
+        ConnFuture { stage: state, done: Some(Done { shared, version, rid, record, guard }) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`ConnService`]'s future: named (not boxed), so a request costs no allocation of its own.
+    pub(crate) struct ConnFuture {
+        #[pin]
+        stage: Stage,
+        done: Option<Done>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        /// Answered by baton itself (bad `Host`, health route, body too large).
+        Early { resp: Option<Response<Body>> },
+        /// The app's answer, with the request line for the error lines.
+        App { #[pin] handle: handle::Handle, method: http::Method, uri: http::Uri },
+    }
+}
+
+/// What the response needs once it exists.
+struct Done {
+    shared: Arc<Shared>,
+    version: http::Version,
+    rid: Option<HeaderValue>,
+    record: Option<Record>,
+    guard: InFlight,
+}
+
+impl std::fmt::Debug for ConnFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ConnFuture {
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = match this.stage.project() {
+            StageProj::Early { resp } => resp.take().expect("polled after completion"),
+            StageProj::App { handle, method, uri } => match std::task::ready!(handle.poll(cx)) {
+                handle::Outcome::Done(r) => r,
+                handle::Outcome::Panicked(panic) => {
+                    tracing::error!("handler panicked on {method} {}: {panic}", uri.path());
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
                 }
-            };
-            let headers = resp.headers_mut();
-            if let Some(rid) = rid {
-                headers.insert(request_id::X_REQUEST_ID.clone(), rid);
-            }
-            drain::mark_closing(headers, version, &shared);
-            let mut record = record;
-            if let Some(r) = record.as_mut() {
-                r.status = resp.status();
-            }
-            guard.status = resp.status().as_u16();
-            if guard.status == 101 {
-                guard.conn_upgraded();
-            }
-            Ok(resp.map(|body| TrackedBody { body, record, guard }))
-        })
+                handle::Outcome::TimedOut => {
+                    tracing::warn!("request timeout on {method} {}", uri.path());
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "request timeout\n")
+                }
+            },
+        };
+        let Done { shared, version, rid, mut record, mut guard } = this.done.take().expect("polled after completion");
+        let headers = resp.headers_mut();
+        if let Some(rid) = rid {
+            headers.insert(request_id::X_REQUEST_ID.clone(), rid);
+        }
+        drain::mark_closing(headers, version, &shared);
+        if let Some(r) = record.as_mut() {
+            r.status = resp.status();
+        }
+        guard.status = resp.status().as_u16();
+        if guard.status == 101 {
+            guard.conn_upgraded();
+        }
+        Poll::Ready(Ok(resp.map(|body| TrackedBody { body, record, guard })))
     }
 }
 
