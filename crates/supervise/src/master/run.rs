@@ -356,15 +356,13 @@ impl Runner {
         let mut s = String::new();
         let _ = writeln!(s, "pid: {}", std::process::id());
         let _ = writeln!(s, "uptime: {}s", self.started.elapsed().as_secs());
-        let what = match (&state.phase, state.restart_at()) {
-            (Phase::Stopping { .. } | Phase::Exited, _) => "stopping".to_owned(),
-            _ if state.active().is_some() => "serving".to_owned(),
-            (_, Some(at)) => format!(
-                "crash-looping ({} failures in a row; next start in {:.1}s)",
+        let what = match (phase_word(state), state.restart_at()) {
+            (w @ "crash-looping", Some(at)) => format!(
+                "{w} ({} failures in a row; next start in {:.1}s)",
                 state.crash_streak,
                 at.saturating_duration_since(now).as_secs_f64()
             ),
-            _ => "starting".to_owned(),
+            (w, _) => w.to_owned(),
         };
         let _ = writeln!(s, "state: {what}");
         let _ = writeln!(s, "generation: {}", state.active().map_or(0, |g| g.generation));
@@ -425,12 +423,7 @@ impl Runner {
     fn status_json(&self, state: &State) -> String {
         use crate::json::{Object, array};
         let now = Instant::now();
-        let what = match (&state.phase, state.restart_at()) {
-            (Phase::Stopping { .. } | Phase::Exited, _) => "stopping",
-            _ if state.active().is_some() => "serving",
-            (_, Some(_)) => "crash-looping",
-            _ => "starting",
-        };
+        let what = phase_word(state);
         let rfc3339 = |t: SystemTime| {
             let mut at = String::new();
             crate::log::rfc3339(&mut at, t);
@@ -592,6 +585,16 @@ fn describe_status(s: WaitStatus) -> String {
         WaitStatus::Exited(_, c) => format!("exited with status {c}"),
         WaitStatus::Signaled(_, sig, core) => format!("killed by {sig}{}", if core { " (core dumped)" } else { "" }),
         other => format!("{other:?}"),
+    }
+}
+
+/// The master's state in one word, for `status` and `status --json`.
+fn phase_word(state: &State) -> &'static str {
+    match (&state.phase, state.restart_at()) {
+        (Phase::Stopping { .. } | Phase::Exited, _) => "stopping",
+        _ if state.active().is_some() => "serving",
+        (_, Some(_)) => "crash-looping",
+        _ => "starting",
     }
 }
 

@@ -62,16 +62,7 @@ pub(crate) fn remove_env(keys: &[&str]) {
 /// socket. A number that is closed, or open but something else (a file of this process), is
 /// refused without being touched: taking it would close it twice.
 pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
-    if raw < 3 {
-        return Err(io::Error::other("not an inherited socket (stdio)"));
-    }
-    // SAFETY: fstat writes into a zeroed stat we own; it only queries the descriptor table.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstat(raw, &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    if inherited_type(raw, "socket")? != libc::S_IFSOCK {
         return Err(io::Error::other("not a socket"));
     }
     // SAFETY: the fd is open (fstat succeeded) for the call's duration; the borrow does not
@@ -88,16 +79,7 @@ pub(crate) fn adopt_listener(raw: RawFd) -> io::Result<OwnedFd> {
 /// Takes ownership of an inherited descriptor number once it is proven to be a regular file
 /// (the metrics region), and marks it close-on-exec.
 pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
-    if raw < 3 {
-        return Err(io::Error::other("not an inherited file (stdio)"));
-    }
-    // SAFETY: fstat writes into a zeroed stat we own; it only queries the descriptor table.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstat(raw, &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if inherited_type(raw, "file")? != libc::S_IFREG {
         return Err(io::Error::other(format!("inherited fd {raw} is not the metrics region")));
     }
     // SAFETY: the master placed this file at `raw` for this process (after the listeners,
@@ -105,6 +87,21 @@ pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     Ok(fd)
+}
+
+/// The file type (`S_IFMT` bits) of inherited descriptor number `raw`, without taking it:
+/// stdio is refused (`what` names what was expected), and a closed number is an error.
+fn inherited_type(raw: RawFd, what: &str) -> io::Result<libc::mode_t> {
+    if raw < 3 {
+        return Err(io::Error::other(format!("not an inherited {what} (stdio)")));
+    }
+    // SAFETY: fstat writes into a zeroed stat we own; it only queries the descriptor table.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(raw, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
 }
 
 /// Whether a socket listens (`SO_ACCEPTCONN`, POSIX).
