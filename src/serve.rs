@@ -69,8 +69,6 @@ trait Acceptor: Send + Sync + 'static {
     fn tcp(io: Self::Io) -> Result<tokio::net::TcpStream, Self::Io>;
     /// Per-connection socket options (TCP_NODELAY).
     fn prepare(_io: &Self::Io, _cfg: &crate::service::HttpConfig) {}
-    /// Resolves once the connection has something to read (or was closed).
-    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
 }
 
 impl Acceptor for tokio::net::TcpListener {
@@ -84,9 +82,6 @@ impl Acceptor for tokio::net::TcpListener {
     }
     fn local(&self) -> crate::LocalAddr {
         crate::LocalAddr::Tcp(self.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))))
-    }
-    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        io.readable()
     }
     fn prepare(io: &Self::Io, cfg: &crate::service::HttpConfig) {
         if cfg.tcp_nodelay {
@@ -107,9 +102,6 @@ impl Acceptor for tokio::net::UnixListener {
     fn local(&self) -> crate::LocalAddr {
         let path = self.local_addr().ok().and_then(|a| a.as_pathname().map(std::sync::Arc::from));
         crate::LocalAddr::Unix(path)
-    }
-    fn readable(io: &Self::Io) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        io.readable()
     }
 }
 
@@ -132,7 +124,6 @@ pub(crate) struct Ctx {
     /// `--metrics-listen`: its index and what serves it.
     metrics: Option<(u16, AppService)>,
     pub(crate) shared: Arc<Shared>,
-    drain: watch::Receiver<bool>,
 }
 
 impl Server {
@@ -148,7 +139,10 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Some(cfg.header_timeout).filter(|d| !d.is_zero()))
+            // The header timeout is baton's own (`serve_conn`): hyper's allocates and registers
+            // a timer per request, and runs between requests too (closing idle keep-alive
+            // connections at the header timeout instead of the idle timeout).
+            .header_read_timeout(None)
             .max_buf_size(cfg.max_header_bytes)
             .max_headers(cfg.max_headers);
         builder
@@ -156,7 +150,7 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
         let (stop_accept, stop_rx) = watch::channel(false);
-        let (drain, drain_rx) = watch::channel(false);
+        let (drain, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let ctx = Arc::new(Ctx {
             builder,
@@ -165,7 +159,6 @@ impl Server {
             app,
             metrics,
             shared: shared.clone(),
-            drain: drain_rx,
         });
         let accept_tasks = listeners
             .into_iter()
@@ -200,7 +193,8 @@ impl Server {
     /// the deadline). Listeners must be closed first.
     pub(crate) async fn drain(&mut self) {
         self.shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.drain.send(true);
+        self.shared.drain_notify.notify_waiters();
+        self.drain.send_replace(true);
         self.alive_tx = None;
         // `recv` yields `None` once every connection task (and every Shutdown::hold guard)
         // has dropped its sender.
@@ -279,16 +273,7 @@ fn spawn_conn<L: Acceptor>(io: L::Io, peer: Option<SocketAddr>, via: Via, ctx: &
         },
         None => io,
     };
-    tokio::spawn(async move {
-        // A connection that never sends its first byte is cut at the header timeout: hyper's
-        // own timer starts only once it knows the protocol, which needs that byte.
-        let limit = ctx.shared.cfg.header_timeout;
-        if !limit.is_zero() && tokio::time::timeout(limit, L::readable(&io)).await.is_err() {
-            tracing::debug!("connection from {peer:?} sent nothing within {limit:?}: closed");
-            return;
-        }
-        serve_conn(io, peer, via, ctx, alive).await
-    });
+    tokio::spawn(serve_conn(io, peer, via, ctx, alive));
 }
 
 pub(crate) async fn serve_conn<I>(io: I, peer: Option<SocketAddr>, via: Via, ctx: Arc<Ctx>, alive: mpsc::Sender<()>)
@@ -302,23 +287,50 @@ where
     };
     let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
     let svc = ConnService { app, shared: shared.clone(), conn: conn_state.clone() };
-    let io = Counted { io, _open: Open::new(shared.clone(), conn_state.clone(), alive) };
+    let io = Counted { io, open: Open::new(shared.clone(), conn_state.clone(), alive), first: true };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut drain = ctx.drain.clone();
-    // Serving, until the connection ends, the drain starts, or it stayed idle (no request in
-    // flight) for the idle timeout: HTTP/1 keep-alive and HTTP/2 alike.
-    let idle_timeout = shared.cfg.idle_timeout;
+    // Serving, until the connection ends, the drain starts, it stayed idle (no request in
+    // flight) for the idle timeout (HTTP/1 keep-alive and HTTP/2 alike), or an HTTP/1 request
+    // head took longer than the header timeout (slowloris; also a connection that never
+    // sends a byte). One timer per connection, set to whichever comes first and checked when
+    // it fires: nothing per request but a clock read when a head begins.
+    let cfg = &shared.cfg;
+    let idle_timeout = cfg.idle_timeout;
+    let header_ms = Some(cfg.header_timeout.as_millis() as u64).filter(|t| *t > 0);
+    let drained = shared.drain_notify.notified();
+    tokio::pin!(drained);
+    let timer = tokio::time::sleep_until(far_future().into());
+    tokio::pin!(timer);
     let draining = loop {
-        let idle_at = idle_timeout.map(|t| conn_state.idle_deadline(shared, t));
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = drain.wait_for(|d| *d) => break true,
-            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future).into()), if idle_at.is_some() => {
-                if idle_timeout.is_some_and(|t| conn_state.idle_since(shared, 0) >= t) {
-                    break false;
-                }
+        let now = shared.now_ms();
+        let mut next = u64::MAX;
+        if let Some(t) = idle_timeout {
+            let idle = conn_state.idle_since(shared, 0);
+            if idle >= t {
+                break false;
             }
+            next = now + (t - idle).as_millis() as u64;
+        }
+        if let Some(t) = header_ms {
+            match conn_state.head_since() {
+                Some(h) if now.saturating_sub(h) >= t => {
+                    tracing::debug!("connection from {peer:?}: no whole request head within {t} ms: closed");
+                    return;
+                }
+                Some(h) => next = next.min(h + t),
+                // A head may begin any moment: look again a header timeout from now.
+                None => next = next.min(now + t),
+            }
+        }
+        let armed = next != u64::MAX;
+        if armed {
+            timer.as_mut().reset(shared.at_ms(next).into());
+        }
+        match watch_conn(conn.as_mut(), shared, drained.as_mut(), armed.then_some(timer.as_mut())).await {
+            Wake::Ended => return,
+            Wake::Drain => break true,
+            Wake::Timer => {}
         }
     };
     // Closing: HTTP/2 gets GOAWAY at once (streams in flight finish). An HTTP/1 connection
@@ -348,12 +360,63 @@ where
     }
 }
 
+/// Why [`watch_conn`] returned.
+enum Wake {
+    /// The connection is done.
+    Ended,
+    /// The drain started.
+    Drain,
+    /// The connection's timer fired.
+    Timer,
+}
+
+/// Drives the connection until it ends, the drain starts, or `timer` fires. The drain signal
+/// and the timer are registered once and afterwards only read (a flag, the timer's state) on
+/// each of the connection's many wake-ups; they are polled again only when the task's waker
+/// changes.
+async fn watch_conn<C: std::future::Future>(
+    mut conn: std::pin::Pin<&mut C>,
+    shared: &Shared,
+    mut drained: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    mut timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
+) -> Wake {
+    let mut registered: Option<std::task::Waker> = None;
+    poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Ended);
+        }
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+                return Poll::Ready(Wake::Drain);
+            }
+            if timer.as_ref().is_some_and(|t| t.is_elapsed()) {
+                return Poll::Ready(Wake::Timer);
+            }
+            return Poll::Pending;
+        }
+        // First poll, or polled from another task: (re-)register.
+        if drained.as_mut().poll(cx).is_ready() || shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Poll::Ready(Wake::Drain);
+        }
+        if let Some(t) = timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+        }
+        registered = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
 /// A connection's socket, counted as open (and keeping a draining worker alive) for as long as
 /// it lives: through hyper, and after an upgrade (WebSocket) in the app's hands until the app
 /// drops it.
 struct Counted<I> {
     io: I,
-    _open: Open,
+    open: Open,
+    /// Nothing was read yet.
+    first: bool,
 }
 
 /// One open connection in [`Shared::open_conns`], the metrics and the drain's count.
@@ -389,7 +452,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            this.open.conn.read(&buf.filled()[before..], this.first, &this.open.shared);
+            this.first = false;
+        }
+        polled
     }
 }
 

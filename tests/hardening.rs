@@ -307,6 +307,31 @@ fn silent_and_idle_connections_are_closed() {
 }
 
 #[test]
+fn the_header_timeout_bounds_request_heads_not_idle_keep_alive() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    // Regression: hyper's header timer also ran between requests, so an idle keep-alive
+    // connection was closed at the header timeout (here 1 s) instead of the idle timeout.
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--header-timeout", "1s", "--idle-timeout", "6s"]);
+    let mut ka = TcpStream::connect(h.addr()).unwrap();
+    ka.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    for round in 0..2 {
+        ka.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let n = ka.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "round {round}");
+        // Idle for twice the header timeout, well within the idle timeout.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // A head begun on that connection and left unfinished is cut at the header timeout, long
+    // before the idle timeout.
+    ka.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let took = time_to_close(&mut ka, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(4), "a stalled head was cut after {took:?} (header timeout 1 s, idle 6 s)");
+    assert_eq!(get(h.addr(), "/").unwrap().status, 200, "still serving");
+}
+
+#[test]
 fn a_draining_worker_is_not_held_by_an_http2_client_that_ignores_goaway() {
     use std::io::Write;
     let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--drain-timeout", "30s"]);

@@ -15,6 +15,8 @@ use super::Shared;
 #[derive(Debug)]
 pub(crate) struct ConnState {
     pub(crate) peer: Option<SocketAddr>,
+    /// The peer's address as the access log writes it (formatted once per connection).
+    pub(crate) remote: crate::access_log::Remote,
     /// Given to the app with each request.
     pub(crate) info: crate::Connection,
     /// Index of the listener it came in on.
@@ -28,12 +30,19 @@ pub(crate) struct ConnState {
     upgraded: AtomicBool,
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
+    /// HTTP/1: when the request head now arriving began, on the [`Shared::now_ms`] clock plus
+    /// one (0: none is arriving). The connection's opening counts as a head's start: a client
+    /// that connects and sends nothing is cut at the header timeout too.
+    head_since: AtomicU64,
+    /// The header timeout applies: not after the HTTP/2 preface.
+    heads_timed: AtomicBool,
 }
 
 impl ConnState {
     pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Shared) -> Self {
         ConnState {
             peer,
+            remote: crate::access_log::Remote::new(peer),
             info: crate::Connection { peer, local: via.local },
             listener: via.listener,
             tls: via.tls,
@@ -43,7 +52,46 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(shared.now_ms()),
+            head_since: AtomicU64::new(shared.now_ms() + 1),
+            heads_timed: AtomicBool::new(true),
         }
+    }
+
+    /// The connection read `data`; `first`: the first bytes it ever read. Bytes that arrive
+    /// while no request is in flight begin a request head (one clock read per request).
+    pub(crate) fn read(&self, data: &[u8], first: bool, shared: &Shared) {
+        if first {
+            const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let n = data.len().min(PREFACE.len());
+            if data[..n] == PREFACE[..n] {
+                // HTTP/2 (or a client that stopped after "PRI"): hyper's own limits and the
+                // idle timeout apply, as to any HTTP/2 connection.
+                self.heads_timed.store(false, Ordering::Relaxed);
+                self.head_since.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+            && self.heads_timed.load(Ordering::Relaxed)
+        {
+            self.head_since.store(shared.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head arrived whole.
+    pub(crate) fn head_done(&self) {
+        if self.head_since.load(Ordering::Relaxed) != 0 {
+            self.head_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the request head now arriving began, if one is and the header timeout applies.
+    pub(crate) fn head_since(&self) -> Option<u64> {
+        if !self.heads_timed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.head_since.load(Ordering::Relaxed).checked_sub(1)
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -70,16 +118,6 @@ impl ConnState {
         if self.upgraded.load(Ordering::Relaxed) && !self.is_h2() { 2 } else { u8::from(self.is_h2()) }
     }
 
-    /// When the connection will have been idle for `limit` if nothing happens meanwhile.
-    pub(crate) fn idle_deadline(&self, shared: &Shared, limit: Duration) -> std::time::Instant {
-        let from = if self.in_flight.load(Ordering::Acquire) > 0 {
-            shared.now_ms()
-        } else {
-            self.last_active_ms.load(Ordering::Acquire)
-        };
-        shared.at_ms(from) + limit
-    }
-
     /// How long the connection has had no request in flight, counting from `since` at the
     /// earliest (the start of the drain).
     pub(crate) fn idle_since(&self, shared: &Shared, since_ms: u64) -> Duration {
@@ -96,15 +134,16 @@ impl ConnState {
 pub(crate) struct InFlight {
     conn: Arc<ConnState>,
     shared: Arc<Shared>,
-    /// When it ended, if the owner read the clock already (one clock read per request).
-    pub(crate) ended: Option<std::time::Instant>,
-    /// When it began, and its response's status (for the metrics).
-    pub(crate) start: std::time::Instant,
+    /// When it ended, if the owner read the clock already (one clock read per request), on
+    /// the [`Shared::elapsed`] clock.
+    pub(crate) ended: Option<Duration>,
+    /// When it began (on that clock), and its response's status (for the metrics).
+    pub(crate) start: Duration,
     pub(crate) status: u16,
 }
 
 impl InFlight {
-    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>, start: std::time::Instant) -> Self {
+    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>, start: Duration) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         if conn.counted {
             shared.metrics.in_flight(true);
@@ -119,16 +158,20 @@ impl InFlight {
         self.conn.upgraded(&self.shared);
     }
 
-    /// `t` as wall-clock time (see [`Shared::wall_at`]).
-    pub(crate) fn shared_wall(&self, t: std::time::Instant) -> std::time::SystemTime {
-        self.shared.wall_at(t)
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The connection's peer, as the access log writes it.
+    pub(crate) fn remote(&self) -> &crate::access_log::Remote {
+        &self.conn.remote
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let ms = match self.ended {
-            Some(t) => self.shared.ms_at(t),
+            Some(t) => t.as_millis() as u64,
             None => self.shared.now_ms(),
         };
         self.conn.last_active_ms.store(ms, Ordering::Release);
@@ -136,7 +179,7 @@ impl Drop for InFlight {
         if self.conn.counted {
             self.shared.metrics.in_flight(false);
             if let Some(end) = self.ended {
-                let took = end.saturating_duration_since(self.start);
+                let took = end.saturating_sub(self.start);
                 self.shared.metrics.request_done(usize::from(self.conn.listener), self.status, took);
             }
         }

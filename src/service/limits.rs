@@ -10,21 +10,19 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Frame;
 
-/// 413 when the request declares a body larger than `max`.
-pub(crate) fn refuse<B>(req: &Request<B>, max: u64) -> Option<Response<Body>> {
-    let declared: Option<u64> = req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok();
+/// 413 when the request declares (`content_length`) a body larger than `max`.
+pub(crate) fn refuse(content_length: Option<&HeaderValue>, max: u64) -> Option<Response<Body>> {
+    let declared: Option<u64> = content_length?.to_str().ok()?.parse().ok();
     declared.filter(|n| *n > max).map(|_| super::plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
 }
 
 /// 400 for an HTTP/1.1 request without exactly one `Host` (HTTP/1.0 may omit it, never
-/// repeat it; HTTP/2 has `:authority`).
-pub(crate) fn bad_host<B>(req: &Request<B>) -> Option<Response<Body>> {
-    let n = req.headers().get_all(HOST).iter().count();
-    let bad = match req.version() {
+/// repeat it; HTTP/2 has `:authority`); `n`: how many it has.
+pub(crate) fn bad_host(version: Version, n: usize) -> Option<Response<Body>> {
+    let bad = match version {
         Version::HTTP_11 => n != 1,
         Version::HTTP_10 | Version::HTTP_09 => n > 1,
         _ => false,

@@ -5,16 +5,18 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request};
 
 /// The request id header.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Keeps a well-formed incoming id (visible ASCII, at most 128 bytes); otherwise makes one.
-pub(crate) fn ensure<B>(req: &mut Request<B>) -> HeaderValue {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+/// Keeps a well-formed `incoming` id (visible ASCII, at most 128 bytes; the request's first
+/// `x-request-id`); otherwise makes one.
+pub(crate) fn ensure<B>(req: &mut Request<B>, incoming: Option<HeaderValue>) -> HeaderValue {
+    if let Some(v) = incoming {
         if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
+            return v;
         }
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -35,9 +37,29 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> HeaderValue {
     for i in 0..digits {
         buf[9 + i] = hex(n >> (4 * (digits - 1 - i)));
     }
-    let v = HeaderValue::from_bytes(&buf[..9 + digits]).expect("hex is a valid header value");
+    let v = HeaderValue::from_maybe_shared(carve(&buf[..9 + digits])).expect("hex is a valid header value");
     req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
     v
+}
+
+thread_local! {
+    /// Where this thread's ids are written: a block shared by the ids cut from it.
+    static BLOCK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// `id` as reference-counted bytes cut from a 4 KiB block: an id costs no allocation of its
+/// own, and its copies (the request's header, the response's, the access log's) only a
+/// count (bytes made from a slice would allocate twice: once for the copy, once more when
+/// first shared).
+fn carve(id: &[u8]) -> Bytes {
+    BLOCK.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() < id.len() {
+            *block = BytesMut::with_capacity(4096);
+        }
+        block.extend_from_slice(id);
+        block.split().freeze()
+    })
 }
 
 #[cfg(test)]
@@ -47,16 +69,24 @@ mod tests {
     #[test]
     fn request_ids() {
         let mut req = Request::new(());
-        let a = ensure(&mut req);
+        let a = ensure(&mut req, None);
         assert_eq!(req.headers()[&X_REQUEST_ID], a);
         let mut req2 = Request::new(());
-        assert_ne!(ensure(&mut req2), a);
+        assert_ne!(ensure(&mut req2, None), a);
         let mut given = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
-        assert_eq!(ensure(&mut given), "abc-123");
+        let incoming = given.headers().get("x-request-id").cloned();
+        assert_eq!(ensure(&mut given, incoming), "abc-123");
         let mut bad = Request::builder().header("x-request-id", "has space").body(()).unwrap();
-        assert_ne!(ensure(&mut bad), "has space");
+        let incoming = bad.headers().get("x-request-id").cloned();
+        let made = ensure(&mut bad, incoming);
+        assert_ne!(made, "has space");
+        assert_eq!(bad.headers()[&X_REQUEST_ID], made, "a bad id is replaced on the request");
+        // Ids carved from one block stay intact as the block fills and is replaced.
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| ensure(&mut Request::new(()), None)).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(distinct.len(), 1000);
         // The shape `{prefix:08x}-{n:x}`.
-        let id = ensure(&mut Request::new(()));
+        let id = ensure(&mut Request::new(()), None);
         let (prefix, n) = id.to_str().unwrap().split_once('-').unwrap();
         assert_eq!(prefix.len(), 8);
         assert!(u32::from_str_radix(prefix, 16).is_ok() && u64::from_str_radix(n, 16).is_ok(), "{id:?}");
