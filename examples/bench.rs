@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         Ok("baton") => return hello::main(),
         Ok("baton-ablation") => return serve_ablation(),
         Ok("axum") => return serve_axum(),
+        #[cfg(all(target_os = "linux", feature = "tls"))]
+        Ok("axum-tls") => return serve::serve_axum_tls(),
         _ => {}
     }
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         if pinned { "load client on CPU 1, servers on CPU 0" } else { "not pinned (needs 2 CPUs and taskset)" }
     );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    serve::capping(matches!(what.as_str(), "compare" | "serve" | "metrics" | "all"));
     if what == "compare" {
         // Ablation: plain axum against baton with the given flags, 6 s each, 4 rounds.
         let extra: Vec<String> = std::env::args().skip(2).collect();
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             cb += r.cpu_us;
         }
         println!(" throughput ratio {:.3}, server CPU per request ratio {:.3}", b / a, cb / ca);
+        serve::release_cpu_cap();
         return ExitCode::SUCCESS;
     }
     if what == "all" || what == "serve" {
@@ -84,12 +88,14 @@ fn main() -> ExitCode {
     if what == "metrics" && serve::wrk_available() {
         serve::metrics_cost(6, 5);
     }
+    serve::capping(false);
     if what == "all" || what == "reload" {
         reload_bench(&rt);
     }
     if what == "all" || what == "reload" || what == "recovery" {
         recovery_bench();
     }
+    serve::release_cpu_cap();
     ExitCode::SUCCESS
 }
 
@@ -152,13 +158,17 @@ impl Server {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = if PINNED.load(Ordering::Relaxed) {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(procs) = serve::cpu_cap() {
+            // Joins the capped group before it becomes the server (`exec` keeps the pid).
+            argv.extend(["sh".into(), "-c".into(), "echo $$ > \"$0\" && exec \"$@\"".into(), procs.into()]);
+        }
+        if PINNED.load(Ordering::Relaxed) {
+            argv.extend(["taskset".into(), "-c".into(), "0".into()]);
+        }
+        argv.push(exe.into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir).envs(env.iter().copied());
         match role {
             "baton" => {
@@ -179,7 +189,7 @@ impl Server {
         Server { child, addr, _dir: dir }
     }
 
-    /// taskset execs the server in place, so this is the server's (or master's) pid.
+    /// sh and taskset exec the server in place, so this is the server's (or master's) pid.
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -9,13 +9,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::median;
+use crate::serve::Load;
 
 pub(crate) fn valgrind_available() -> bool {
     Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Instructions executed by one server run, and the requests `wrk` completed against it.
-fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool) -> (f64, f64) {
+fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load) -> (f64, f64) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(format!("baton-bench-cg-{}-{port}", std::process::id()));
@@ -44,17 +45,36 @@ fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool)
     }
     let mut requests = 0.0;
     if secs > 0 {
-        let mut w = Command::new("wrk");
-        w.args(["-t1", "-c16", &format!("-d{secs}s"), &format!("http://{addr}/")]);
-        if close {
-            w.args(["-H", "Connection: close"]);
-        }
-        let text = String::from_utf8_lossy(&w.output().expect("wrk").stdout).into_owned();
-        requests = text
-            .lines()
-            .find(|l| l.contains(" requests in "))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        let text = match load {
+            Load::Wrk { close, https } => {
+                let mut w = Command::new("wrk");
+                w.args(["-t1", "-c16", &format!("-d{secs}s")]);
+                if close {
+                    w.args(["-H", "Connection: close"]);
+                }
+                w.arg(format!("{}://{addr}/", if https { "https" } else { "http" }));
+                String::from_utf8_lossy(&w.output().expect("wrk").stdout).into_owned()
+            }
+            Load::H2c => {
+                let mut h = Command::new("h2load");
+                h.args(["-t1", "-c16", "-m10", &format!("-D{secs}"), &format!("http://{addr}/")]);
+                String::from_utf8_lossy(&h.output().expect("h2load").stdout).into_owned()
+            }
+        };
+        requests = match load {
+            // `requests: N total, N started, N done, N succeeded, ...`
+            Load::H2c => text
+                .lines()
+                .find_map(|l| l.strip_prefix("requests:"))
+                .and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded")))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0.0),
+            Load::Wrk { .. } => text
+                .lines()
+                .find(|l| l.contains(" requests in "))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0),
+        };
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
@@ -69,11 +89,11 @@ fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool)
 }
 
 /// Instructions per request: (busy - idle) / requests, median of `rounds`.
-fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, close: bool, rounds: usize) -> f64 {
-    let idle = run(role, extra, env, 0, close).0;
+fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load, rounds: usize) -> f64 {
+    let idle = run(role, extra, env, 0, load).0;
     let v: Vec<f64> = (0..rounds)
         .map(|_| {
-            let (busy, requests) = run(role, extra, env, secs, close);
+            let (busy, requests) = run(role, extra, env, secs, load);
             (busy - idle) / requests.max(1.0)
         })
         .collect();
@@ -81,30 +101,51 @@ fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, clos
 }
 
 pub(crate) fn table(secs: u64, rounds: usize) {
-    type Config = (&'static str, &'static str, &'static [&'static str], &'static [(&'static str, &'static str)], bool);
+    type Config = (&'static str, &'static str, Vec<&'static str>, &'static [(&'static str, &'static str)], Load);
     const ALL: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
-    let configs: [Config; 6] = [
-        ("plain axum::serve (keep-alive)", "axum", &[], &[], false),
-        ("baton, defaults, access log to a file", "baton", &["-l", "access.log"], &[], false),
-        ("baton --access-log off", "baton", &["--access-log", "off"], &[], false),
+    let http = Load::Wrk { close: false, https: false };
+    let close = Load::Wrk { close: true, https: false };
+    let mut configs: Vec<Config> = vec![
+        ("plain axum::serve (keep-alive)", "axum", vec![], &[], http),
+        ("baton, defaults, access log to a file", "baton", vec!["-l", "access.log"], &[], http),
+        ("baton --access-log off", "baton", vec!["--access-log", "off"], &[], http),
         (
             "baton, every default off",
             "baton-ablation",
-            &["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"],
+            vec!["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"],
             &[],
-            false,
+            http,
         ),
-        ("plain axum::serve (Connection: close)", "axum", &[], &[], true),
-        ("baton, defaults (Connection: close)", "baton-ablation", &["-l", "access.log"], ALL, true),
+        ("plain axum::serve (Connection: close)", "axum", vec![], &[], close),
+        ("baton, defaults (Connection: close)", "baton-ablation", vec!["-l", "access.log"], ALL, close),
     ];
-    println!("instructions (callgrind, user space; wrk -t1 -c16, {secs} s under valgrind, median of {rounds}):");
-    let mut base = [f64::NAN; 2];
-    for (name, role, extra, env, close) in configs {
-        let n = per_request(role, extra, env, secs, close, rounds);
-        let b = &mut base[usize::from(close)];
-        if role == "axum" {
-            *b = n;
+    if crate::serve::h2load_available() {
+        configs.push(("plain axum::serve (h2c)", "axum", vec![], &[], Load::H2c));
+        configs.push(("baton, defaults (h2c)", "baton", vec!["-l", "access.log"], &[], Load::H2c));
+    }
+    #[cfg(all(target_os = "linux", feature = "tls"))]
+    {
+        let https = Load::Wrk { close: false, https: true };
+        let (cert, key) = crate::serve::tls_fixture();
+        configs.push(("plain axum, tokio-rustls accept loop (TLS)", "axum-tls", vec![], &[], https));
+        configs.push((
+            "baton, defaults (TLS)",
+            "baton",
+            vec!["-l", "access.log", "--tls-cert", cert, "--tls-key", key],
+            &[],
+            https,
+        ));
+    }
+    println!(
+        "instructions (callgrind, user space; wrk -t1 -c16 or h2load -c16 -m10, {secs} s under valgrind, median of {rounds}):"
+    );
+    let mut base = Vec::new();
+    for (name, role, extra, env, load) in configs {
+        let n = per_request(role, &extra, env, secs, load, rounds);
+        if role.starts_with("axum") {
+            base.push((load, n));
         }
-        println!("  {name:<46} {n:>9.0} instructions/request  ({:.3}x axum)", n / *b);
+        let b = base.iter().find(|(l, _)| *l == load).map_or(f64::NAN, |(_, b)| *b);
+        println!("  {name:<46} {n:>9.0} instructions/request  ({:.3}x axum)", n / b);
     }
 }

@@ -3,10 +3,102 @@
 //! server; the figure that counts is server CPU time per request (utime + stime of the whole
 //! process tree, from `/proc`), as a ratio against plain `axum::serve` in the same round.
 //! `wrk`'s own CPU use is printed to show it had headroom.
+//!
+//! Where the machine lets it (a writable cgroup `cpu` controller, as root), the servers run
+//! under a CPU cap (`BENCH_CPU_CAP`, default 40% of a core; `off` to disable): then the server
+//! is the bottleneck for certain, at every round, whatever the client's speed, and its CPU per
+//! request is measured saturated (the same batching for both servers). Without the cap, a
+//! client that runs close to its own limit makes the server's CPU per request swing with
+//! how often it wakes up.
+//!
+//! HTTP/2 (h2c, prior knowledge) is driven by `h2load` (Debian package `nghttp2-client`),
+//! TLS by `wrk` over `https`, against a plain tokio-rustls accept loop serving the same router
+//! with hyper-util (what `axum-server` does) as the baseline.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use crate::{Server, cpu_secs, median};
+
+static CAPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Servers started from now on run capped (the CPU-per-request benchmarks), or not (the
+/// reload and recovery benchmarks, which time what a client sees).
+pub(crate) fn capping(on: bool) {
+    CAPPING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `cgroup.procs` file of the servers' capped group, made on first use; `None` when
+/// servers run uncapped now.
+pub(crate) fn cpu_cap() -> Option<&'static Path> {
+    if !CAPPING.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    capped_group()
+}
+
+static CAP: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+fn capped_group() -> Option<&'static Path> {
+    CAP.get_or_init(|| {
+        let percent: u32 = match std::env::var("BENCH_CPU_CAP").as_deref() {
+            Ok("off") => return None,
+            Ok(p) => p.trim_end_matches('%').parse().ok().filter(|p| (5..=100).contains(p))?,
+            Err(_) => 40,
+        };
+        let (period, quota) = (10_000, 100 * percent);
+        // cgroup v1 (`cpu` controller), else v2 (`cpu.max`, where the root delegates `cpu`).
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let made = if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join("baton-bench");
+            (std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string()).is_ok()
+                && std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).is_ok())
+            .then_some(dir)
+        } else {
+            let dir = Path::new("/sys/fs/cgroup/baton-bench");
+            (std::fs::create_dir_all(dir).is_ok()
+                && std::fs::write(dir.join("cpu.max"), format!("{quota} {period}")).is_ok())
+            .then(|| dir.to_path_buf())
+        };
+        match made {
+            Some(dir) => {
+                println!(
+                    "servers capped at {percent}% of a CPU (cgroup {}; BENCH_CPU_CAP=off disables)",
+                    dir.display()
+                );
+                Some(dir.join("cgroup.procs"))
+            }
+            None => {
+                println!("no CPU cap (needs a writable cgroup cpu controller): the client may bound the server");
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+/// Removes the capped group (empty once the servers are gone).
+pub(crate) fn release_cpu_cap() {
+    capping(false);
+    if let Some(procs) = CAP.get().and_then(Option::as_deref).and_then(Path::parent) {
+        let _ = std::fs::remove_dir(procs);
+    }
+}
+
+pub(crate) fn h2load_available() -> bool {
+    Command::new("h2load").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// How a run loads the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Load {
+    /// `wrk`, HTTP/1.1 keep-alive (or `Connection: close`), over TLS when `https`.
+    Wrk { close: bool, https: bool },
+    /// `h2load`: HTTP/2 without TLS (prior knowledge), 16 connections of 10 streams each.
+    H2c,
+}
 
 /// One `wrk` run against one server.
 #[derive(Debug, Clone, Copy)]
@@ -31,23 +123,38 @@ fn children_cpu() -> f64 {
 
 /// Runs `wrk` for `secs` against `server` (`close`: a new connection per request).
 pub(crate) fn wrk(server: &Server, secs: u64, close: bool) -> WrkRun {
-    let url = format!("http://{}/", server.addr);
+    run(server, secs, Load::Wrk { close, https: false })
+}
+
+/// Loads `server` for `secs` as `load` says.
+pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
+    let tool = if load == Load::H2c { "h2load" } else { "wrk" };
     let mut cmd = if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
         let mut c = Command::new("taskset");
-        c.args(["-c", "1", "wrk"]);
+        c.args(["-c", "1", tool]);
         c
     } else {
-        Command::new("wrk")
+        Command::new(tool)
     };
-    cmd.args(["-t1", "-c64", &format!("-d{secs}s"), "--latency"]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
+    match load {
+        Load::Wrk { close, https } => {
+            cmd.args(["-t1", "-c64", &format!("-d{secs}s"), "--latency"]);
+            if close {
+                cmd.args(["-H", "Connection: close"]);
+            }
+            cmd.arg(format!("{}://{}/", if https { "https" } else { "http" }, server.addr));
+        }
+        Load::H2c => {
+            cmd.args(["-t1", "-c16", "-m10", &format!("-D{secs}"), &format!("http://{}/", server.addr)]);
+        }
     }
-    cmd.arg(&url);
     let (c0, k0, t0) = (cpu_secs(server.pid()), children_cpu(), std::time::Instant::now());
     let out = cmd.output().expect("run wrk");
     let (c1, k1, wall) = (cpu_secs(server.pid()), children_cpu(), t0.elapsed().as_secs_f64());
     let text = String::from_utf8_lossy(&out.stdout);
+    if load == Load::H2c {
+        return h2load_result(&text, (c1 - c0) * 1e6, (k1 - k0) / wall);
+    }
     let num = |prefix: &str| -> Option<f64> {
         text.lines().find_map(|l| l.trim().strip_prefix(prefix)).and_then(|r| r.split_whitespace().next()?.parse().ok())
     };
@@ -85,6 +192,74 @@ pub(crate) fn wrk(server: &Server, secs: u64, close: bool) -> WrkRun {
     }
 }
 
+/// `h2load`'s summary: `finished in 5.00s, 81234.00 req/s, ...`, `requests: N total, N
+/// started, N done, N succeeded, N failed, ...`, and the request time line
+/// `time for request:  min  max  mean  sd  +/- sd`.
+fn h2load_result(text: &str, cpu_us: f64, client_load: f64) -> WrkRun {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(name))
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+    };
+    let requests = text.lines().find_map(|l| l.strip_prefix("requests:")).map(|l| l.to_owned()).unwrap_or_default();
+    let succeeded = field(&requests, "succeeded").unwrap_or(0.0);
+    let failed = field(&requests, "failed").unwrap_or(0.0) + field(&requests, "errored").unwrap_or(0.0);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    WrkRun { rps, cpu_us: cpu_us / succeeded.max(1.0), p99_us: f64::NAN, client_load, errors: failed as u64 }
+}
+
+/// The certificate and key the TLS tests use (for `localhost`).
+#[cfg(all(target_os = "linux", feature = "tls"))]
+pub(crate) fn tls_fixture() -> (&'static str, &'static str) {
+    (
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/one.pem"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/one.key"),
+    )
+}
+
+/// Plain axum over TLS, the baseline for baton's TLS listener: a tokio-rustls accept loop
+/// serving the same router with hyper-util's auto builder (HTTP/1.1 and HTTP/2 by ALPN), what
+/// `axum-server` does, with the certificate the TLS tests use.
+#[cfg(all(target_os = "linux", feature = "tls"))]
+pub(crate) fn serve_axum_tls() -> std::process::ExitCode {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let addr: std::net::SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
+    let (cert, key) = tls_fixture();
+    let certs = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let app = crate::hello::app(std::time::Duration::ZERO, false);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { continue };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    })
+}
+
 fn print(name: &str, r: &WrkRun) {
     println!(
         "  {name:<46} {:>9.0} req/s  server CPU {:>6.2}us/req  p99 {:>8.0}us  wrk CPU {:>3.0}%  errors {}",
@@ -99,37 +274,64 @@ fn print(name: &str, r: &WrkRun) {
 /// The main table: plain axum against baton's defaults and baton without the access log, for
 /// keep-alive and a fresh connection per request; interleaved rounds, medians, ratios.
 pub(crate) fn table(rounds: usize, secs: u64) {
-    type Config = (&'static str, &'static str, &'static [&'static str], bool);
-    let configs: [Config; 5] = [
-        ("plain axum::serve (keep-alive)", "axum", &[], false),
-        ("baton, defaults, access log to a file", "baton", &["-l", "access.log"], false),
-        ("baton --access-log off", "baton", &["--access-log", "off"], false),
-        ("plain axum::serve (Connection: close)", "axum", &[], true),
-        ("baton, defaults (Connection: close)", "baton", &["-l", "access.log"], true),
+    type Config = (&'static str, &'static str, Vec<&'static str>, Load);
+    let http = Load::Wrk { close: false, https: false };
+    let close = Load::Wrk { close: true, https: false };
+    let mut configs: Vec<Config> = vec![
+        ("plain axum::serve (keep-alive)", "axum", vec![], http),
+        ("baton, defaults, access log to a file", "baton", vec!["-l", "access.log"], http),
+        ("baton --access-log off", "baton", vec!["--access-log", "off"], http),
+        ("plain axum::serve (Connection: close)", "axum", vec![], close),
+        ("baton, defaults (Connection: close)", "baton", vec!["-l", "access.log"], close),
     ];
-    println!("serve (wrk -t1 -c64, {secs} s runs, {rounds} interleaved rounds; server CPU 0, wrk CPU 1):");
+    if h2load_available() {
+        configs.push(("plain axum::serve (h2c, h2load -c16 -m10)", "axum", vec![], Load::H2c));
+        configs.push(("baton, defaults (h2c)", "baton", vec!["-l", "access.log"], Load::H2c));
+    } else {
+        println!("h2load not found (Debian package nghttp2-client): no HTTP/2 rows");
+    }
+    #[cfg(all(target_os = "linux", feature = "tls"))]
+    {
+        let https = Load::Wrk { close: false, https: true };
+        let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/");
+        let (cert, key): (&'static str, &'static str) =
+            (Box::leak(format!("{tls}one.pem").into_boxed_str()), Box::leak(format!("{tls}one.key").into_boxed_str()));
+        configs.push(("plain axum, tokio-rustls accept loop (TLS)", "axum-tls", vec![], https));
+        configs.push((
+            "baton, defaults (TLS)",
+            "baton",
+            vec!["-l", "access.log", "--tls-cert", cert, "--tls-key", key],
+            https,
+        ));
+    }
+    println!("serve ({secs} s runs, {rounds} interleaved rounds; server CPU 0, load client CPU 1):");
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); configs.len()];
     for round in 1..=rounds {
         println!(" round {round}");
-        for (i, (name, role, extra, close)) in configs.iter().enumerate() {
+        for (i, (name, role, extra, load)) in configs.iter().enumerate() {
             let s = Server::start(role, extra);
-            wrk(&s, 1, *close); // warm-up
-            let r = wrk(&s, secs, *close);
+            run(&s, 1, *load); // warm-up
+            let r = run(&s, secs, *load);
             print(name, &r);
             runs[i].push(r);
         }
     }
     println!(" medians:");
-    for (i, (name, ..)) in configs.iter().enumerate() {
-        let base = if configs[i].3 { 3 } else { 0 };
+    for (i, (name, role, _, load)) in configs.iter().enumerate() {
+        // The baseline: the plain axum row of the same load.
+        let base = configs.iter().position(|c| c.3 == *load && c.1.starts_with("axum")).unwrap_or(0);
         let med = |f: fn(&WrkRun) -> f64, k: usize| median(runs[k].iter().map(f).collect());
         let ratio: Vec<f64> = (0..rounds).map(|r| runs[i][r].cpu_us / runs[base][r].cpu_us).collect();
+        let versus = if role.starts_with("axum") {
+            String::new()
+        } else {
+            format!("CPU/req vs axum {:.3} ", median(ratio.clone()))
+        };
         println!(
-            "  {name:<46} {:>9.0} req/s  CPU {:>6.2}us/req  p99 {:>7.0}us  CPU/req vs axum {:.3} (rounds {:?})",
+            "  {name:<46} {:>9.0} req/s  CPU {:>6.2}us/req  p99 {:>7.0}us  {versus}(rounds {:?})",
             med(|r| r.rps, i),
             med(|r| r.cpu_us, i),
             med(|r| r.p99_us, i),
-            median(ratio.clone()),
             ratio.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
         );
     }
