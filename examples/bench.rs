@@ -84,11 +84,15 @@ fn main() -> ExitCode {
     }
     if what == "instructions" && serve::wrk_available() && instructions::valgrind_available() {
         instructions::table(5, 3);
+        instructions::breakdown(5);
     }
     if what == "metrics" && serve::wrk_available() {
         serve::metrics_cost(6, 5);
     }
     serve::capping(false);
+    if what == "all" || what == "latency" {
+        serve::latency(3, 10);
+    }
     if what == "all" || what == "reload" {
         reload_bench(&rt);
     }

@@ -149,3 +149,37 @@ pub(crate) fn table(secs: u64, rounds: usize) {
         println!("  {name:<46} {n:>9.0} instructions/request  ({:.3}x axum)", n / b);
     }
 }
+
+/// Each default's cost alone, in instructions per request: every default off, then one
+/// switched on at a time (one run each: the count varies by about a percent between runs).
+pub(crate) fn breakdown(secs: u64) {
+    const OFF: [&str; 8] =
+        ["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"];
+    let with = |on: &[&'static str]| -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
+        v.extend_from_slice(on);
+        v
+    };
+    type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
+    let cases: Vec<Case> = vec![
+        ("every default off", with(&[]), &[]),
+        ("+ metrics counting", with(&[]), &[("BENCH_METRICS", "1")]),
+        ("+ request id", with(&[]), &[("BENCH_REQUEST_ID", "1")]),
+        ("+ catch panic", with(&[]), &[("BENCH_CATCH_PANIC", "1")]),
+        ("+ request timeout 60s", with(&["--request-timeout", "60s"]), &[]),
+        ("+ access log combined", with(&["--access-log", "combined", "-l", "access.log"]), &[]),
+        ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
+        ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
+    ];
+    let http = Load::Wrk { close: false, https: false };
+    let axum = per_request("axum", &[], &[], secs, http, 1);
+    println!(" breakdown (instructions/request, one run each; plain axum::serve {axum:.0}):");
+    let mut off = f64::NAN;
+    for (name, args, env) in cases {
+        let n = per_request("baton-ablation", &args, env, secs, http, 1);
+        if off.is_nan() {
+            off = n;
+        }
+        println!("  {name:<46} {n:>9.0}  ({:+.0} vs every default off; {:.3}x axum)", n - off, n / axum);
+    }
+}

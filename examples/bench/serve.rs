@@ -414,3 +414,46 @@ pub(crate) fn metrics_cost(rounds: usize, secs: u64) {
     let ns: Vec<f64> = (0..5).map(|_| baton::metrics::time_counting(n).as_nanos() as f64 / f64::from(n)).collect();
     println!("  the counting alone, in a loop on one thread: {:.1} ns per request (median of 5 x {n})", median(ns));
 }
+
+/// `bench -- latency`: request latency at a fixed rate well below saturation (`h2load --rps`:
+/// 20 connections at 100 requests/s each, HTTP/1.1 keep-alive, then HTTP/2 over 4 of them),
+/// plain axum and baton's defaults alternating, uncapped. `h2load` reports min, max, mean and
+/// standard deviation (no percentiles).
+pub(crate) fn latency(rounds: usize, secs: u64) {
+    if !h2load_available() {
+        println!("latency: h2load not found (Debian package nghttp2-client)");
+        return;
+    }
+    println!(" latency at a fixed rate (h2load, 2,000 requests/s, {secs} s, {rounds} rounds; uncapped):");
+    for (proto, args) in [("HTTP/1.1", &["--h1", "-c20", "--rps=100"][..]), ("h2c", &["-c4", "-m5", "--rps=500"][..])] {
+        for round in 1..=rounds {
+            for (name, role, extra) in
+                [("plain axum::serve", "axum", &[][..]), ("baton, defaults", "baton", &["-l", "access.log"][..])]
+            {
+                let server = Server::start(role, extra);
+                let mut cmd = if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", "1", "h2load"]);
+                    c
+                } else {
+                    Command::new("h2load")
+                };
+                cmd.args(["-t1"]).args(args).arg(format!("-D{secs}")).arg(format!("http://{}/", server.addr));
+                let out = cmd.output().expect("run h2load");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line =
+                    text.lines().find_map(|l| l.trim().strip_prefix("time for request:")).unwrap_or("?").to_owned();
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let done = text.lines().find_map(|l| l.strip_prefix("requests:")).unwrap_or("").trim().to_owned();
+                println!(
+                    "  {proto:<8} round {round} {name:<18} min {:>8} max {:>8} mean {:>8} sd {:>8}  ({})",
+                    fields.first().unwrap_or(&"?"),
+                    fields.get(1).unwrap_or(&"?"),
+                    fields.get(2).unwrap_or(&"?"),
+                    fields.get(3).unwrap_or(&"?"),
+                    done.split(',').take(4).collect::<Vec<_>>().join(",")
+                );
+            }
+        }
+    }
+}
