@@ -171,15 +171,20 @@ pub(crate) fn breakdown(secs: u64) {
         ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
         ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
     ];
-    let http = Load::Wrk { close: false, https: false };
-    let axum = per_request("axum", &[], &[], secs, http, 1);
-    println!(" breakdown (instructions/request, one run each; plain axum::serve {axum:.0}):");
-    let mut off = f64::NAN;
-    for (name, args, env) in cases {
-        let n = per_request("baton-ablation", &args, env, secs, http, 1);
-        if off.is_nan() {
-            off = n;
+    let mut loads = vec![("HTTP/1.1 keep-alive", Load::Wrk { close: false, https: false })];
+    if crate::serve::h2load_available() {
+        loads.push(("h2c", Load::H2c));
+    }
+    for (proto, load) in loads {
+        let axum = per_request("axum", &[], &[], secs, load, 1);
+        println!(" breakdown, {proto} (instructions/request, one run each; plain axum::serve {axum:.0}):");
+        let mut off = f64::NAN;
+        for (name, args, env) in &cases {
+            let n = per_request("baton-ablation", args, env, secs, load, 1);
+            if off.is_nan() {
+                off = n;
+            }
+            println!("  {name:<46} {n:>9.0}  ({:+.0} vs every default off; {:.3}x axum)", n - off, n / axum);
         }
-        println!("  {name:<46} {n:>9.0}  ({:+.0} vs every default off; {:.3}x axum)", n - off, n / axum);
     }
 }

@@ -375,18 +375,26 @@ pub(crate) fn breakdown(secs: u64) {
             ("every default, metrics counting on", vec!["-l", "access.log"], ALL_METRICS),
         ])
         .collect();
-    println!(" breakdown: each default alone ({secs} s runs; ratios against plain axum::serve in the same pass)");
-    let axum = {
+    println!(
+        " breakdown: each default alone ({secs} s runs; each against the mean of the plain axum::serve runs just \
+         before and after it, so a drift of the machine's speed does not show as a cost)"
+    );
+    let axum = || {
         let s = Server::start("axum", &[]);
         wrk(&s, 1, false);
         wrk(&s, secs, false)
     };
-    print("plain axum::serve", &axum);
+    let mut before = axum();
+    print("plain axum::serve", &before);
     for (name, args, env) in cases {
         let s = Server::start_with_env("baton-ablation", &args, env);
         wrk(&s, 1, false);
         let r = wrk(&s, secs, false);
-        print(&format!("{name} ({:.3}x)", r.cpu_us / axum.cpu_us), &r);
+        drop(s);
+        let after = axum();
+        let base = (before.cpu_us + after.cpu_us) / 2.0;
+        print(&format!("{name} ({:.3}x)", r.cpu_us / base), &r);
+        before = after;
     }
 }
 
@@ -424,13 +432,20 @@ pub(crate) fn latency(rounds: usize, secs: u64) {
         println!("latency: h2load not found (Debian package nghttp2-client)");
         return;
     }
-    println!(" latency at a fixed rate (h2load, 2,000 requests/s, {secs} s, {rounds} rounds; uncapped):");
-    for (proto, args) in [("HTTP/1.1", &["--h1", "-c20", "--rps=100"][..]), ("h2c", &["-c4", "-m5", "--rps=500"][..])] {
+    println!(
+        " latency at a fixed rate below saturation (h2load, 2,000 requests/s, {secs} s, {rounds} interleaved rounds; \
+         uncapped; per-request times from h2load's --log-file):"
+    );
+    let log = std::env::temp_dir().join(format!("baton-bench-latency-{}.log", std::process::id()));
+    for (proto, args) in [("HTTP/1.1", &["--h1", "-c20", "--rps=100"][..]), ("h2c", &["-c20", "-m1", "--rps=100"][..])] {
+        // Per server: each round's p50, p99, p99.9 and max, in microseconds.
+        let mut all: [Vec<[u64; 4]>; 2] = [Vec::new(), Vec::new()];
+        let servers = [("plain axum::serve", "axum", &[][..]), ("baton, defaults", "baton", &["-l", "access.log"][..])];
         for round in 1..=rounds {
-            for (name, role, extra) in
-                [("plain axum::serve", "axum", &[][..]), ("baton, defaults", "baton", &["-l", "access.log"][..])]
-            {
+            for (i, (name, role, extra)) in servers.iter().enumerate() {
                 let server = Server::start(role, extra);
+                // h2load appends to its log.
+                let _ = std::fs::remove_file(&log);
                 let mut cmd = if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut c = Command::new("taskset");
                     c.args(["-c", "1", "h2load"]);
@@ -438,22 +453,45 @@ pub(crate) fn latency(rounds: usize, secs: u64) {
                 } else {
                     Command::new("h2load")
                 };
-                cmd.args(["-t1"]).args(args).arg(format!("-D{secs}")).arg(format!("http://{}/", server.addr));
-                let out = cmd.output().expect("run h2load");
+                cmd.args(["-t1"]).args(args).arg(format!("-D{secs}")).arg(format!("--log-file={}", log.display()));
+                let out = cmd.arg(format!("http://{}/", server.addr)).output().expect("run h2load");
                 let text = String::from_utf8_lossy(&out.stdout);
-                let line =
-                    text.lines().find_map(|l| l.trim().strip_prefix("time for request:")).unwrap_or("?").to_owned();
-                let fields: Vec<&str> = line.split_whitespace().collect();
                 let done = text.lines().find_map(|l| l.strip_prefix("requests:")).unwrap_or("").trim().to_owned();
+                // Columns: start (µs since the epoch), status, µs until the response ended.
+                let mut us: Vec<u64> = std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| {
+                        let mut f = l.split('\t');
+                        let status = f.nth(1)?;
+                        (status == "200").then(|| f.next()?.trim().parse().ok()).flatten()
+                    })
+                    .collect();
+                us.sort_unstable();
+                let q = |p: f64| us.get(((us.len() as f64 * p) as usize).min(us.len().saturating_sub(1))).copied();
+                let row = [q(0.5), q(0.99), q(0.999), us.last().copied()].map(|v| v.unwrap_or(0));
                 println!(
-                    "  {proto:<8} round {round} {name:<18} min {:>8} max {:>8} mean {:>8} sd {:>8}  ({})",
-                    fields.first().unwrap_or(&"?"),
-                    fields.get(1).unwrap_or(&"?"),
-                    fields.get(2).unwrap_or(&"?"),
-                    fields.get(3).unwrap_or(&"?"),
-                    done.split(',').take(4).collect::<Vec<_>>().join(",")
+                    "  {proto:<8} round {round} {name:<18} p50 {:>6}us p99 {:>6}us p99.9 {:>6}us max {:>6}us  ({} ok of {})",
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    us.len(),
+                    done.split(',').next().unwrap_or("?").trim()
                 );
+                all[i].push(row);
             }
         }
+        for (i, (name, ..)) in servers.iter().enumerate() {
+            let m = |k: usize| median(all[i].iter().map(|r| r[k] as f64).collect());
+            println!(
+                "  {proto:<8} medians {name:<18} p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us max {:>6.0}us",
+                m(0),
+                m(1),
+                m(2),
+                m(3)
+            );
+        }
     }
+    let _ = std::fs::remove_file(&log);
 }
