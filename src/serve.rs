@@ -294,7 +294,7 @@ where
     // flight) for the idle timeout (HTTP/1 keep-alive and HTTP/2 alike), or an HTTP/1 request
     // head took longer than the header timeout (slowloris; also a connection that never
     // sends a byte). One timer per connection, set to whichever comes first and checked when
-    // it fires: nothing per request but a clock read when a head begins.
+    // it fires: nothing per request (a clock read only for a head still arriving after a poll).
     let cfg = &shared.cfg;
     let idle_timeout = cfg.idle_timeout;
     let header_ms = Some(cfg.header_timeout.as_millis() as u64).filter(|t| *t > 0);
@@ -313,7 +313,7 @@ where
             next = now + (t - idle).as_millis() as u64;
         }
         if let Some(t) = header_ms {
-            match conn_state.head_since() {
+            match conn_state.head_since(now) {
                 Some(h) if now.saturating_sub(h) >= t => {
                     tracing::debug!("connection from {peer:?}: no whole request head within {t} ms: closed");
                     return;
@@ -327,7 +327,8 @@ where
         if armed {
             timer.as_mut().reset(shared.at_ms(next).into());
         }
-        match watch_conn(conn.as_mut(), shared, drained.as_mut(), armed.then_some(timer.as_mut())).await {
+        let polled = || conn_state.time_head(shared);
+        match watch_conn(conn.as_mut(), polled, shared, drained.as_mut(), armed.then_some(timer.as_mut())).await {
             Wake::Ended => return,
             Wake::Drain => break true,
             Wake::Timer => {}
@@ -370,12 +371,13 @@ enum Wake {
     Timer,
 }
 
-/// Drives the connection until it ends, the drain starts, or `timer` fires. The drain signal
-/// and the timer are registered once and afterwards only read (a flag, the timer's state) on
+/// Drives the connection until it ends, the drain starts, or `timer` fires, calling `polled`
+/// after each poll of it that did not end it. The drain signal and the timer are registered once and afterwards only read (a flag, the timer's state) on
 /// each of the connection's many wake-ups; they are polled again only when the task's waker
 /// changes.
 async fn watch_conn<C: std::future::Future>(
     mut conn: std::pin::Pin<&mut C>,
+    polled: impl Fn(),
     shared: &Shared,
     mut drained: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     mut timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
@@ -385,6 +387,7 @@ async fn watch_conn<C: std::future::Future>(
         if conn.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Ended);
         }
+        polled();
         if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
                 return Poll::Ready(Wake::Drain);
@@ -456,7 +459,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
             let this = &mut *self;
-            this.open.conn.read(&buf.filled()[before..], this.first, &this.open.shared);
+            this.open.conn.read(&buf.filled()[before..], this.first);
             this.first = false;
         }
         polled

@@ -437,7 +437,8 @@ pub(crate) fn latency(rounds: usize, secs: u64) {
          uncapped; per-request times from h2load's --log-file):"
     );
     let log = std::env::temp_dir().join(format!("baton-bench-latency-{}.log", std::process::id()));
-    for (proto, args) in [("HTTP/1.1", &["--h1", "-c20", "--rps=100"][..]), ("h2c", &["-c20", "-m1", "--rps=100"][..])] {
+    for (proto, args) in [("HTTP/1.1", &["--h1", "-c20", "--rps=100"][..]), ("h2c", &["-c20", "-m1", "--rps=100"][..])]
+    {
         // Per server: each round's p50, p99, p99.9 and max, in microseconds.
         let mut all: [Vec<[u64; 4]>; 2] = [Vec::new(), Vec::new()];
         let servers = [("plain axum::serve", "axum", &[][..]), ("baton, defaults", "baton", &["-l", "access.log"][..])];

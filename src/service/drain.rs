@@ -31,12 +31,18 @@ pub(crate) struct ConnState {
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
     /// HTTP/1: when the request head now arriving began, on the [`Shared::now_ms`] clock plus
-    /// one (0: none is arriving). The connection's opening counts as a head's start: a client
-    /// that connects and sends nothing is cut at the header timeout too.
+    /// one (0: none is arriving; [`HEAD_BEGUN`]: one began in the poll of the connection now
+    /// running). The connection's opening counts as a head's start: a client that connects and
+    /// sends nothing is cut at the header timeout too.
     head_since: AtomicU64,
     /// The header timeout applies: not after the HTTP/2 preface.
     heads_timed: AtomicBool,
 }
+
+/// `head_since` for a head that began during the connection's current poll, its time not read
+/// yet: a head that arrives whole is parsed and answered in that same poll, and so costs no
+/// clock read; [`ConnState::time_head`] reads it for one still arriving after the poll.
+const HEAD_BEGUN: u64 = u64::MAX;
 
 impl ConnState {
     pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Shared) -> Self {
@@ -58,8 +64,8 @@ impl ConnState {
     }
 
     /// The connection read `data`; `first`: the first bytes it ever read. Bytes that arrive
-    /// while no request is in flight begin a request head (one clock read per request).
-    pub(crate) fn read(&self, data: &[u8], first: bool, shared: &Shared) {
+    /// while no request is in flight begin a request head.
+    pub(crate) fn read(&self, data: &[u8], first: bool) {
         if first {
             const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
             let n = data.len().min(PREFACE.len());
@@ -75,6 +81,14 @@ impl ConnState {
             && self.head_since.load(Ordering::Relaxed) == 0
             && self.heads_timed.load(Ordering::Relaxed)
         {
+            self.head_since.store(HEAD_BEGUN, Ordering::Relaxed);
+        }
+    }
+
+    /// The connection was polled: a request head that began during the poll and is still
+    /// arriving gets its start time now (a poll later than its first bytes: microseconds).
+    pub(crate) fn time_head(&self, shared: &Shared) {
+        if self.head_since.load(Ordering::Relaxed) == HEAD_BEGUN {
             self.head_since.store(shared.now_ms() + 1, Ordering::Relaxed);
         }
     }
@@ -86,12 +100,16 @@ impl ConnState {
         }
     }
 
-    /// When the request head now arriving began, if one is and the header timeout applies.
-    pub(crate) fn head_since(&self) -> Option<u64> {
+    /// When the request head now arriving began, if one is and the header timeout applies
+    /// (`now` for one whose time was not read yet).
+    pub(crate) fn head_since(&self, now: u64) -> Option<u64> {
         if !self.heads_timed.load(Ordering::Relaxed) {
             return None;
         }
-        self.head_since.load(Ordering::Relaxed).checked_sub(1)
+        match self.head_since.load(Ordering::Relaxed) {
+            HEAD_BEGUN => Some(now),
+            since => since.checked_sub(1),
+        }
     }
 
     pub(crate) fn is_h2(&self) -> bool {
