@@ -273,3 +273,19 @@ fn long_lived_streams_see_the_shutdown_and_end_cleanly() {
     assert!(h.wait_exit(Duration::from_secs(30)).success());
     assert!(h.log_text().contains("drained in"), "drained, not cut at the deadline:\n{}", h.log_text());
 }
+
+#[test]
+fn error_lines_name_the_request_with_the_access_log_on_and_off() {
+    // The panic and timeout lines take the request line from the access log's record when the
+    // log is on and from a copy of their own when it is off.
+    for format in ["combined", "off"] {
+        let args = ["--delay", "3s", "--debug-routes", "--request-timeout", "1s", "--access-log", format];
+        let h = Hello::start(&hello_bin(), &args);
+        assert_eq!(get(h.addr(), "/panic?q=1").unwrap().status, 500);
+        // `GET /` waits 3 s: past the request timeout.
+        assert_eq!(get(h.addr(), "/").unwrap().status, 503);
+        let log = h.log_text();
+        assert!(log.contains("handler panicked on GET /panic: the /panic route panics"), "log {format}: {log}");
+        assert!(log.contains("request timeout on GET /"), "log {format}: {log}");
+    }
+}

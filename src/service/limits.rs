@@ -30,7 +30,8 @@ pub(crate) fn bad_host(version: Version, n: usize) -> Option<Response<Body>> {
     bad.then(|| super::plain(StatusCode::BAD_REQUEST, "a request needs exactly one Host header\n"))
 }
 
-/// The request with its body limited to `max` bytes and to a minimum pace after `slow`.
+/// The request with its body limited to `max` bytes and to a minimum pace after `slow` (an
+/// ended body replaced by an empty one).
 pub(crate) fn limit<B>(req: Request<B>, max: u64, slow: Option<Duration>, start: Instant) -> Request<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -38,7 +39,9 @@ where
 {
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     req.map(|b| match slow {
-        Some(grace) if !b.is_end_stream() => {
+        // No body (most requests): nothing to limit, and an empty body costs no allocation.
+        _ if b.is_end_stream() => Body::empty(),
+        Some(grace) => {
             // Limited outermost: the app's extractor recognises its error (413).
             let paced = Paced { inner: Box::pin(b), start, grace, bytes: 0, timer: None };
             Body::new(http_body_util::Limited::new(paced, max))
