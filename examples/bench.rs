@@ -34,7 +34,8 @@ fn main() -> ExitCode {
     match std::env::var("BENCH_ROLE").as_deref() {
         Ok("baton") => return hello::main(),
         Ok("baton-ablation") => return serve_ablation(),
-        Ok("axum") => return serve_axum(),
+        Ok("axum") => return serve_axum(false),
+        Ok("axum-connect-info") => return serve_axum(true),
         #[cfg(all(target_os = "linux", feature = "tls"))]
         Ok("axum-tls") => return serve::serve_axum_tls(),
         _ => {}
@@ -116,12 +117,19 @@ fn serve_ablation() -> ExitCode {
 }
 
 /// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime.
-fn serve_axum() -> ExitCode {
+/// Plain `axum::serve`; `connect_info`: with `ConnectInfo<SocketAddr>` on every request, as
+/// baton gives.
+fn serve_axum(connect_info: bool) -> ExitCode {
     let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind(addr).await.unwrap();
-        axum::serve(l, hello::app(Duration::ZERO, false)).await.unwrap();
+        let app = hello::app(Duration::ZERO, false);
+        if connect_info {
+            axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        } else {
+            axum::serve(l, app).await.unwrap();
+        }
     });
     ExitCode::SUCCESS
 }

@@ -372,9 +372,9 @@ enum Wake {
 }
 
 /// Drives the connection until it ends, the drain starts, or `timer` fires, calling `polled`
-/// after each poll of it that did not end it. The drain signal and the timer are registered once and afterwards only read (a flag, the timer's state) on
-/// each of the connection's many wake-ups; they are polled again only when the task's waker
-/// changes.
+/// after each poll of it that did not end it. The drain signal and the timer are registered
+/// once and afterwards only read (a flag, the timer's state) on each of the connection's many
+/// wake-ups; they are polled again only when the task's waker changes.
 async fn watch_conn<C: std::future::Future>(
     mut conn: std::pin::Pin<&mut C>,
     polled: impl Fn(),

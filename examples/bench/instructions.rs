@@ -107,6 +107,7 @@ pub(crate) fn table(secs: u64, rounds: usize) {
     let close = Load::Wrk { close: true, https: false };
     let mut configs: Vec<Config> = vec![
         ("plain axum::serve (keep-alive)", "axum", vec![], &[], http),
+        ("axum::serve with ConnectInfo<SocketAddr>", "axum-connect-info", vec![], &[], http),
         ("baton, defaults, access log to a file", "baton", vec!["-l", "access.log"], &[], http),
         ("baton --access-log off", "baton", vec!["--access-log", "off"], &[], http),
         (
@@ -121,6 +122,7 @@ pub(crate) fn table(secs: u64, rounds: usize) {
     ];
     if crate::serve::h2load_available() {
         configs.push(("plain axum::serve (h2c)", "axum", vec![], &[], Load::H2c));
+        configs.push(("axum::serve with ConnectInfo<SocketAddr> (h2c)", "axum-connect-info", vec![], &[], Load::H2c));
         configs.push(("baton, defaults (h2c)", "baton", vec!["-l", "access.log"], &[], Load::H2c));
     }
     #[cfg(all(target_os = "linux", feature = "tls"))]
@@ -142,7 +144,7 @@ pub(crate) fn table(secs: u64, rounds: usize) {
     let mut base = Vec::new();
     for (name, role, extra, env, load) in configs {
         let n = per_request(role, &extra, env, secs, load, rounds);
-        if role.starts_with("axum") {
+        if role == "axum" || role == "axum-tls" {
             base.push((load, n));
         }
         let b = base.iter().find(|(l, _)| *l == load).map_or(f64::NAN, |(_, b)| *b);
