@@ -116,9 +116,8 @@ fn serve_ablation() -> ExitCode {
         .serve(|_: baton::NoArgs| async { hello::app(Duration::ZERO, false) })
 }
 
-/// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime.
-/// Plain `axum::serve`; `connect_info`: with `ConnectInfo<SocketAddr>` on every request, as
-/// baton gives.
+/// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime;
+/// `connect_info`: with `ConnectInfo<SocketAddr>` on every request, as baton gives.
 fn serve_axum(connect_info: bool) -> ExitCode {
     let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
