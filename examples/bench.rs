@@ -51,26 +51,32 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     serve::capping(matches!(what.as_str(), "compare" | "serve" | "metrics" | "all"));
     if what == "compare" {
-        // Ablation: plain axum against baton with the given flags, 6 s each, 4 rounds.
+        // Plain axum against baton with the given flags: `wrk` when present (servers under the
+        // CPU cap, as in `serve`), else the built-in client; 4 interleaved rounds of 6 s.
         let extra: Vec<String> = std::env::args().skip(2).collect();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let (mut a, mut b, mut ca, mut cb) = (0.0, 0.0, 0.0, 0.0);
-        for _ in 0..4 {
-            let s = Server::start("axum", &[]);
-            drive(&rt, &s, 1);
-            let r = drive(&rt, &s, 6);
-            line("plain axum::serve", &r);
-            a += r.rps();
-            ca += r.cpu_us;
-            drop(s);
-            let s = Server::start("baton", &extra);
-            drive(&rt, &s, 1);
-            let r = drive(&rt, &s, 6);
-            line(&format!("baton {}", extra.join(" ")), &r);
-            b += r.rps();
-            cb += r.cpu_us;
+        if serve::wrk_available() {
+            serve::compare(&extra, 4, 6);
+        } else {
+            println!("wrk not found (Debian package wrk): the built-in client, which may be slower than the server");
+            let (mut a, mut b, mut ca, mut cb) = (0.0, 0.0, 0.0, 0.0);
+            for _ in 0..4 {
+                let s = Server::start("axum", &[]);
+                drive(&rt, &s, 1);
+                let r = drive(&rt, &s, 6);
+                line("plain axum::serve", &r);
+                a += r.rps();
+                ca += r.cpu_us;
+                drop(s);
+                let s = Server::start("baton", &extra);
+                drive(&rt, &s, 1);
+                let r = drive(&rt, &s, 6);
+                line(&format!("baton {}", extra.join(" ")), &r);
+                b += r.rps();
+                cb += r.cpu_us;
+            }
+            println!(" throughput ratio {:.3}, server CPU per request ratio {:.3}", b / a, cb / ca);
         }
-        println!(" throughput ratio {:.3}, server CPU per request ratio {:.3}", b / a, cb / ca);
         serve::release_cpu_cap();
         return ExitCode::SUCCESS;
     }

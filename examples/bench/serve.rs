@@ -398,6 +398,29 @@ pub(crate) fn breakdown(secs: u64) {
     }
 }
 
+/// `bench -- compare FLAGS`: plain axum against baton with `flags`, `rounds` interleaved rounds
+/// of `secs` with `wrk` (keep-alive); the median of the per-round ratios of server CPU per
+/// request.
+pub(crate) fn compare(flags: &[&str], rounds: usize, secs: u64) {
+    println!(" compare: plain axum::serve vs baton {} ({rounds} rounds of {secs} s, wrk)", flags.join(" "));
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let mut cpu = [0.0; 2];
+        for (i, (name, role, extra)) in
+            [("plain axum::serve", "axum", &[][..]), ("baton", "baton", flags)].into_iter().enumerate()
+        {
+            let s = Server::start(role, extra);
+            wrk(&s, 1, false);
+            let r = wrk(&s, secs, false);
+            print(&if i == 0 { name.to_owned() } else { format!("{name} {}", flags.join(" ")) }, &r);
+            cpu[i] = r.cpu_us;
+        }
+        ratios.push(cpu[1] / cpu[0]);
+    }
+    let rounded: Vec<f64> = ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect();
+    println!("  server CPU per request, baton vs axum: median {:.3} (rounds {rounded:?})", median(ratios));
+}
+
 /// `bench -- metrics`: every default on, metrics counting off and on, alternating rounds; the
 /// median of the per-round ratios of server CPU per request.
 pub(crate) fn metrics_cost(rounds: usize, secs: u64) {
