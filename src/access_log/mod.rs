@@ -254,9 +254,6 @@ fn cached_time(out: &mut Vec<u8>, wall: SystemTime, json: bool) {
     });
 }
 
-/// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
-/// control and non-ASCII bytes become `\xHH` (`\u00HH` in JSON). Runs of plain bytes are
-/// copied whole; a byte is looked up in a table, not compared three times.
 /// Visible ASCII and space, but not `\`: the bytes that may stand as they are (`quote` aside).
 const PLAIN: [bool; 256] = {
     let mut t = [false; 256];
@@ -290,6 +287,9 @@ fn plain_prefix(bytes: &[u8], quote: u8) -> usize {
     i + bytes[i..].iter().position(|&b| !PLAIN[usize::from(b)] || b == quote).unwrap_or(bytes.len() - i)
 }
 
+/// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
+/// control and non-ASCII bytes become `\xHH` (`\u00HH` in JSON). Runs of plain bytes are
+/// copied whole; a byte is looked up in a table, not compared three times.
 fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     while !bytes.is_empty() {

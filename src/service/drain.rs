@@ -46,6 +46,7 @@ const HEAD_BEGUN: u64 = u64::MAX;
 
 impl ConnState {
     pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Shared) -> Self {
+        let now = shared.now_ms();
         ConnState {
             peer,
             remote: crate::access_log::Remote::new(peer),
@@ -57,8 +58,8 @@ impl ConnState {
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
-            last_active_ms: AtomicU64::new(shared.now_ms()),
-            head_since: AtomicU64::new(shared.now_ms() + 1),
+            last_active_ms: AtomicU64::new(now),
+            head_since: AtomicU64::new(now + 1),
             heads_timed: AtomicBool::new(true),
         }
     }

@@ -98,7 +98,7 @@ impl Shared {
 
     /// Milliseconds since this worker started serving: the clock of idle and drain times.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.elapsed().as_millis() as u64
     }
 
     /// The time since this worker started serving: a request's clock. Its start and end are
@@ -292,7 +292,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
 /// done (or dropped), and keeps the request counted as in flight until then.
 pub(crate) struct TrackedBody {
     body: Body,
-    /// Held inline: no allocation per request.
+    /// The access log's record (boxed: see the module's doc).
     record: Option<Box<Record>>,
     guard: InFlight,
 }
