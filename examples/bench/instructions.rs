@@ -155,24 +155,7 @@ pub(crate) fn table(secs: u64, rounds: usize) {
 /// Each default's cost alone, in instructions per request: every default off, then one
 /// switched on at a time (one run each: the count varies by about a percent between runs).
 pub(crate) fn breakdown(secs: u64) {
-    const OFF: [&str; 8] =
-        ["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"];
-    let with = |on: &[&'static str]| -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
-        v.extend_from_slice(on);
-        v
-    };
-    type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
-    let cases: Vec<Case> = vec![
-        ("every default off", with(&[]), &[]),
-        ("+ metrics counting", with(&[]), &[("BENCH_METRICS", "1")]),
-        ("+ request id", with(&[]), &[("BENCH_REQUEST_ID", "1")]),
-        ("+ catch panic", with(&[]), &[("BENCH_CATCH_PANIC", "1")]),
-        ("+ request timeout 60s", with(&["--request-timeout", "60s"]), &[]),
-        ("+ access log combined", with(&["--access-log", "combined", "-l", "access.log"]), &[]),
-        ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
-        ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
-    ];
+    let cases = crate::serve::ablation_cases();
     let mut loads = vec![("HTTP/1.1 keep-alive", Load::Wrk { close: false, https: false })];
     if crate::serve::h2load_available() {
         loads.push(("h2c", Load::H2c));

@@ -293,9 +293,7 @@ pub(crate) fn table(rounds: usize, secs: u64) {
     #[cfg(all(target_os = "linux", feature = "tls"))]
     {
         let https = Load::Wrk { close: false, https: true };
-        let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/");
-        let (cert, key): (&'static str, &'static str) =
-            (Box::leak(format!("{tls}one.pem").into_boxed_str()), Box::leak(format!("{tls}one.key").into_boxed_str()));
+        let (cert, key) = tls_fixture();
         configs.push(("plain axum, tokio-rustls accept loop (TLS)", "axum-tls", vec![], https));
         configs.push((
             "baton, defaults (TLS)",
@@ -337,24 +335,22 @@ pub(crate) fn table(rounds: usize, secs: u64) {
     }
 }
 
-/// The cost of each default alone: everything off, then one switched on at a time (through
-/// the `baton-ablation` role, which reads `BENCH_REQUEST_ID`/`BENCH_CATCH_PANIC`).
-pub(crate) fn breakdown(secs: u64) {
-    let off: &[&str] = &["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"];
-    let with = |extra: &[&'static str]| -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = Vec::new();
-        let mut i = 0;
-        while i < off.len() {
-            if !extra.contains(&off[i]) {
-                v.extend_from_slice(&off[i..i + 2]);
-            }
-            i += 2;
-        }
-        v.extend_from_slice(extra);
+/// One case of the breakdown: its name, baton's flags and the `baton-ablation` role's
+/// environment.
+pub(crate) type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
+
+/// The breakdown's cases (for `serve` and `instructions` alike): every default off, then one
+/// switched on at a time (through the `baton-ablation` role, which reads `BENCH_REQUEST_ID`,
+/// `BENCH_CATCH_PANIC` and `BENCH_METRICS`).
+pub(crate) fn ablation_cases() -> Vec<Case> {
+    const OFF: [&str; 8] =
+        ["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"];
+    let with = |on: &[&'static str]| -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
+        v.extend_from_slice(on);
         v
     };
-    type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
-    let cases: [Case; 8] = [
+    vec![
         ("every default off", with(&[]), &[]),
         ("+ metrics counting", with(&[]), &[("BENCH_METRICS", "1")]),
         ("+ request id", with(&[]), &[("BENCH_REQUEST_ID", "1")]),
@@ -363,12 +359,23 @@ pub(crate) fn breakdown(secs: u64) {
         ("+ access log combined", with(&["--access-log", "combined", "-l", "access.log"]), &[]),
         ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
         ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
-    ];
+    ]
+}
+
+/// `wrk` against `server` for a second (warm-up), then for `secs` (the figure).
+fn warm_wrk(server: &Server, secs: u64) -> WrkRun {
+    wrk(server, 1, false);
+    wrk(server, secs, false)
+}
+
+/// The cost of each default alone ([`ablation_cases`]), and every default on with and without
+/// the metrics' counting.
+pub(crate) fn breakdown(secs: u64) {
     // Every default on (combined log to a file), with and without the metrics' counting.
     const ALL: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1")];
     const ALL_METRICS: &[(&str, &str)] =
         &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
-    let cases: Vec<Case> = cases
+    let cases: Vec<Case> = ablation_cases()
         .into_iter()
         .chain([
             ("every default, metrics counting off", vec!["-l", "access.log"], ALL),
@@ -379,18 +386,11 @@ pub(crate) fn breakdown(secs: u64) {
         " breakdown: each default alone ({secs} s runs; each against the mean of the plain axum::serve runs just \
          before and after it, so a drift of the machine's speed does not show as a cost)"
     );
-    let axum = || {
-        let s = Server::start("axum", &[]);
-        wrk(&s, 1, false);
-        wrk(&s, secs, false)
-    };
+    let axum = || warm_wrk(&Server::start("axum", &[]), secs);
     let mut before = axum();
     print("plain axum::serve", &before);
     for (name, args, env) in cases {
-        let s = Server::start_with_env("baton-ablation", &args, env);
-        wrk(&s, 1, false);
-        let r = wrk(&s, secs, false);
-        drop(s);
+        let r = warm_wrk(&Server::start_with_env("baton-ablation", &args, env), secs);
         let after = axum();
         let base = (before.cpu_us + after.cpu_us) / 2.0;
         print(&format!("{name} ({:.3}x)", r.cpu_us / base), &r);
@@ -398,27 +398,35 @@ pub(crate) fn breakdown(secs: u64) {
     }
 }
 
+/// `rounds` rounds of `wrk` for `secs` against the server `a` starts, then the one `b`
+/// starts; each run printed under its name. The per-round ratios of server CPU per request,
+/// b over a, their median printed after `what`.
+fn paired(rounds: usize, secs: u64, what: &str, a: (&str, &dyn Fn() -> Server), b: (&str, &dyn Fn() -> Server)) {
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let ra = warm_wrk(&(a.1)(), secs);
+        print(a.0, &ra);
+        let rb = warm_wrk(&(b.1)(), secs);
+        print(b.0, &rb);
+        ratios.push(rb.cpu_us / ra.cpu_us);
+    }
+    let rounded: Vec<f64> = ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect();
+    println!("  {what}: median {:.3} (rounds {rounded:?})", median(ratios));
+}
+
 /// `bench -- compare FLAGS`: plain axum against baton with `flags`, `rounds` interleaved rounds
 /// of `secs` with `wrk` (keep-alive); the median of the per-round ratios of server CPU per
 /// request.
 pub(crate) fn compare(flags: &[&str], rounds: usize, secs: u64) {
-    println!(" compare: plain axum::serve vs baton {} ({rounds} rounds of {secs} s, wrk)", flags.join(" "));
-    let mut ratios = Vec::new();
-    for _ in 0..rounds {
-        let mut cpu = [0.0; 2];
-        for (i, (name, role, extra)) in
-            [("plain axum::serve", "axum", &[][..]), ("baton", "baton", flags)].into_iter().enumerate()
-        {
-            let s = Server::start(role, extra);
-            wrk(&s, 1, false);
-            let r = wrk(&s, secs, false);
-            print(&if i == 0 { name.to_owned() } else { format!("{name} {}", flags.join(" ")) }, &r);
-            cpu[i] = r.cpu_us;
-        }
-        ratios.push(cpu[1] / cpu[0]);
-    }
-    let rounded: Vec<f64> = ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect();
-    println!("  server CPU per request, baton vs axum: median {:.3} (rounds {rounded:?})", median(ratios));
+    let baton = format!("baton {}", flags.join(" "));
+    println!(" compare: plain axum::serve vs {baton} ({rounds} rounds of {secs} s, wrk)");
+    paired(
+        rounds,
+        secs,
+        "server CPU per request, baton vs axum",
+        ("plain axum::serve", &|| Server::start("axum", &[])),
+        (&baton, &|| Server::start("baton", flags)),
+    );
 }
 
 /// `bench -- metrics`: every default on, metrics counting off and on, alternating rounds; the
@@ -427,29 +435,25 @@ pub(crate) fn metrics_cost(rounds: usize, secs: u64) {
     const OFF: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1")];
     const ON: &[(&str, &str)] = &[("BENCH_REQUEST_ID", "1"), ("BENCH_CATCH_PANIC", "1"), ("BENCH_METRICS", "1")];
     println!(" metrics counting: every default on (combined log to a file), off then on, {rounds} rounds of {secs} s");
-    let mut ratios = Vec::new();
-    for _ in 0..rounds {
-        let mut cpu = [0.0; 2];
-        for (i, (name, env)) in [("metrics counting off", OFF), ("metrics counting on", ON)].into_iter().enumerate() {
-            let s = Server::start_with_env("baton-ablation", &["-l", "access.log"], env);
-            wrk(&s, 1, false);
-            let r = wrk(&s, secs, false);
-            print(name, &r);
-            cpu[i] = r.cpu_us;
-        }
-        ratios.push(cpu[1] / cpu[0]);
-    }
-    let rounded: Vec<f64> = ratios.iter().map(|x| (x * 1000.0).round() / 1000.0).collect();
-    println!("  CPU per request, on vs off: median {:.3} (rounds {rounded:?})", median(ratios));
+    let start = |env: &'static [(&'static str, &'static str)]| {
+        move || Server::start_with_env("baton-ablation", &["-l", "access.log"], env)
+    };
+    paired(
+        rounds,
+        secs,
+        "CPU per request, on vs off",
+        ("metrics counting off", &start(OFF)),
+        ("metrics counting on", &start(ON)),
+    );
     let n = 20_000_000;
     let ns: Vec<f64> = (0..5).map(|_| baton::metrics::time_counting(n).as_nanos() as f64 / f64::from(n)).collect();
     println!("  the counting alone, in a loop on one thread: {:.1} ns per request (median of 5 x {n})", median(ns));
 }
 
 /// `bench -- latency`: request latency at a fixed rate well below saturation (`h2load --rps`:
-/// 20 connections at 100 requests/s each, HTTP/1.1 keep-alive, then HTTP/2 over 4 of them),
-/// plain axum and baton's defaults alternating, uncapped. `h2load` reports min, max, mean and
-/// standard deviation (no percentiles).
+/// 20 connections at 100 requests/s each, HTTP/1.1 keep-alive, then h2c with one stream per
+/// connection), plain axum and baton's defaults alternating, uncapped; p50, p99, p99.9 and
+/// the maximum from h2load's per-request log.
 pub(crate) fn latency(rounds: usize, secs: u64) {
     if !h2load_available() {
         println!("latency: h2load not found (Debian package nghttp2-client)");
