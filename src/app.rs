@@ -44,7 +44,7 @@ where
         let mut slot = Some(self);
         if let Some(router) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<axum::Router>>() {
             if let Some(r) = router.take() {
-                return AppService::Router(r);
+                return AppService::router(r);
             }
         }
         let s = slot.take().expect("taken only for a Router");

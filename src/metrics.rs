@@ -257,7 +257,7 @@ pub(crate) fn service(exposition: std::sync::Arc<Exposition>) -> crate::AppServi
             async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], e.render()) }
         }),
     );
-    crate::AppService::Router(router)
+    crate::AppService::router(router)
 }
 
 /// A histogram's series from per-bucket counts (the last is `+Inf`).

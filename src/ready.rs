@@ -34,7 +34,6 @@ pub(crate) async fn gate(
     let Some(path) = probe else { return Ok(()) };
     let svc = ConnService {
         app: app.clone(),
-        shared: shared.clone(),
         // Internal: the probe is neither counted in the metrics nor logged.
         conn: Arc::new(ConnState::new(
             None,

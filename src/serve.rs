@@ -286,7 +286,7 @@ where
         _ => (ctx.app.clone(), false),
     };
     let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
-    let svc = ConnService { app, shared: shared.clone(), conn: conn_state.clone() };
+    let svc = ConnService { app, conn: conn_state.clone() };
     let io = Counted { io, open: Open::new(shared.clone(), conn_state.clone(), alive), first: true };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

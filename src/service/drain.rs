@@ -14,11 +14,15 @@ use super::Shared;
 /// One connection's state.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    pub(crate) peer: Option<SocketAddr>,
+    /// The worker's state (reached through the connection's: one reference count per
+    /// connection rather than per request).
+    pub(crate) shared: Arc<Shared>,
     /// The peer's address as the access log writes it (formatted once per connection).
     pub(crate) remote: crate::access_log::Remote,
-    /// Given to the app with each request.
-    pub(crate) info: crate::Connection,
+    /// What each request's extensions start with: [`crate::Connection`], and on TCP
+    /// `ConnectInfo<SocketAddr>`. Made once per connection and cloned per request: the clone
+    /// costs the same allocations as inserting each anew, but no hashing or probing.
+    pub(crate) extensions: http::Extensions,
     /// Index of the listener it came in on.
     pub(crate) listener: u16,
     pub(crate) tls: bool,
@@ -45,12 +49,20 @@ pub(crate) struct ConnState {
 const HEAD_BEGUN: u64 = u64::MAX;
 
 impl ConnState {
-    pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Shared) -> Self {
+    pub(crate) fn new(peer: Option<SocketAddr>, via: crate::serve::Via, internal: bool, shared: &Arc<Shared>) -> Self {
         let now = shared.now_ms();
         ConnState {
-            peer,
+            shared: shared.clone(),
             remote: crate::access_log::Remote::new(peer),
-            info: crate::Connection { peer, local: via.local },
+            extensions: {
+                let mut e = http::Extensions::new();
+                if let Some(peer) = peer {
+                    // What `axum::serve(..).into_make_service_with_connect_info()` provides.
+                    e.insert(axum::extract::ConnectInfo(peer));
+                }
+                e.insert(crate::Connection { peer, local: via.local });
+                e
+            },
             listener: via.listener,
             tls: via.tls,
             internal,
@@ -152,7 +164,6 @@ impl ConnState {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     conn: Arc<ConnState>,
-    shared: Arc<Shared>,
     /// When it ended, if the owner read the clock already (one clock read per request), on
     /// the [`Shared::elapsed`] clock.
     pub(crate) ended: Option<Duration>,
@@ -162,23 +173,23 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn new(conn: &Arc<ConnState>, shared: &Arc<Shared>, start: Duration) -> Self {
+    pub(crate) fn new(conn: &Arc<ConnState>, start: Duration) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         if conn.counted {
-            shared.metrics.in_flight(true);
+            conn.shared.metrics.in_flight(true);
         }
-        InFlight { conn: conn.clone(), shared: shared.clone(), ended: None, start, status: 0 }
+        InFlight { conn: conn.clone(), ended: None, start, status: 0 }
     }
 }
 
 impl InFlight {
     /// The request's response was 101 (see [`ConnState::upgraded`]).
     pub(crate) fn conn_upgraded(&self) {
-        self.conn.upgraded(&self.shared);
+        self.conn.upgraded(&self.conn.shared);
     }
 
     pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
+        &self.conn.shared
     }
 
     /// The connection's peer, as the access log writes it.
@@ -189,17 +200,18 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let shared = &self.conn.shared;
         let ms = match self.ended {
             Some(t) => t.as_millis() as u64,
-            None => self.shared.now_ms(),
+            None => shared.now_ms(),
         };
         self.conn.last_active_ms.store(ms, Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.conn.counted {
-            self.shared.metrics.in_flight(false);
+            shared.metrics.in_flight(false);
             if let Some(end) = self.ended {
                 let took = end.saturating_sub(self.start);
-                self.shared.metrics.request_done(usize::from(self.conn.listener), self.status, took);
+                shared.metrics.request_done(usize::from(self.conn.listener), self.status, took);
             }
         }
     }

@@ -124,7 +124,6 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnService {
     pub(crate) app: AppService,
-    pub(crate) shared: Arc<Shared>,
     pub(crate) conn: Arc<ConnState>,
 }
 
@@ -140,14 +139,14 @@ where
     type Future = ConnFuture;
 
     fn call(&self, mut req: Request<B>) -> ConnFuture {
-        let shared = self.shared.clone();
+        let shared = &*self.conn.shared;
         let now = Instant::now();
         let start = now.saturating_duration_since(shared.epoch);
         let cfg = &shared.cfg;
         let version = req.version();
-        self.conn.saw(version, &shared);
+        self.conn.saw(version, shared);
         self.conn.head_done();
-        let guard = InFlight::new(&self.conn, &shared, start);
+        let guard = InFlight::new(&self.conn, start);
         let logged = cfg.access_log != access_log::Format::Off && !self.conn.internal;
         // What the defaults need of the headers, in one pass, copied out (reference counts)
         // before the request changes.
@@ -157,14 +156,15 @@ where
         let incoming_rid = seen.request_id.cloned();
         let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid));
-        if let Some(peer) = self.conn.peer {
-            // What `axum::serve(..).into_make_service_with_connect_info()` provides.
-            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        // (hyper's own, e.g. the upgrade handle of an HTTP/1 request, kept.)
+        if req.extensions().is_empty() {
+            *req.extensions_mut() = self.conn.extensions.clone();
+        } else {
+            req.extensions_mut().extend(self.conn.extensions.clone());
         }
-        req.extensions_mut().insert(self.conn.info.clone());
         let record = log_headers
             .map(|(ua, referer)| Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), start)));
-        let early = early.or_else(|| health::answer(&req, &shared));
+        let early = early.or_else(|| health::answer(&req, shared));
         let state = match early {
             Some(r) => Stage::Early { resp: Some(r) },
             None => {
@@ -187,7 +187,7 @@ where
                 Stage::App { handle, line }
             }
         };
-        ConnFuture { stage: state, done: Some(Done { shared, version, rid, record, guard }) }
+        ConnFuture { stage: state, done: Some(Done { version, rid, record, guard }) }
     }
 }
 
@@ -214,7 +214,6 @@ pin_project_lite::pin_project! {
 
 /// What the response needs once it exists.
 struct Done {
-    shared: Arc<Shared>,
     version: http::Version,
     rid: Option<HeaderValue>,
     record: Option<Box<Record>>,
@@ -259,7 +258,7 @@ impl Future for ConnFuture {
                 }
             }
         };
-        let Done { shared, version, rid, mut record, mut guard } = this.done.take().expect("polled after completion");
+        let Done { version, rid, mut record, mut guard } = this.done.take().expect("polled after completion");
         let headers = resp.headers_mut();
         if let Some(mut rid) = rid {
             // HPACK: "never indexed". A value new on every response would otherwise be added
@@ -268,7 +267,7 @@ impl Future for ConnFuture {
             rid.set_sensitive(true);
             headers.insert(request_id::X_REQUEST_ID.clone(), rid);
         }
-        drain::mark_closing(headers, version, &shared);
+        drain::mark_closing(headers, version, guard.shared());
         if let Some(r) = record.as_mut() {
             r.status = resp.status();
         }
