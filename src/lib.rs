@@ -155,21 +155,24 @@ impl AppService {
         AppService::Router(router.with_state(()))
     }
 
-    /// Answers one request.
-    pub(crate) fn oneshot(&self, req: Request<Body>) -> AppFuture {
+    /// Answers one request. A `Router` (always ready) routes it at once, which runs no app
+    /// code: handlers, layers, fallbacks and nested services are called when the returned
+    /// future is first polled, inside the panic catching. Routing here rather than in a
+    /// `Oneshot` spares moving the request in and out of the `Oneshot`.
+    pub(crate) fn call(&self, req: Request<Body>) -> AppFuture {
         use tower::ServiceExt as _;
         match self {
-            AppService::Router(r) => AppFuture::Router { fut: r.clone().oneshot(req) },
+            AppService::Router(r) => AppFuture::Router { fut: tower::Service::call(&mut r.clone(), req) },
             AppService::Boxed(s) => AppFuture::Boxed { fut: s.clone().oneshot(req) },
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`AppService::oneshot`]'s future.
+    /// [`AppService::call`]'s future.
     #[project = AppFutureProj]
     pub(crate) enum AppFuture {
-        Router { #[pin] fut: tower::util::Oneshot<axum::Router, Request<Body>> },
+        Router { #[pin] fut: axum::routing::future::RouteFuture<Infallible> },
         Boxed { #[pin] fut: tower::util::Oneshot<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>, Request<Body>> },
     }
 }

@@ -7,7 +7,8 @@ mod writer;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, StatusCode, Version};
 
 use baton_supervise::log::{clf_time, rfc3339};
 
@@ -29,7 +30,8 @@ pub(crate) enum Format {
 pub(crate) struct Record {
     format: Format,
     method: Method,
-    uri: Uri,
+    /// The request target's path and query (the rest of the URI is not logged).
+    path: Option<PathAndQuery>,
     version: Version,
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
@@ -100,7 +102,7 @@ impl Record {
         Record {
             format,
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            path: req.uri().path_and_query().cloned(),
             version: req.version(),
             user_agent,
             referer,
@@ -131,12 +133,12 @@ impl Record {
         &self.method
     }
 
-    pub(crate) fn uri(&self) -> &Uri {
-        &self.uri
+    pub(crate) fn path_and_query(&self) -> Option<&PathAndQuery> {
+        self.path.as_ref()
     }
 
     fn path(&self) -> &[u8] {
-        self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes()
+        self.path.as_ref().map_or("/", |p| p.as_str()).as_bytes()
     }
 
     fn combined(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: SystemTime) {

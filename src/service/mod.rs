@@ -183,7 +183,7 @@ where
                     None => tracing::debug_span!("request"),
                 };
                 let deadline = cfg.request_timeout.map(|t| now + t);
-                let handle = handle::Handle::new(self.app.oneshot(req), cfg.catch_panic, span, deadline);
+                let handle = handle::Handle::new(self.app.call(req), cfg.catch_panic, span, deadline);
                 Stage::App { handle, line }
             }
         };
@@ -237,13 +237,12 @@ impl Future for ConnFuture {
                 let outcome = std::task::ready!(handle.poll(cx));
                 let request_line = || {
                     let record = this.done.as_ref().and_then(|d| d.record.as_ref());
-                    match (record, &*line) {
-                        (Some(r), _) => format!("{} {}", r.method(), r.uri().path()),
-                        (None, Some((method, path))) => {
-                            format!("{method} {}", path.as_ref().map_or("", http::uri::PathAndQuery::path))
-                        }
-                        (None, None) => "?".to_owned(),
-                    }
+                    let (method, path) = match (record, &*line) {
+                        (Some(r), _) => (r.method(), r.path_and_query()),
+                        (None, Some((method, path))) => (method, path.as_ref()),
+                        (None, None) => return "?".to_owned(),
+                    };
+                    format!("{method} {}", path.map_or("", http::uri::PathAndQuery::path))
                 };
                 match outcome {
                     handle::Outcome::Done(r) => r,

@@ -47,15 +47,20 @@ thread_local! {
     static BLOCK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
-/// `id` as reference-counted bytes cut from a 4 KiB block: an id costs no allocation of its
-/// own, and its copies (the request's header, the response's, the access log's) only a
-/// count (bytes made from a slice would allocate twice: once for the copy, once more when
-/// first shared).
+/// How many bytes of ids a block holds: under glibc's 1 KiB, above which an allocation
+/// first consolidates every small free chunk (measured with callgrind: tens of thousands of
+/// instructions per block while many requests are in flight).
+const BLOCK_BYTES: usize = 960;
+
+/// `id` as reference-counted bytes cut from a block: an id costs no allocation of its own,
+/// and its copies (the request's header, the response's, the access log's) only a count
+/// (bytes made from a slice would allocate twice: once for the copy, once more when first
+/// shared).
 fn carve(id: &[u8]) -> Bytes {
     BLOCK.with(|block| {
         let mut block = block.borrow_mut();
         if block.capacity() < id.len() {
-            *block = BytesMut::with_capacity(4096);
+            *block = BytesMut::with_capacity(BLOCK_BYTES);
         }
         block.extend_from_slice(id);
         block.split().freeze()
