@@ -19,10 +19,10 @@ pub(crate) struct ConnState {
     pub(crate) shared: Arc<Shared>,
     /// The peer's address as the access log writes it (formatted once per connection).
     pub(crate) remote: crate::access_log::Remote,
-    /// What each request's extensions start with: [`crate::Connection`], and on TCP
-    /// `ConnectInfo<SocketAddr>`. Made once per connection and cloned per request: the clone
-    /// costs the same allocations as inserting each anew, but no hashing or probing.
-    pub(crate) extensions: http::Extensions,
+    /// The peer (TCP), for `ConnectInfo<SocketAddr>` on each request.
+    pub(crate) peer: Option<SocketAddr>,
+    /// Given to the app with each request.
+    pub(crate) info: crate::Connection,
     /// Index of the listener it came in on.
     pub(crate) listener: u16,
     pub(crate) tls: bool,
@@ -54,15 +54,8 @@ impl ConnState {
         ConnState {
             shared: shared.clone(),
             remote: crate::access_log::Remote::new(peer),
-            extensions: {
-                let mut e = http::Extensions::new();
-                if let Some(peer) = peer {
-                    // What `axum::serve(..).into_make_service_with_connect_info()` provides.
-                    e.insert(axum::extract::ConnectInfo(peer));
-                }
-                e.insert(crate::Connection { peer, local: via.local });
-                e
-            },
+            peer,
+            info: crate::Connection { peer, local: via.local },
             listener: via.listener,
             tls: via.tls,
             internal,

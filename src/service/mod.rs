@@ -156,12 +156,13 @@ where
         let incoming_rid = seen.request_id.cloned();
         let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
         let rid = cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid));
-        // (hyper's own, e.g. the upgrade handle of an HTTP/1 request, kept.)
-        if req.extensions().is_empty() {
-            *req.extensions_mut() = self.conn.extensions.clone();
-        } else {
-            req.extensions_mut().extend(self.conn.extensions.clone());
+        // Inserted per request: cloning a template made per connection saves about 80
+        // instructions per request and costs several hundred per connection (callgrind).
+        if let Some(peer) = self.conn.peer {
+            // What `axum::serve(..).into_make_service_with_connect_info()` provides.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
+        req.extensions_mut().insert(self.conn.info.clone());
         let record = log_headers
             .map(|(ua, referer)| Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), start)));
         let early = early.or_else(|| health::answer(&req, shared));
