@@ -139,6 +139,17 @@ fn serve_axum(connect_info: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Whether a server on `addr` answers `GET /` with a 200.
+fn answers(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && &head == b"HTTP/1.1 200"
+}
+
 static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Pins this process (and the runtime threads it starts later) to CPU 1, with `taskset` (which
@@ -198,8 +209,13 @@ impl Server {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
         let child = cmd.spawn().unwrap();
+        // Until it answers a request, not merely accepts a connection: baton's master listens
+        // before its worker serves, and requests sent in between would wait for the worker's
+        // start (a few milliseconds that showed as the maximum latency). Over TLS, until it
+        // accepts a connection.
+        let tls = role == "axum-tls" || extra.contains(&"--tls-cert");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !(if tls { std::net::TcpStream::connect(addr).is_ok() } else { answers(addr) }) {
             assert!(Instant::now() < deadline, "{role} did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
