@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -117,7 +117,7 @@ pub(crate) struct Server {
 
 /// What every connection of a server shares.
 pub(crate) struct Ctx {
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<Exec>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: AppService,
@@ -135,7 +135,7 @@ impl Server {
         shared: Arc<Shared>,
     ) -> Server {
         let cfg = &shared.cfg;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(Exec);
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -358,6 +358,23 @@ where
                 }
             }
         }
+    }
+}
+
+/// hyper's executor, which spawns each HTTP/2 stream's task: the stream's future (several
+/// hundred bytes with baton's service future in it) is boxed first, so that the calls down to
+/// the task's allocation move a pointer instead of copying it several times (callgrind, h2c:
+/// 700 instructions of copying less, 230 more for the allocation, per request).
+#[derive(Clone, Copy)]
+struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
     }
 }
 
