@@ -287,7 +287,7 @@ where
     };
     let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
     let svc = ConnService { app, conn: conn_state.clone() };
-    let io = Counted { io, open: Open::new(shared.clone(), conn_state.clone(), alive), first: true };
+    let io = Counted { io, open: Open::new(conn_state.clone(), alive), first: true };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // Serving, until the connection ends, the drain starts, it stayed idle (no request in
@@ -306,7 +306,7 @@ where
         let now = shared.now_ms();
         let mut next = u64::MAX;
         if let Some(t) = idle_timeout {
-            let idle = conn_state.idle_since(shared, 0);
+            let idle = conn_state.idle_since(0);
             if idle >= t {
                 break false;
             }
@@ -327,7 +327,7 @@ where
         if armed {
             timer.as_mut().reset(shared.at_ms(next).into());
         }
-        let polled = || conn_state.time_head(shared);
+        let polled = || conn_state.time_head();
         match watch_conn(conn.as_mut(), polled, shared, drained.as_mut(), armed.then_some(timer.as_mut())).await {
             Wake::Ended => return,
             Wake::Drain => break true,
@@ -349,7 +349,7 @@ where
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = tokio::time::sleep(DRAIN_TICK) => {
-                if conn_state.idle_since(shared, since) >= grace {
+                if conn_state.idle_since(since) >= grace {
                     if closing {
                         return;
                     }
@@ -441,26 +441,26 @@ struct Counted<I> {
 
 /// One open connection in [`Shared::open_conns`], the metrics and the drain's count.
 struct Open {
-    shared: Arc<Shared>,
     conn: Arc<ConnState>,
     _alive: mpsc::Sender<()>,
 }
 
 impl Open {
-    fn new(shared: Arc<Shared>, conn: Arc<ConnState>, alive: mpsc::Sender<()>) -> Open {
-        shared.open_conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn new(conn: Arc<ConnState>, alive: mpsc::Sender<()>) -> Open {
+        conn.shared.open_conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if conn.counted {
-            shared.metrics.conn_opened(conn.tls);
+            conn.shared.metrics.conn_opened(conn.tls);
         }
-        Open { shared, conn, _alive: alive }
+        Open { conn, _alive: alive }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = &self.conn.shared;
+        shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.conn.counted {
-            self.shared.metrics.conn_closed(self.conn.kind(), self.conn.tls);
+            shared.metrics.conn_closed(self.conn.kind(), self.conn.tls);
         }
     }
 }

@@ -93,9 +93,9 @@ impl ConnState {
 
     /// The connection was polled: a request head that began during the poll and is still
     /// arriving gets its start time now (a poll later than its first bytes: microseconds).
-    pub(crate) fn time_head(&self, shared: &Shared) {
+    pub(crate) fn time_head(&self) {
         if self.head_since.load(Ordering::Relaxed) == HEAD_BEGUN {
-            self.head_since.store(shared.now_ms() + 1, Ordering::Relaxed);
+            self.head_since.store(self.shared.now_ms() + 1, Ordering::Relaxed);
         }
     }
 
@@ -122,18 +122,18 @@ impl ConnState {
         self.h2.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn saw(&self, version: Version, shared: &Shared) {
+    pub(crate) fn saw(&self, version: Version) {
         let first_h2 =
             version == Version::HTTP_2 && !self.h2.load(Ordering::Relaxed) && !self.h2.swap(true, Ordering::Relaxed);
         if first_h2 && self.counted {
-            shared.metrics.conn_became(false);
+            self.shared.metrics.conn_became(false);
         }
     }
 
     /// Its response was 101: the connection is the app's now (a WebSocket).
-    pub(crate) fn upgraded(&self, shared: &Shared) {
+    pub(crate) fn upgraded(&self) {
         if !self.upgraded.swap(true, Ordering::Relaxed) && self.counted && !self.is_h2() {
-            shared.metrics.conn_became(true);
+            self.shared.metrics.conn_became(true);
         }
     }
 
@@ -144,12 +144,12 @@ impl ConnState {
 
     /// How long the connection has had no request in flight, counting from `since` at the
     /// earliest (the start of the drain).
-    pub(crate) fn idle_since(&self, shared: &Shared, since_ms: u64) -> Duration {
+    pub(crate) fn idle_since(&self, since_ms: u64) -> Duration {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
         let last = self.last_active_ms.load(Ordering::Acquire).max(since_ms);
-        Duration::from_millis(shared.now_ms().saturating_sub(last))
+        Duration::from_millis(self.shared.now_ms().saturating_sub(last))
     }
 }
 
@@ -178,7 +178,7 @@ impl InFlight {
 impl InFlight {
     /// The request's response was 101 (see [`ConnState::upgraded`]).
     pub(crate) fn conn_upgraded(&self) {
-        self.conn.upgraded(&self.conn.shared);
+        self.conn.upgraded();
     }
 
     pub(crate) fn shared(&self) -> &Shared {

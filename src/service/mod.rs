@@ -144,7 +144,7 @@ where
         let start = now.saturating_duration_since(shared.epoch);
         let cfg = &shared.cfg;
         let version = req.version();
-        self.conn.saw(version, shared);
+        self.conn.saw(version);
         self.conn.head_done();
         let guard = InFlight::new(&self.conn, start);
         let logged = cfg.access_log != access_log::Format::Off && !self.conn.internal;
