@@ -139,15 +139,21 @@ fn serve_axum(connect_info: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `GET path` on a new connection: the whole response, head and body (timeouts bound a
+/// server that accepts and never answers).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf)
+}
+
 /// Whether a server on `addr` answers `GET /` with a 200.
 fn answers(addr: SocketAddr) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = [0u8; 12];
-    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_ok()
-        && s.read_exact(&mut head).is_ok()
-        && &head == b"HTTP/1.1 200"
+    http_get(addr, "/").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -365,12 +371,7 @@ fn mem_kib(pid: i32) -> (u64, u64, u64) {
 }
 
 fn get_pid(addr: SocketAddr) -> Option<i32> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /pid HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split("\r\n\r\n").nth(1)?.trim().parse().ok()
+    http_get(addr, "/pid")?.split("\r\n\r\n").nth(1)?.trim().parse().ok()
 }
 
 fn reload_bench(rt: &tokio::runtime::Runtime) {
