@@ -126,16 +126,20 @@ pub(crate) fn wrk(server: &Server, secs: u64, close: bool) -> WrkRun {
     run(server, secs, Load::Wrk { close, https: false })
 }
 
-/// Loads `server` for `secs` as `load` says.
-pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
-    let tool = if load == Load::H2c { "h2load" } else { "wrk" };
-    let mut cmd = if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+/// A load client's command, on CPU 1 when the bench pins (the servers run on CPU 0).
+fn client(tool: &str) -> Command {
+    if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
         let mut c = Command::new("taskset");
         c.args(["-c", "1", tool]);
         c
     } else {
         Command::new(tool)
-    };
+    }
+}
+
+/// Loads `server` for `secs` as `load` says.
+pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
+    let mut cmd = client(if load == Load::H2c { "h2load" } else { "wrk" });
     match load {
         Load::Wrk { close, https } => {
             cmd.args(["-t1", "-c64", &format!("-d{secs}s"), "--latency"]);
@@ -474,13 +478,7 @@ pub(crate) fn latency(rounds: usize, secs: u64) {
                 let server = Server::start(role, extra);
                 // h2load appends to its log.
                 let _ = std::fs::remove_file(&log);
-                let mut cmd = if crate::PINNED.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut c = Command::new("taskset");
-                    c.args(["-c", "1", "h2load"]);
-                    c
-                } else {
-                    Command::new("h2load")
-                };
+                let mut cmd = client("h2load");
                 cmd.args(["-t1"]).args(args).arg(format!("-D{secs}")).arg(format!("--log-file={}", log.display()));
                 let out = cmd.arg(format!("http://{}/", server.addr)).output().expect("run h2load");
                 let text = String::from_utf8_lossy(&out.stdout);
