@@ -233,7 +233,18 @@ impl Model {
     /// One event in, its actions carried out (spawn outcomes fed straight back), invariants
     /// checked.
     fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
+        let reopen = matches!(event, Event::ReopenLogs { .. });
         let mut queue: std::collections::VecDeque<Action> = self.state.on(self.now, event).into();
+        if reopen {
+            // Workers running as another user can only reopen a file the master created.
+            let first_usr1 = queue.iter().position(|a| matches!(a, Action::Signal { sig: Sig::Usr1, .. }));
+            let log = queue.iter().position(|a| matches!(a, Action::ReopenLog { .. }));
+            prop_assert!(log.is_some(), "reopen-logs without reopening the master's log: {queue:?}");
+            prop_assert!(
+                first_usr1.is_none_or(|u| log < Some(u)),
+                "workers signalled before the master reopened: {queue:?}"
+            );
+        }
         self.steps += 1;
         while let Some(action) = queue.pop_front() {
             prop_assert!(self.exited.is_none(), "action after exit: {action:?}");

@@ -152,8 +152,10 @@ impl State {
             }
             Event::Reload { waiter, on_disk } => self.reload(now, &mut out, waiter, on_disk),
             Event::ReopenLogs { waiter } => {
-                out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: Sig::Usr1 }));
+                // The master first: it creates the new file and gives it to the workers' user,
+                // who may not be allowed to create files in the log's directory.
                 out.push(Action::ReopenLog { waiter });
+                out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: Sig::Usr1 }));
             }
             Event::Status { waiter } => out.push(Action::ReplyStatus { waiter }),
             Event::Notify { pid, msg } => self.on_notify(now, &mut out, pid, &msg),
