@@ -302,11 +302,16 @@ impl<A> Run<A> {
         let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
         if !delay.is_zero() {
             tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = term.recv() => return Ok(now("TERM")),
-                _ = int.recv() => return Ok(now("INT")),
-                _ = quit.recv() => return Ok(now("QUIT")),
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = term.recv() => return Ok(now("TERM")),
+                    _ = int.recv() => return Ok(now("INT")),
+                    _ = quit.recv() => return Ok(now("QUIT")),
+                    _ = usr1.recv() => reopen(log_path.as_deref()),
+                }
             }
         }
         server.stop_accepting().await;
@@ -360,6 +365,8 @@ impl<A> Run<A> {
                 _ = term.recv() => return Ok(now("TERM")),
                 _ = int.recv() => return Ok(now("INT")),
                 _ = quit.recv() => return Ok(now("QUIT")),
+                // A long drain (WebSockets, slow requests) follows log rotation too.
+                _ = usr1.recv() => reopen(log_path.as_deref()),
             }
         }
         if let Some(hook) = on_shutdown {

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -199,4 +200,79 @@ fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
     }
     h.wait_one_worker();
     assert_eq!(fd_count(h.pid), after_one, "after 20 crash restarts");
+}
+
+/// logrotate during a deploy: the new worker, still in a wrapper script that has no USR1
+/// handler (USR1 kills it), is told to reopen only once it is ready; the draining worker
+/// reopens too, and logs its last request to the newest file.
+#[test]
+fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
+    let bin = TempDir::new("reopen-deploy");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(&app);
+    cmd.args(["run", "--listen", &listen, "-p", "x.pid", "-l", "x.log", "--debug-routes", "--body-timeout", "0"]);
+    cmd.env("RUST_LOG", support::TRACE_REQUESTS);
+    let mut h = Hello::launch(cmd, port);
+    h.log = h.dir.join("x.log");
+    h.wait_ready();
+    let old = h.worker_pid();
+    // A request whose body never ends until the test sends the rest: the old generation keeps
+    // it in flight, and drains, until then.
+    let mut upload = std::net::TcpStream::connect(h.addr()).unwrap();
+    upload.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 4\r\n\r\nab").unwrap();
+    wait_until(Duration::from_secs(20), "the upload's request to start", || {
+        h.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("worker[{old}]")) && l.ends_with("request started: POST /echo"))
+    });
+
+    // The new binary sleeps in a shell before it execs: a USR1 then would kill it.
+    let started = bin.join("started");
+    let next = hello_next_bin();
+    install_script(
+        &app,
+        &format!(
+            "case \"$1\" in run|start) touch {}; sleep 2; exec {} \"$@\";; *) exec {} \"$@\";; esac",
+            started.display(),
+            next.display(),
+            next.display()
+        ),
+    );
+    signal(h.pid, Signal::SIGUSR2);
+    wait_until(Duration::from_secs(20), "the new worker to start", || started.exists());
+    std::fs::rename(h.dir.join("x.log"), h.dir.join("x.log.1")).unwrap();
+    let (code, out) = h.ctl(&["reopen-logs"]);
+    assert_eq!(code, 0, "{out}");
+    let new = h.wait_replaced(old);
+    wait_until(Duration::from_secs(20), "the new worker to reopen", || {
+        h.log_text().contains(&format!("worker[{new}] reopened log file"))
+    });
+    assert_eq!(version(&h), next_version(), "the deploy went through");
+
+    // Rotated again while the old generation drains: it reopens as well.
+    assert!(alive(old));
+    std::fs::rename(h.dir.join("x.log"), h.dir.join("x.log.2")).unwrap();
+    let (code, out) = h.ctl(&["reopen-logs"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(20), "both workers to reopen", || {
+        let log = h.log_text();
+        log.contains(&format!("worker[{old}] reopened log file"))
+            && log.contains(&format!("worker[{new}] reopened log file"))
+    });
+    upload.write_all(b"cd").unwrap();
+    let mut answer = Vec::new();
+    upload.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Read::read_to_end(&mut upload, &mut answer).unwrap();
+    let r = support::parse(&answer).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "4"));
+    wait_until(Duration::from_secs(20), "the old worker to exit", || !alive(old));
+    let rotated = std::fs::read_to_string(h.dir.join("x.log.1")).unwrap()
+        + &std::fs::read_to_string(h.dir.join("x.log.2")).unwrap();
+    assert!(h.log_text().contains("\"POST /echo HTTP/1.1\" 200"), "{}", h.log_text());
+    assert!(!rotated.contains("\"POST /echo HTTP/1.1\""), "the upload logged to a rotated file:\n{rotated}");
+    let all = rotated + &h.log_text();
+    assert!(!all.contains("killed by SIGUSR1"), "a worker died of USR1:\n{all}");
 }

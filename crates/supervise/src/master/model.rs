@@ -102,6 +102,8 @@ struct Model {
     /// The build serving once the operations settled, before the final TERM.
     settled_build: Option<u64>,
     steps: u64,
+    /// Workers a log reopen has not reached yet (USR1 waits until a worker is ready).
+    owe_usr1: BTreeSet<Pid>,
 }
 
 impl Model {
@@ -133,6 +135,7 @@ impl Model {
             exited: None,
             settled_build: None,
             steps: 0,
+            owe_usr1: BTreeSet::new(),
         };
         m.feed(Event::Start).unwrap();
         m
@@ -234,6 +237,9 @@ impl Model {
     /// checked.
     fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
         let reopen = matches!(event, Event::ReopenLogs { .. });
+        if reopen {
+            self.owe_usr1.extend(self.state.gens.iter().map(|g| g.pid));
+        }
         let mut queue: std::collections::VecDeque<Action> = self.state.on(self.now, event).into();
         if reopen {
             // Workers running as another user can only reopen a file the master created.
@@ -287,6 +293,16 @@ impl Model {
                     if matches!(sig, Sig::Kill | Sig::Term | Sig::Quit) {
                         self.doomed.insert(pid);
                     }
+                    if sig == Sig::Usr1 {
+                        // USR1's default action kills a worker that has no handler yet.
+                        let starting = self
+                            .state
+                            .gens
+                            .iter()
+                            .any(|g| g.pid == pid && matches!(g.state, GenState::Starting { .. }));
+                        prop_assert!(!starting, "USR1 to starting worker {pid}");
+                        self.owe_usr1.remove(&pid);
+                    }
                 }
                 Action::Reply { waiter, reply } => {
                     prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
@@ -338,6 +354,11 @@ impl Model {
                     s.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).min_by_key(|g| g.generation);
                 prop_assert!(oldest.is_some_and(|g| g.hurried), "reload waits, oldest not hurried: {:?}", s.gens);
             }
+        }
+        // Every worker alive at a reopen is told, at once or as soon as it is ready.
+        self.owe_usr1.retain(|p| s.gens.iter().any(|g| g.pid == *p));
+        for g in s.gens.iter().filter(|g| self.owe_usr1.contains(&g.pid)) {
+            prop_assert!(matches!(g.state, GenState::Starting { .. }), "log reopen never reached {}", g.pid);
         }
         let tracked: BTreeSet<Pid> = s.gens.iter().map(|g| g.pid).collect();
         let live: BTreeSet<Pid> = self.live.keys().copied().collect();

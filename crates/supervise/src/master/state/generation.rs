@@ -67,6 +67,8 @@ pub(crate) struct Gen {
     pub(crate) hurried: bool,
     /// Its open connections, as it last reported them (`BATON_CONNS=`).
     pub(crate) conns: Option<u64>,
+    /// The logs were reopened while it was starting: send it USR1 once it is ready.
+    pub(super) reopen_when_ready: bool,
 }
 
 /// Control clients waiting for a generation: for its readiness, or for its probation too.

@@ -155,7 +155,15 @@ impl State {
                 // The master first: it creates the new file and gives it to the workers' user,
                 // who may not be allowed to create files in the log's directory.
                 out.push(Action::ReopenLog { waiter });
-                out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: Sig::Usr1 }));
+                for g in &mut self.gens {
+                    if matches!(g.state, GenState::Starting { .. }) {
+                        // USR1 kills a process that has not installed its handlers yet (a
+                        // wrapper script, or a worker still starting up): told once ready.
+                        g.reopen_when_ready = true;
+                    } else {
+                        out.push(Action::Signal { pid: g.pid, sig: Sig::Usr1 });
+                    }
+                }
             }
             Event::Status { waiter } => out.push(Action::ReplyStatus { waiter }),
             Event::Notify { pid, msg } => self.on_notify(now, &mut out, pid, &msg),
@@ -285,6 +293,7 @@ impl State {
                     draining_since: None,
                     hurried: false,
                     conns: None,
+                    reopen_when_ready: false,
                 });
                 if let Phase::Stopping { how, .. } = self.phase {
                     out.push(Action::Signal { pid, sig: how.signal() });
@@ -375,6 +384,10 @@ impl State {
     fn on_ready(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid) {
         let drain_deadline = now + self.limits.drain_timeout + KILL_GRACE;
         let Some(idx) = self.gens.iter().position(|g| g.pid == pid) else { return };
+        if std::mem::take(&mut self.gens[idx].reopen_when_ready) {
+            // The logs were reopened while it started: it still writes to the old file.
+            out.push(Action::Signal { pid, sig: Sig::Usr1 });
+        }
         if let Phase::Stopping { how, .. } = self.phase {
             // Started just before the shutdown: it was told to stop; make sure it heard.
             out.push(Action::Signal { pid, sig: how.signal() });
