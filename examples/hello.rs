@@ -49,6 +49,16 @@ pub fn main() -> std::process::ExitCode {
                 Err(_) => Ok(()),
             }
         })
+        // An app's own clean-up; HELLO_SHUTDOWN_HOOK=<duration> makes it take that long (to
+        // try a second shutdown request while it runs).
+        .on_shutdown(|| async {
+            if let Ok(d) = std::env::var("HELLO_SHUTDOWN_HOOK") {
+                let d = baton::parse_duration(&d).map_err(|e| format!("HELLO_SHUTDOWN_HOOK: {e}"))?;
+                tracing::info!("shutdown hook: cleaning up for {d:?}");
+                tokio::time::sleep(d).await;
+            }
+            Ok(())
+        })
         .try_serve(|args: Args| async move {
             if args.fail_start {
                 return Err("cannot start: --fail-start was given");

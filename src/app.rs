@@ -324,7 +324,8 @@ impl App {
 
     /// A clean end for the app: `hook` runs in each worker after its drain (or at its drain
     /// timeout) and before the runtime is dropped, so pools close and exporters flush. It gets
-    /// `--drain-timeout` to finish; an error is logged. Default: none.
+    /// `--drain-timeout` to finish; an error is logged. A second shutdown request (TERM, INT,
+    /// or QUIT) abandons it: the worker exits at once. Default: none.
     pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,

@@ -370,10 +370,25 @@ impl<A> Run<A> {
             }
         }
         if let Some(hook) = on_shutdown {
-            match tokio::time::timeout(timeout, hook()).await {
-                Ok(Ok(())) => tracing::info!("shutdown hook done"),
-                Ok(Err(e)) => tracing::error!("shutdown hook failed: {e}"),
-                Err(_) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
+            let hook = tokio::time::timeout(timeout, hook());
+            tokio::pin!(hook);
+            // A second shutdown request ("stop now") does not wait for the hook either.
+            let abandon = |sig: &str| tracing::warn!("{sig} while the shutdown hook runs: hook abandoned, exiting now");
+            loop {
+                tokio::select! {
+                    done = &mut hook => {
+                        match done {
+                            Ok(Ok(())) => tracing::info!("shutdown hook done"),
+                            Ok(Err(e)) => tracing::error!("shutdown hook failed: {e}"),
+                            Err(_) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
+                        }
+                        break;
+                    }
+                    _ = term.recv() => { abandon("TERM"); break; }
+                    _ = int.recv() => { abandon("INT"); break; }
+                    _ = quit.recv() => { abandon("QUIT"); break; }
+                    _ = usr1.recv() => reopen(log_path.as_deref()),
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

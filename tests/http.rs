@@ -71,6 +71,39 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
     }
 }
 
+/// "A second one: stop now" holds while the app's shutdown hook runs, with or without a
+/// master: the worker abandons the hook and exits (not killed, not after the hook's time).
+#[test]
+fn second_term_during_the_shutdown_hook_exits_now() {
+    for no_master in [false, true] {
+        let mut args = vec!["run", "--listen", "", "--delay", "0", "--drain-timeout", "5m"];
+        if no_master {
+            args.push("--no-master");
+        }
+        let port = support::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        args[2] = &listen;
+        let mut cmd = std::process::Command::new(hello_bin());
+        cmd.args(&args).env("HELLO_SHUTDOWN_HOOK", "5m");
+        let mut h = Hello::launch(cmd, port);
+        h.wait_ready();
+        let worker = h.worker_pid();
+        signal(h.pid, Signal::SIGTERM);
+        wait_until(Duration::from_secs(20), "the shutdown hook to start", || {
+            h.log_text().contains("shutdown hook: cleaning up for 300s")
+        });
+        signal(h.pid, Signal::SIGTERM);
+        let st = h.wait_exit(Duration::from_secs(20));
+        let log = h.log_text();
+        assert!(st.success(), "exit status {st}; log:\n{log}");
+        // Without a master the worker hears the TERM itself; a master turns it into QUIT.
+        let sig = if no_master { "TERM" } else { "QUIT" };
+        let line = format!("worker[{worker}] {sig} while the shutdown hook runs: hook abandoned, exiting now");
+        assert!(log.contains(&line), "no {line:?} in:\n{log}");
+        assert!(!log.contains("killed by"), "{log}");
+    }
+}
+
 #[test]
 fn keepalive_load_across_term_loses_nothing() {
     let mut h = Hello::start(&hello_bin(), &["--delay", "0"]);
