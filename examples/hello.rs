@@ -60,6 +60,13 @@ pub fn main() -> std::process::ExitCode {
             Ok(())
         })
         .try_serve(|args: Args| async move {
+            // HELLO_SLOW_START=<duration>: a start-up that takes that long (a database that
+            // answers slowly), to try a stop during it.
+            if let Ok(d) = std::env::var("HELLO_SLOW_START") {
+                let d = baton::parse_duration(&d).map_err(|_| "HELLO_SLOW_START: not a duration")?;
+                tracing::info!("starting slowly: {d:?}");
+                tokio::time::sleep(d).await;
+            }
             if args.fail_start {
                 return Err("cannot start: --fail-start was given");
             }

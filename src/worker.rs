@@ -10,7 +10,7 @@ use baton_supervise::handoff::Message;
 use baton_supervise::listen::{self, Bound, ListenSpecs};
 use baton_supervise::worker::{self as supervised, Handoff};
 use baton_supervise::{Error, ErrorKind, Notifier, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::app::Factory;
 use crate::cli::ServeOpts;
@@ -234,9 +234,10 @@ impl<A> Run<A> {
             version,
             binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
         });
-        let app = match factory(args).await {
-            Ok(app) => app,
-            Err(e) => {
+        let app = match unless_stopped(factory(args), &mut term, &mut int, &mut quit).await {
+            Err(sig) => return Ok(start_abandoned(sig)),
+            Ok(Ok(app)) => app,
+            Ok(Err(e)) => {
                 tracing::error!("app failed to start: {e}");
                 notify(&Message::status(&format!("app failed to start: {e}")));
                 return Ok(ExitCode::from(1));
@@ -253,10 +254,15 @@ impl<A> Run<A> {
         let tls_note = "";
         let shared = Arc::new(Shared::new(http, metrics));
         // Before accepting anything: a worker that fails here has taken no connection.
-        if let Err(e) = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared).await {
-            tracing::error!("{e}");
-            notify(&Message::status(&e));
-            return Ok(ExitCode::from(1));
+        let gate = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared);
+        match unless_stopped(gate, &mut term, &mut int, &mut quit).await {
+            Err(sig) => return Ok(start_abandoned(sig)),
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                notify(&Message::status(&e));
+                return Ok(ExitCode::from(1));
+            }
+            Ok(Ok(())) => {}
         }
         if let (Some(every), Some(n)) = (readiness.watchdog, notifier.clone()) {
             // From inside the runtime: a runtime too busy or blocked to run this is what the
@@ -393,6 +399,28 @@ impl<A> Run<A> {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Runs start-up work (the app's factory, its readiness gate) unless a shutdown signal comes
+/// first, which is returned: a stop does not wait for a slow start (a database that does not
+/// answer), nor end in the master's SIGKILL halfway through it.
+async fn unless_stopped<T>(
+    work: impl Future<Output = T>,
+    term: &mut Signal,
+    int: &mut Signal,
+    quit: &mut Signal,
+) -> std::result::Result<T, &'static str> {
+    tokio::select! {
+        done = work => Ok(done),
+        _ = term.recv() => Err("TERM"),
+        _ = int.recv() => Err("INT"),
+        _ = quit.recv() => Err("QUIT"),
+    }
+}
+
+fn start_abandoned(sig: &str) -> ExitCode {
+    tracing::warn!("{sig} while the app was starting: start abandoned, exiting");
+    ExitCode::SUCCESS
 }
 
 fn now(sig: &str) -> ExitCode {

@@ -104,6 +104,32 @@ fn second_term_during_the_shutdown_hook_exits_now() {
     }
 }
 
+/// A stop does not wait for a slow start-up (the app's factory), nor kill it: the worker
+/// abandons it and exits, with or without a master.
+#[test]
+fn term_during_a_slow_start_exits_now() {
+    for no_master in [false, true] {
+        let port = support::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["run", "--listen", &listen, "--delay", "0"];
+        if no_master {
+            args.push("--no-master");
+        }
+        let mut cmd = std::process::Command::new(hello_bin());
+        cmd.args(&args).env("HELLO_SLOW_START", "5m");
+        let mut h = Hello::launch(cmd, port);
+        wait_until(Duration::from_secs(20), "the slow start to begin", || {
+            h.log_text().contains("starting slowly: 300s")
+        });
+        signal(h.pid, Signal::SIGTERM);
+        let st = h.wait_exit(Duration::from_secs(20));
+        let log = h.log_text();
+        assert!(st.success(), "exit status {st}; log:\n{log}");
+        assert!(log.contains("TERM while the app was starting: start abandoned, exiting"), "{log}");
+        assert!(!log.contains("killed by"), "{log}");
+    }
+}
+
 #[test]
 fn keepalive_load_across_term_loses_nothing() {
     let mut h = Hello::start(&hello_bin(), &["--delay", "0"]);
