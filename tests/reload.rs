@@ -65,6 +65,25 @@ fn slow_request_survives_several_reloads() {
     h.wait_one_worker();
 }
 
+/// A graceful stop while a replaced generation still drains lets it finish: the master does
+/// not send it TERM, which a draining worker takes for "now".
+#[test]
+fn graceful_stop_during_a_reload_drain_cuts_nothing() {
+    let mut h = Hello::start_traced(&hello_bin(), &["--delay", "3s"]);
+    let addr = h.addr();
+    let first = h.worker_pid();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&h.log, "/");
+    h.reload_and_wait();
+    assert!(alive(first) && !slow.is_finished(), "the first worker drains the slow request");
+    signal(h.pid, Signal::SIGTERM);
+    let r = slow.join().unwrap().expect("the slow request completes");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    let st = h.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit status {st}; log:\n{}", h.log_tail(20));
+    assert!(!h.log_text().contains(&format!("worker[{first}] TERM while draining")), "{}", h.log_tail(20));
+}
+
 #[test]
 fn deploy_a_new_binary_then_reload() {
     let bindir = support::TempDir::new("deploy");

@@ -104,6 +104,8 @@ struct Model {
     steps: u64,
     /// Workers a log reopen has not reached yet (USR1 waits until a worker is ready).
     owe_usr1: BTreeSet<Pid>,
+    /// Workers told to drain because a newer generation replaced them (USR2).
+    replaced: BTreeSet<Pid>,
 }
 
 impl Model {
@@ -136,6 +138,7 @@ impl Model {
             settled_build: None,
             steps: 0,
             owe_usr1: BTreeSet::new(),
+            replaced: BTreeSet::new(),
         };
         m.feed(Event::Start).unwrap();
         m
@@ -293,6 +296,12 @@ impl Model {
                     if matches!(sig, Sig::Kill | Sig::Term | Sig::Quit) {
                         self.doomed.insert(pid);
                     }
+                    if sig == Sig::Usr2 {
+                        self.replaced.insert(pid);
+                    }
+                    // TERM means "now" to a worker already draining: it would cut the requests
+                    // a graceful stop lets it finish.
+                    prop_assert!(!(sig == Sig::Term && self.replaced.contains(&pid)), "TERM to draining worker {pid}");
                     if sig == Sig::Usr1 {
                         // USR1's default action kills a worker that has no handler yet.
                         let starting = self

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Action, Cause, FAST_GRACE, GenState, KILL_GRACE, Phase, Reply, Sig, State, Stopping, Waiters};
+use super::{Action, Cause, FAST_GRACE, Gen, GenState, KILL_GRACE, Phase, Reply, Sig, State, Stopping, Waiters};
 
 impl State {
     pub(super) fn on_deadlines(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -113,7 +113,10 @@ impl State {
         };
         // A second request of either kind means now.
         let how = if already { Stopping::Fast } else { how };
-        out.extend(self.gens.iter().map(|g| Action::Signal { pid: g.pid, sig: how.signal() }));
+        // A generation draining after a reload is already doing what a graceful stop asks:
+        // TERM would tell it "now" and cut the requests it is finishing.
+        let told = |g: &&Gen| how == Stopping::Fast || !matches!(g.state, GenState::Draining { .. });
+        out.extend(self.gens.iter().filter(told).map(|g| Action::Signal { pid: g.pid, sig: how.signal() }));
         let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.drain_timeout + KILL_GRACE };
         self.phase = Phase::Stopping { how, force_at: now + grace, start_failure };
     }
