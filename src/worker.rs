@@ -219,10 +219,14 @@ impl<A> Run<A> {
             }
         };
         let sig = |k: SignalKind| signal(k).map_err(|e| Error::io(ErrorKind::Io, "cannot install signal handlers", e));
-        let (mut term, mut int, mut quit) =
-            (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::quit())?);
-        let (mut usr1, mut usr2, mut hup) =
-            (sig(SignalKind::user_defined1())?, sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
+        let mut sigs = Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            quit: sig(SignalKind::quit())?,
+            usr1: sig(SignalKind::user_defined1())?,
+            log: log_path,
+        };
+        let (mut usr2, mut hup) = (sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
 
         let names: Vec<String> = listeners.iter().map(|b| b.describe()).collect();
         let metrics_at = listeners.iter().position(|b| b.name == listen::METRICS_LISTENER);
@@ -234,7 +238,7 @@ impl<A> Run<A> {
             version,
             binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
         });
-        let app = match unless_stopped(factory(args), &mut term, &mut int, &mut quit).await {
+        let app = match sigs.unless_stopped(factory(args)).await {
             Err(sig) => return Ok(start_abandoned(sig)),
             Ok(Ok(app)) => app,
             Ok(Err(e)) => {
@@ -255,7 +259,7 @@ impl<A> Run<A> {
         let shared = Arc::new(Shared::new(http, metrics));
         // Before accepting anything: a worker that fails here has taken no connection.
         let gate = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared);
-        match unless_stopped(gate, &mut term, &mut int, &mut quit).await {
+        match sigs.unless_stopped(gate).await {
             Err(sig) => return Ok(start_abandoned(sig)),
             Ok(Err(e)) => {
                 tracing::error!("{e}");
@@ -286,10 +290,10 @@ impl<A> Run<A> {
 
         let stop = loop {
             tokio::select! {
-                _ = term.recv() => break Stop::Graceful,
-                _ = int.recv() => break Stop::Graceful,
-                _ = quit.recv() => break Stop::Fast,
-                _ = usr1.recv() => reopen(log_path.as_deref()),
+                _ = sigs.term.recv() => break Stop::Graceful,
+                _ = sigs.int.recv() => break Stop::Graceful,
+                _ = sigs.quit.recv() => break Stop::Fast,
+                _ = sigs.usr1.recv() => sigs.reopen(),
                 _ = usr2.recv() => {
                     if under_master {
                         break Stop::Replaced;
@@ -308,16 +312,8 @@ impl<A> Run<A> {
         let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
         if !delay.is_zero() {
             tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    _ = term.recv() => return Ok(now("TERM")),
-                    _ = int.recv() => return Ok(now("INT")),
-                    _ = quit.recv() => return Ok(now("QUIT")),
-                    _ = usr1.recv() => reopen(log_path.as_deref()),
-                }
+            if let Err(sig) = sigs.unless_stopped(tokio::time::sleep(delay)).await {
+                return Ok(now(sig));
             }
         }
         server.stop_accepting().await;
@@ -368,53 +364,56 @@ impl<A> Run<A> {
                     tracing::info!("a reload waits for this generation: closing long-lived connections now ({open} open)");
                     crate::shutdown::hurry();
                 }
-                _ = term.recv() => return Ok(now("TERM")),
-                _ = int.recv() => return Ok(now("INT")),
-                _ = quit.recv() => return Ok(now("QUIT")),
+                _ = sigs.term.recv() => return Ok(now("TERM")),
+                _ = sigs.int.recv() => return Ok(now("INT")),
+                _ = sigs.quit.recv() => return Ok(now("QUIT")),
                 // A long drain (WebSockets, slow requests) follows log rotation too.
-                _ = usr1.recv() => reopen(log_path.as_deref()),
+                _ = sigs.usr1.recv() => sigs.reopen(),
             }
         }
         if let Some(hook) = on_shutdown {
-            let hook = tokio::time::timeout(timeout, hook());
-            tokio::pin!(hook);
             // A second shutdown request ("stop now") does not wait for the hook either.
-            let abandon = |sig: &str| tracing::warn!("{sig} while the shutdown hook runs: hook abandoned, exiting now");
-            loop {
-                tokio::select! {
-                    done = &mut hook => {
-                        match done {
-                            Ok(Ok(())) => tracing::info!("shutdown hook done"),
-                            Ok(Err(e)) => tracing::error!("shutdown hook failed: {e}"),
-                            Err(_) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
-                        }
-                        break;
-                    }
-                    _ = term.recv() => { abandon("TERM"); break; }
-                    _ = int.recv() => { abandon("INT"); break; }
-                    _ = quit.recv() => { abandon("QUIT"); break; }
-                    _ = usr1.recv() => reopen(log_path.as_deref()),
-                }
+            match sigs.unless_stopped(tokio::time::timeout(timeout, hook())).await {
+                Ok(Ok(Ok(()))) => tracing::info!("shutdown hook done"),
+                Ok(Ok(Err(e))) => tracing::error!("shutdown hook failed: {e}"),
+                Ok(Err(_)) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
+                Err(sig) => tracing::warn!("{sig} while the shutdown hook runs: hook abandoned, exiting now"),
             }
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-/// Runs start-up work (the app's factory, its readiness gate) unless a shutdown signal comes
-/// first, which is returned: a stop does not wait for a slow start (a database that does not
-/// answer), nor end in the master's SIGKILL halfway through it.
-async fn unless_stopped<T>(
-    work: impl Future<Output = T>,
-    term: &mut Signal,
-    int: &mut Signal,
-    quit: &mut Signal,
-) -> std::result::Result<T, &'static str> {
-    tokio::select! {
-        done = work => Ok(done),
-        _ = term.recv() => Err("TERM"),
-        _ = int.recv() => Err("INT"),
-        _ = quit.recv() => Err("QUIT"),
+/// The signals every phase of a worker's life answers: TERM, INT and QUIT end it, USR1
+/// reopens the log file (`log`).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    usr1: Signal,
+    log: Option<std::path::PathBuf>,
+}
+
+impl Signals {
+    /// Runs `work` to its end, reopening the log on USR1 meanwhile, unless a shutdown signal
+    /// comes first, which is returned. So a stop waits neither for a slow start (a database
+    /// that does not answer; under a master it would end in SIGKILL halfway through) nor for
+    /// the shutdown delay or the app's shutdown hook.
+    async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> std::result::Result<T, &'static str> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = self.term.recv() => return Err("TERM"),
+                _ = self.int.recv() => return Err("INT"),
+                _ = self.quit.recv() => return Err("QUIT"),
+                _ = self.usr1.recv() => self.reopen(),
+            }
+        }
+    }
+
+    fn reopen(&self) {
+        reopen(self.log.as_deref());
     }
 }
 
