@@ -210,12 +210,8 @@ fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
     let bin = TempDir::new("reopen-deploy");
     let app = bin.join("app");
     install(&hello_bin(), &app);
-    let port = support::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = std::process::Command::new(&app);
-    cmd.args(["run", "--listen", &listen, "-p", "x.pid", "-l", "x.log", "--debug-routes", "--body-timeout", "0"]);
-    cmd.env("RUST_LOG", support::TRACE_REQUESTS);
-    let mut h = Hello::launch(cmd, port);
+    let args = ["-p", "x.pid", "-l", "x.log", "--debug-routes", "--body-timeout", "0"];
+    let mut h = Hello::spawn_with_env(&app, &args, &[("RUST_LOG", support::TRACE_REQUESTS)]);
     h.log = h.dir.join("x.log");
     h.wait_ready();
     let old = h.worker_pid();

@@ -76,16 +76,11 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
 #[test]
 fn second_term_during_the_shutdown_hook_exits_now() {
     for no_master in [false, true] {
-        let mut args = vec!["run", "--listen", "", "--delay", "0", "--drain-timeout", "5m"];
+        let mut args = vec!["--delay", "0", "--drain-timeout", "5m"];
         if no_master {
             args.push("--no-master");
         }
-        let port = support::free_port();
-        let listen = format!("127.0.0.1:{port}");
-        args[2] = &listen;
-        let mut cmd = std::process::Command::new(hello_bin());
-        cmd.args(&args).env("HELLO_SHUTDOWN_HOOK", "5m");
-        let mut h = Hello::launch(cmd, port);
+        let mut h = Hello::spawn_with_env(&hello_bin(), &args, &[("HELLO_SHUTDOWN_HOOK", "5m")]);
         h.wait_ready();
         let worker = h.worker_pid();
         signal(h.pid, Signal::SIGTERM);
@@ -109,15 +104,11 @@ fn second_term_during_the_shutdown_hook_exits_now() {
 #[test]
 fn term_during_a_slow_start_exits_now() {
     for no_master in [false, true] {
-        let port = support::free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["run", "--listen", &listen, "--delay", "0"];
+        let mut args = vec!["--delay", "0"];
         if no_master {
             args.push("--no-master");
         }
-        let mut cmd = std::process::Command::new(hello_bin());
-        cmd.args(&args).env("HELLO_SLOW_START", "5m");
-        let mut h = Hello::launch(cmd, port);
+        let mut h = Hello::spawn_with_env(&hello_bin(), &args, &[("HELLO_SLOW_START", "5m")]);
         wait_until(Duration::from_secs(20), "the slow start to begin", || {
             h.log_text().contains("starting slowly: 300s")
         });

@@ -162,12 +162,17 @@ impl Hello {
         Hello::launch(cmd, port)
     }
 
+    /// Like [`Hello::spawn`], with `env` added to the environment.
+    pub fn spawn_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Hello {
+        let (mut cmd, port) = Hello::command(bin, args);
+        cmd.envs(env.iter().copied());
+        Hello::launch(cmd, port)
+    }
+
     /// Like [`Hello::start`], with workers logging "request started: METHOD PATH" (see
     /// [`wait_request_started`]).
     pub fn start_traced(bin: &Path, args: &[&str]) -> Hello {
-        let (mut cmd, port) = Hello::command(bin, args);
-        cmd.env("RUST_LOG", TRACE_REQUESTS);
-        let h = Hello::launch(cmd, port);
+        let h = Hello::spawn_with_env(bin, args, &[("RUST_LOG", TRACE_REQUESTS)]);
         h.wait_ready();
         h
     }
