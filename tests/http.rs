@@ -204,6 +204,155 @@ fn production_defaults() {
     assert_eq!(r.header("x-request-id"), Some("abc-42"));
 }
 
+/// HTTP/2 responses carry the request id without churning the connection's HPACK table: the
+/// first response adds the header to the table, the later ones name it from there and send
+/// their own value never indexed. Checked on the wire (the frames' header blocks, parsed by
+/// hand), and the ids as a client decodes them: one per response, all different.
+#[test]
+fn http2_request_ids_are_named_from_the_table_and_never_indexed() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    write_frame(&mut s, 4, 0, 0, &[]); // SETTINGS
+    let mut blocks = Vec::new();
+    for stream in [1u32, 3, 5, 7] {
+        // :method GET, :scheme http, :path /, :authority "t" (literal, not indexed).
+        write_frame(&mut s, 1, 0x5, stream, &[0x82, 0x86, 0x84, 0x01, 0x01, b't']);
+        // Read until this stream's response headers (END_HEADERS: one frame for so few).
+        loop {
+            let (ty, flags, id, payload) = read_frame(&mut s);
+            if ty == 4 && flags & 1 == 0 {
+                write_frame(&mut s, 4, 1, 0, &[]); // SETTINGS ACK
+            }
+            if ty == 1 && id == stream {
+                assert_eq!(flags & 0x4, 0x4, "one HEADERS frame");
+                blocks.push(payload);
+                break;
+            }
+        }
+    }
+    // hello's `/` answers with content-type, content-length and date: names in HPACK's static
+    // table (index < 62). The only new name is the request id's.
+    let first = hpack_fields(&blocks[0]);
+    let new_names: Vec<_> = first.iter().filter(|f| f.name_index == 0).collect();
+    assert_eq!(new_names.len(), 1, "one field with a new name (x-request-id): {first:?}");
+    assert_eq!(new_names[0].kind, Kind::Incremental, "the first response's id is added to the table: {first:?}");
+    for (i, b) in blocks.iter().enumerate().skip(1) {
+        let fields = hpack_fields(b);
+        assert!(fields.iter().all(|f| f.name_index != 0), "response {i}: a name sent whole: {fields:?}");
+        let never: Vec<_> = fields.iter().filter(|f| f.kind == Kind::NeverIndexed).collect();
+        assert_eq!(never.len(), 1, "response {i}: the request id, never indexed: {fields:?}");
+        assert!(never[0].name_index >= 62, "response {i}: its name from the dynamic table: {fields:?}");
+        assert!(!fields.iter().any(|f| f.kind == Kind::Incremental && f.name_index >= 62), "response {i}: {fields:?}");
+    }
+
+    // The ids as a client sees them on one connection.
+    let addr = h.addr();
+    let ids = rt().block_on(async move {
+        use http_body_util::Empty;
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let req = http::Request::get(format!("http://{addr}/")).body(Empty::<bytes::Bytes>::new()).unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_owned());
+        }
+        ids
+    });
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "{ids:?}");
+    assert!(ids.iter().all(|id| id.len() > 8 && id.bytes().all(|b| b.is_ascii_graphic())), "{ids:?}");
+}
+
+fn write_frame(s: &mut TcpStream, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    s.write_all(&f).unwrap();
+}
+
+fn read_frame(s: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff, payload)
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Indexed,
+    Incremental,
+    WithoutIndexing,
+    NeverIndexed,
+}
+
+/// One field of an HPACK header block: its representation and its name's table index (0: the
+/// name is sent as a string).
+#[derive(Debug)]
+struct Field {
+    kind: Kind,
+    name_index: usize,
+}
+
+/// The fields of a header block (RFC 7541, section 6), strings skipped, not decoded.
+fn hpack_fields(b: &[u8]) -> Vec<Field> {
+    fn int(b: &[u8], i: &mut usize, prefix: u32) -> usize {
+        let max = (1usize << prefix) - 1;
+        let mut v = usize::from(b[*i]) & max;
+        *i += 1;
+        if v == max {
+            let mut shift = 0;
+            loop {
+                let c = b[*i];
+                *i += 1;
+                v += usize::from(c & 0x7f) << shift;
+                shift += 7;
+                if c & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+    let skip_string = |i: &mut usize| {
+        let len = int(b, i, 7);
+        *i += len;
+    };
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let first = b[i];
+        let (kind, prefix) = match first {
+            _ if first & 0x80 != 0 => (Kind::Indexed, 7),
+            _ if first & 0xc0 == 0x40 => (Kind::Incremental, 6),
+            _ if first & 0xe0 == 0x20 => {
+                int(b, &mut i, 5); // dynamic table size update
+                continue;
+            }
+            _ if first & 0xf0 == 0x10 => (Kind::NeverIndexed, 4),
+            _ => (Kind::WithoutIndexing, 4),
+        };
+        let name_index = int(b, &mut i, prefix);
+        if kind != Kind::Indexed {
+            if name_index == 0 {
+                skip_string(&mut i);
+            }
+            skip_string(&mut i);
+        }
+        fields.push(Field { kind, name_index });
+    }
+    assert_eq!(i, b.len(), "a header block that ends inside a field");
+    fields
+}
+
 fn run_bad(args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(hello_bin()).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -31,6 +31,9 @@ pub(crate) struct ConnState {
     /// Counted in the metrics (not internal, and counting is on).
     pub(crate) counted: bool,
     h2: AtomicBool,
+    /// HTTP/2: a response has carried the request id as an indexed header, which puts the
+    /// name `x-request-id` in the connection's HPACK table (see [`ConnState::request_id_indexed`]).
+    rid_indexed: AtomicBool,
     upgraded: AtomicBool,
     in_flight: AtomicU32,
     last_active_ms: AtomicU64,
@@ -61,6 +64,7 @@ impl ConnState {
             internal,
             counted: !internal && shared.cfg.metrics,
             h2: AtomicBool::new(false),
+            rid_indexed: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(now),
@@ -120,6 +124,19 @@ impl ConnState {
 
     pub(crate) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Whether this response's request id is to be HPACK-indexed: only the connection's first.
+    /// A value new on every response would otherwise be added to the connection's header
+    /// table, evicting what repeats; sent "never indexed" it is encoded whole each time, name
+    /// and value. With the name in the table once, the later ones send only their value,
+    /// still never indexed (h2's encoder refers to a name already in the table). A race
+    /// between two first responses indexes both, which is harmless.
+    pub(crate) fn request_id_indexed(&self) -> bool {
+        !self.rid_indexed.load(Ordering::Relaxed) && {
+            self.rid_indexed.store(true, Ordering::Relaxed);
+            true
+        }
     }
 
     pub(crate) fn saw(&self, version: Version) {
@@ -183,6 +200,10 @@ impl InFlight {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.conn.shared
+    }
+
+    pub(crate) fn conn(&self) -> &ConnState {
+        &self.conn
     }
 
     /// The connection's peer, as the access log writes it.
