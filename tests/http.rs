@@ -353,6 +353,86 @@ fn hpack_fields(b: &[u8]) -> Vec<Field> {
     fields
 }
 
+/// The access log's line, in both formats, as a request was served: the wall-clock time it
+/// ended (between the client's clock readings around it), the peer, the request line, the
+/// status and body bytes, the client's headers escaped, and the id the response carried.
+#[test]
+fn access_log_lines_record_the_request_as_served() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    for format in ["combined", "json"] {
+        let h = Hello::start(&hello_bin(), &["--delay", "0", "--access-log", format]);
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let r = request(
+            h.addr(),
+            b"GET /?q=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: say \"hi\"\\\xff\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+        let rid = r.header("x-request-id").expect("a request id").to_owned();
+        let mut line = String::new();
+        wait_until(Duration::from_secs(5), "the access log line", || {
+            line = h.log_text().lines().find(|l| l.contains(&rid)).unwrap_or_default().to_owned();
+            !line.is_empty()
+        });
+        let (logged, exact) = if format == "combined" {
+            // 127.0.0.1 - - [01/Dec/2026:18:39:13 +0000] "GET /?q=1 HTTP/1.1" 200 12 "http://r/" "say \"hi\"\\\xff" 0.000194 <id>
+            let expected_tail = format!(
+                "] \"GET /?q=1 HTTP/1.1\" 200 12 \"http://r/\" \"say \\\"hi\\\"\\\\\\xff\" {}",
+                line.rsplit(' ').nth(1).unwrap()
+            );
+            assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+            assert!(line.ends_with(&format!("{expected_tail} {rid}")), "{line}");
+            let duration: f64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
+            assert!(duration > 0.0 && duration < 5.0, "{line}");
+            let t = &line["127.0.0.1 - - [".len()..line.find(']').unwrap()];
+            assert!(t.ends_with(" +0000"), "{line}");
+            let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+            let month = months.iter().position(|m| *m == &t[3..6]).unwrap() as u64 + 1;
+            let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
+            (epoch_secs(n(7..11), month, n(0..2), n(12..14), n(15..17), n(18..20)) * 1000, false)
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(v["remote"], "127.0.0.1", "{line}");
+            assert_eq!(
+                (v["method"].as_str(), v["uri"].as_str(), v["version"].as_str()),
+                (Some("GET"), Some("/?q=1"), Some("HTTP/1.1"))
+            );
+            assert_eq!((v["status"].as_u64(), v["bytes"].as_u64()), (Some(200), Some(12)), "{line}");
+            assert_eq!(v["user_agent"], "say \"hi\"\\\u{ff}", "{line}");
+            assert_eq!(v["referer"], "http://r/", "{line}");
+            assert_eq!(v["request_id"], rid.as_str(), "{line}");
+            assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0 && d < 5000.0), "{line}");
+            // 2026-12-01T18:39:19.933Z
+            let t = v["time"].as_str().unwrap();
+            assert_eq!((t.len(), &t[10..11], &t[23..]), (24, "T", "Z"), "{line}");
+            let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
+            (epoch_secs(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19)) * 1000 + n(20..23), true)
+        };
+        // The time is when the request ended: within the client's readings (to the second in
+        // the combined format, to the millisecond in JSON).
+        let (lo, hi) = if exact {
+            (before.as_millis() as u64, after.as_millis() as u64)
+        } else {
+            (before.as_secs() * 1000, after.as_secs() * 1000)
+        };
+        assert!((lo..=hi).contains(&logged), "{format}: logged {logged} ms, request between {lo} and {hi}: {line}");
+    }
+}
+
+/// Seconds since the Unix epoch of a UTC date and time (days from the civil calendar, as in
+/// Howard Hinnant's `days_from_civil`).
+fn epoch_secs(y: u64, m: u64, d: u64, hh: u64, mm: u64, ss: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + hh * 3600 + mm * 60 + ss
+}
+
 fn run_bad(args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(hello_bin()).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -5,7 +5,7 @@
 mod writer;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
@@ -114,8 +114,8 @@ impl Record {
     }
 
     /// Formats the line (the request from `remote` ended at `end` on the request clock,
-    /// wall-clock `wall`) and queues it.
-    pub(crate) fn write(&self, remote: &Remote, end: Duration, wall: SystemTime) {
+    /// wall-clock `wall`, as the time since the Unix epoch) and queues it.
+    pub(crate) fn write(&self, remote: &Remote, end: Duration, wall: Duration) {
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
@@ -141,7 +141,7 @@ impl Record {
         self.path.as_ref().map_or("/", |p| p.as_str()).as_bytes()
     }
 
-    fn combined(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: SystemTime) {
+    fn combined(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: Duration) {
         out.extend_from_slice(remote.as_bytes());
         out.extend_from_slice(b" - - [");
         cached_time(out, wall, false);
@@ -166,7 +166,7 @@ impl Record {
         out.push(b'\n');
     }
 
-    fn json(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: SystemTime) {
+    fn json(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: Duration) {
         out.extend_from_slice(b"{\"time\":\"");
         cached_time(out, wall, true);
         out.extend_from_slice(b"\",\"remote\":\"");
@@ -227,9 +227,9 @@ thread_local! {
     static TIME: std::cell::RefCell<(u64, String, String)> = const { std::cell::RefCell::new((u64::MAX, String::new(), String::new())) };
 }
 
-/// The combined log's time (`25/Nov/2026:09:40:00 +0000`) or JSON's (`2026-11-25T09:40:00.123Z`).
-fn cached_time(out: &mut Vec<u8>, wall: SystemTime, json: bool) {
-    let d = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+/// The combined log's time (`25/Nov/2026:09:40:00 +0000`) or JSON's (`2026-11-25T09:40:00.123Z`)
+/// of `d` since the Unix epoch.
+fn cached_time(out: &mut Vec<u8>, d: Duration, json: bool) {
     TIME.with(|t| {
         let mut t = t.borrow_mut();
         if t.0 != d.as_secs() {
@@ -342,7 +342,7 @@ mod tests {
         r.status = StatusCode::NOT_FOUND;
         r.bytes = 12;
         let mut buf = Vec::new();
-        let wall = std::time::UNIX_EPOCH + Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
+        let wall = Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
         let took = Duration::from_micros(1_500);
         r.combined(&mut buf, &remote, took, wall);
         let line = String::from_utf8(buf.clone()).unwrap();

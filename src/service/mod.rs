@@ -77,9 +77,10 @@ pub(crate) struct Shared {
     /// Connections open now, upgraded ones (WebSocket) included.
     pub(crate) open_conns: AtomicU64,
     epoch: Instant,
-    /// The wall-clock time at `epoch`: the access log's timestamps come from the monotonic
-    /// reading a request takes anyway, not from another clock read.
-    epoch_wall: std::time::SystemTime,
+    /// The wall-clock time at `epoch` (since the Unix epoch): the access log's timestamps come
+    /// from the monotonic reading a request takes anyway, not from another clock read (nor
+    /// a `SystemTime` subtraction, dozens of instructions).
+    epoch_wall: Duration,
 }
 
 impl Shared {
@@ -92,7 +93,7 @@ impl Shared {
             unhealthy: AtomicBool::new(false),
             open_conns: AtomicU64::new(0),
             epoch: Instant::now(),
-            epoch_wall: std::time::SystemTime::now(),
+            epoch_wall: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
         }
     }
 
@@ -109,8 +110,8 @@ impl Shared {
         self.epoch.elapsed()
     }
 
-    /// `t` (on the [`Shared::elapsed`] clock) as wall-clock time.
-    pub(crate) fn wall_at(&self, t: Duration) -> std::time::SystemTime {
+    /// `t` (on the [`Shared::elapsed`] clock) as wall-clock time, since the Unix epoch.
+    pub(crate) fn wall_at(&self, t: Duration) -> Duration {
         self.epoch_wall + t
     }
 
