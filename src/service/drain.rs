@@ -130,13 +130,10 @@ impl ConnState {
     /// A value new on every response would otherwise be added to the connection's header
     /// table, evicting what repeats; sent "never indexed" it is encoded whole each time, name
     /// and value. With the name in the table once, the later ones send only their value,
-    /// still never indexed (h2's encoder refers to a name already in the table). A race
-    /// between two first responses indexes both, which is harmless.
+    /// still never indexed (h2's encoder refers to a name already in the table). As in
+    /// [`ConnState::saw`]: a load on every response, a swap only while it is still unset.
     pub(crate) fn request_id_indexed(&self) -> bool {
-        !self.rid_indexed.load(Ordering::Relaxed) && {
-            self.rid_indexed.store(true, Ordering::Relaxed);
-            true
-        }
+        !self.rid_indexed.load(Ordering::Relaxed) && !self.rid_indexed.swap(true, Ordering::Relaxed)
     }
 
     pub(crate) fn saw(&self, version: Version) {
