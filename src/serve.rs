@@ -189,13 +189,21 @@ impl Server {
         }
     }
 
-    /// Starts the drain; resolves when every connection is done (or never: race it against
-    /// the deadline). Listeners must be closed first.
-    pub(crate) async fn drain(&mut self) {
+    /// Starts the drain: from now on every HTTP/1 response carries `Connection: close`,
+    /// HTTP/2 connections get GOAWAY, long-lived handlers hear it. Listeners must be closed
+    /// first. Done before the master hears `STATUS=draining`: once a reload has returned, a
+    /// kept-alive client of the old worker is told to reconnect on its next response.
+    pub(crate) fn start_drain(&mut self) {
         self.shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shared.drain_notify.notify_waiters();
         self.drain.send_replace(true);
         self.alive_tx = None;
+    }
+
+    /// Resolves when every connection is done (or never: race it against the deadline).
+    /// Call [`Server::start_drain`] first.
+    pub(crate) async fn drained(&mut self) {
+        debug_assert!(self.alive_tx.is_none(), "drain not started");
         // `recv` yields `None` once every connection task (and every Shutdown::hold guard)
         // has dropped its sender.
         while self.alive_rx.recv().await.is_some() {}

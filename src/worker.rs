@@ -319,7 +319,13 @@ impl<A> Run<A> {
         server.stop_accepting().await;
         exposition.forget_listeners();
         metrics.draining();
-        // Tells the master this process takes no new connection: a reload is complete.
+        crate::shutdown::begin(match stop {
+            Stop::Replaced => crate::DrainReason::Reload,
+            _ => crate::DrainReason::Shutdown,
+        });
+        server.start_drain();
+        // Tells the master this process takes no new connection and tells its clients to go
+        // elsewhere: a reload is complete.
         notify(&Message::draining());
         let timeout = shared.cfg.drain_timeout;
         tracing::info!("draining (at most {timeout:?})");
@@ -340,11 +346,7 @@ impl<A> Run<A> {
                 }
             });
         }
-        crate::shutdown::begin(match stop {
-            Stop::Replaced => crate::DrainReason::Reload,
-            _ => crate::DrainReason::Shutdown,
-        });
-        let drained = server.drain();
+        let drained = server.drained();
         tokio::pin!(drained);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);

@@ -246,6 +246,47 @@ fn after_reload_returns_only_the_new_worker_accepts() {
 }
 
 #[test]
+fn after_reload_returns_kept_alive_clients_of_the_old_worker_are_told_to_close() {
+    // Regression: the worker told the master it was draining before it started the drain, so
+    // a reload could return while the old worker still answered kept-alive connections
+    // without `Connection: close` (seen once in CI, on TLS).
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "-p", "x.pid"]);
+    for round in 0..10 {
+        let mut kept = std::net::TcpStream::connect(h.addr()).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let before = keepalive_get(&mut kept, "/pid");
+        assert_eq!((before.status, before.header("connection")), (200, None), "round {round}: {before:?}");
+        let (code, out) = h.ctl(&["reload"]);
+        assert_eq!(code, 0, "{out}");
+        let after = keepalive_get(&mut kept, "/pid");
+        assert_eq!(after.body, before.body, "round {round}: the old worker answers its own connection");
+        assert_eq!(
+            (after.status, after.header("connection")),
+            (200, Some("close")),
+            "round {round}: a kept-alive client of the replaced worker was not told to close: {after:?}"
+        );
+    }
+}
+
+/// One request on a kept-alive connection; reads exactly its response (`Content-Length` body).
+fn keepalive_get(s: &mut std::net::TcpStream, path: &str) -> support::Resp {
+    use std::io::{Read, Write};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed in the head: {:?}", String::from_utf8_lossy(&buf));
+        buf.push(byte[0]);
+    }
+    let head = support::parse(&buf).unwrap();
+    let len: usize = head.header("content-length").expect("content-length").parse().unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    buf.extend_from_slice(&body);
+    support::parse(&buf).unwrap()
+}
+
+#[test]
 fn draining_generations_are_capped_and_further_reloads_wait() {
     let h = Hello::start_traced(&hello_bin(), &["--delay", "3s", "-p", "x.pid", "--max-draining", "1"]);
     let addr = h.addr();

@@ -13,7 +13,7 @@
 //! | master → worker | the app's own variables | [`crate::MasterConfig::worker_env`] |
 //! | worker → master | `READY=1` | serving: the master switches generations |
 //! | worker → master | `STATUS=<text>` | the worker's last words, shown if it dies before it is ready |
-//! | worker → master | `STATUS=draining` | listeners closed: a reload that replaced it is complete |
+//! | worker → master | `STATUS=draining` | listeners closed and the drain started: a reload that replaced it is complete |
 //! | worker → master | `WATCHDOG=1` | heartbeat from inside the serving runtime |
 //! | worker → master | `BATON_INFO=<text>` | with `READY=1`: what it runs (version, configuration), for `status` and `reload` |
 //! | master → worker | TERM / USR2 / QUIT / USR1 | shut down (after `--shutdown-delay`) / replaced, drain now / stop now / reopen the log |
