@@ -65,6 +65,36 @@ fn slow_request_survives_several_reloads() {
     h.wait_one_worker();
 }
 
+/// `kill -USR2` or `kill` aimed at a worker's pid instead of the master's: the worker drains
+/// (its requests finish), and the master starts a replacement at once, not once that drain is
+/// over (until then nobody accepted: new connections waited in the kernel's queue).
+#[test]
+fn a_signal_sent_to_a_worker_starts_its_replacement_at_once() {
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "5s", "-p", "x.pid"]);
+    let addr = h.addr();
+    for sig in [Signal::SIGUSR2, Signal::SIGTERM] {
+        let old = h.worker_pid();
+        let slow = std::thread::spawn(move || get(addr, "/"));
+        let began = format!("worker[{old}] request started: GET /");
+        wait_until(Duration::from_secs(20), &began, || h.log_text().lines().any(|l| l.ends_with(&began)));
+        signal(old, sig);
+        let new = h.wait_replaced(old);
+        assert!(!slow.is_finished(), "{sig:?}: the replacement served only after the old worker's drain");
+        let r = slow.join().unwrap().expect("the slow request completes");
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world!"), "{sig:?}");
+        wait_until(Duration::from_secs(10), "the old worker to exit", || !alive(old));
+        let log = h.log_text();
+        let said = format!("(pid {old}) stopped accepting connections on its own");
+        assert!(log.contains(&said), "{sig:?}: {}", h.log_tail(20));
+        assert!(!log.contains(&format!("(pid {old}) died unexpectedly")), "{sig:?}: {}", h.log_tail(20));
+        let (code, status) = h.ctl(&["status"]);
+        assert_eq!(code, 0, "{status}");
+        let line = status.lines().find(|l| l.contains(&format!("pid {new}"))).unwrap_or_else(|| panic!("{status}"));
+        assert!(line.contains("replacement"), "{sig:?}: {status}");
+    }
+    h.wait_one_worker();
+}
+
 /// A graceful stop while a replaced generation still drains lets it finish: the master does
 /// not send it TERM, which a draining worker takes for "now".
 #[test]

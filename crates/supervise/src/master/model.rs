@@ -106,6 +106,9 @@ struct Model {
     owe_usr1: BTreeSet<Pid>,
     /// Workers told to drain because a newer generation replaced them (USR2).
     replaced: BTreeSet<Pid>,
+    /// Workers that stopped accepting while serving, on a signal sent to them rather than to
+    /// the master: draining, but not in a slot the master's reloads handed out.
+    stopped_itself: BTreeSet<Pid>,
 }
 
 impl Model {
@@ -139,6 +142,7 @@ impl Model {
             steps: 0,
             owe_usr1: BTreeSet::new(),
             replaced: BTreeSet::new(),
+            stopped_itself: BTreeSet::new(),
         };
         m.feed(Event::Start).unwrap();
         m
@@ -178,9 +182,15 @@ impl Model {
                 Some(pid) => Event::Notify { pid, msg: "READY=1\nSTATUS=generation ? serving".into() },
                 None => Event::Tick,
             },
+            // A worker says so only once it serves (after `READY=1`).
             Op::StoppedAccepting(n) => match self.nth_live(n) {
-                Some(pid) => Event::Notify { pid, msg: "STATUS=draining".into() },
-                None => Event::Tick,
+                Some(pid) if self.state.gens.iter().any(|g| g.pid == pid && g.ready_at.is_some()) => {
+                    if !self.stopping() && self.state.gens.iter().any(|g| g.pid == pid && g.state.serving()) {
+                        self.stopped_itself.insert(pid);
+                    }
+                    Event::Notify { pid, msg: "STATUS=draining".into() }
+                }
+                _ => Event::Tick,
             },
             Op::Says(n) => match self.nth_live(n) {
                 Some(pid) => Event::Notify { pid, msg: "STATUS=cannot open database".into() },
@@ -262,10 +272,13 @@ impl Model {
                     prop_assert!(!self.stopping(), "spawn while stopping");
                     let build = match binary {
                         // A restart or rollback: a crash loop never lands on a binary that was
-                        // never good.
+                        // never good. A replacement for a worker that stopped on its own runs
+                        // that worker's binary.
                         Some(b) => {
-                            prop_assert!(self.proven.iter().any(|p| BinaryId::fake(*p) == b), "unproven {b:?}");
-                            self.proven.iter().copied().find(|p| BinaryId::fake(*p) == b)
+                            let replaced = self.stopped_itself.iter().filter_map(|p| self.live.get(p));
+                            let allowed: BTreeSet<u64> = self.proven.iter().copied().chain(replaced.copied()).collect();
+                            prop_assert!(allowed.iter().any(|p| BinaryId::fake(*p) == b), "unproven {b:?}");
+                            allowed.iter().copied().find(|p| BinaryId::fake(*p) == b)
                         }
                         // Only the first start and reloads read the disk.
                         None => {
@@ -354,7 +367,17 @@ impl Model {
         prop_assert!(count(|g| g.serving()) <= 1, "two serving: {:?}", s.gens);
         if !self.stopping() {
             let draining = count(|g| matches!(g, GenState::Draining { .. }));
-            prop_assert!(draining <= s.limits.max_draining, "{draining} draining: {:?}", s.gens);
+            let in_slots = s
+                .gens
+                .iter()
+                .filter(|g| matches!(g.state, GenState::Draining { .. }) && !self.stopped_itself.contains(&g.pid))
+                .count();
+            prop_assert!(in_slots <= s.limits.max_draining, "{in_slots} draining: {:?}", s.gens);
+            // New connections wait in the kernel's queue only while a worker starts or a
+            // restart is due: never because a worker stopped accepting on its own.
+            if matches!(s.phase, Phase::Serving { .. }) && !s.gens.iter().any(|g| g.state.serving() && g.accepting) {
+                prop_assert!(s.starting() || s.restart_at().is_some(), "nothing accepts or starts: {:?}", s.gens);
+            }
             // A reload waits only for a start under way or for a draining slot, and then the
             // oldest draining generation was told to hurry.
             if s.queued.is_some() && !s.starting() {
@@ -529,6 +552,21 @@ fn model_known_scenarios() {
             Some(2),
         ),
         ("a silent worker is replaced from the last good binary", vec![Ready(0), Deploy, Advance(10_500)], Some(1)),
+        (
+            "a worker that stops accepting on its own is replaced at once, from its pinned binary",
+            vec![Ready(0), Deploy, StoppedAccepting(0)],
+            Some(1),
+        ),
+        (
+            "a new binary that stops accepting on its own in probation is replaced, on probation again",
+            vec![Ready(0), Deploy, wait, Ready(1), StoppedAccepting(1), Ready(2), Exits(2)],
+            Some(1),
+        ),
+        (
+            "... and the new binary stays once the replacement passes the probation",
+            vec![Ready(0), Deploy, wait, Ready(1), StoppedAccepting(1), Ready(2), Advance(3_500), Exits(2)],
+            Some(2),
+        ),
         (
             "a restart due when a reload's binary passed probation, then watchdog",
             vec![Ready(0), Exits(0), Deploy, Reload(None), Ready(0), Advance(10_000)],

@@ -55,6 +55,9 @@ pub(crate) enum Cause {
     Reload,
     /// A crash restart from the last good binary.
     Restart,
+    /// The serving worker stopped accepting on its own (a signal sent to it, not to the
+    /// master): its replacement, running the same binary.
+    Replace,
     /// A new generation crashed during its probation: back to the last good binary.
     Revert,
 }
@@ -66,6 +69,7 @@ impl Cause {
             Cause::Start => "first start",
             Cause::Reload => "reload",
             Cause::Restart => "crash restart",
+            Cause::Replace => "replacement",
             Cause::Revert => "rollback",
         }
     }
@@ -75,6 +79,7 @@ impl Cause {
         match self {
             Cause::Start | Cause::Reload => "",
             Cause::Restart => ", a crash restart from the last good binary",
+            Cause::Replace => ", a replacement for a worker that stopped on its own",
             Cause::Revert => ", a rollback to the last good binary",
         }
     }

@@ -48,7 +48,7 @@ pub(crate) struct Gen {
     pub(super) started: Instant,
     /// When its reload was asked for (its start, for other causes).
     pub(super) requested: Instant,
-    pub(super) ready_at: Option<Instant>,
+    pub(crate) ready_at: Option<Instant>,
     /// The last `WATCHDOG=1` (or its readiness).
     pub(super) heartbeat: Instant,
     /// The last `STATUS=` it sent: its last words if it dies.

@@ -13,7 +13,10 @@
 //! is killed and replaced like a crash. A reload requested while one starts is folded into it
 //! (same binary on disk) or queued; so is one that finds `--max-draining` generations still
 //! draining, which then tells the oldest to hurry (close its long-lived connections now; its
-//! requests in flight still finish, and its drain deadline still holds).
+//! requests in flight still finish, and its drain deadline still holds). A serving worker that
+//! stops accepting on its own (a signal sent to it rather than to the master) is moved to
+//! `Draining` and replaced at once from its own binary; with nothing serving, a reload does
+//! not wait for a draining slot.
 
 use std::time::{Duration, Instant};
 
@@ -232,6 +235,12 @@ impl State {
         matches!(self.phase, Phase::Stopping { .. } | Phase::Exited)
     }
 
+    /// Whether a generation serves: a reload waits for a draining slot only then (with nothing
+    /// serving, the new generation replaces none, and new connections wait until it serves).
+    fn serving(&self) -> bool {
+        self.gens.iter().any(|g| g.state.serving())
+    }
+
     fn draining_count(&self) -> usize {
         self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
     }
@@ -243,14 +252,19 @@ impl State {
     /// Starts the next generation: a reload or the first start from the disk, a restart or a
     /// rollback from the last good binary.
     fn spawn(&mut self, out: &mut Vec<Action>, cause: Cause, waiters: Waiters) {
+        let binary = match cause {
+            Cause::Start | Cause::Reload => None,
+            Cause::Restart | Cause::Replace | Cause::Revert => self.good,
+        };
+        self.spawn_binary(out, cause, waiters, binary);
+    }
+
+    /// Starts the next generation from `binary` (pinned), or from the disk (`None`).
+    fn spawn_binary(&mut self, out: &mut Vec<Action>, cause: Cause, waiters: Waiters, binary: Option<BinaryId>) {
         if let Phase::Serving { restart_at } = &mut self.phase {
             *restart_at = None;
         }
         self.generation += 1;
-        let binary = match cause {
-            Cause::Start | Cause::Reload => None,
-            Cause::Restart | Cause::Revert => self.good,
-        };
         self.spawning = Some((self.generation, cause, waiters));
         out.push(Action::Spawn { generation: self.generation, binary });
     }
@@ -327,7 +341,7 @@ impl State {
         }
         self.reload_requested.get_or_insert(now);
         let draining = self.draining_count();
-        if draining >= self.limits.max_draining {
+        if draining >= self.limits.max_draining && self.serving() {
             tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             self.hurry_oldest(out);
@@ -345,7 +359,7 @@ impl State {
         if self.queued.is_none() || self.stopping() || self.starting() {
             return;
         }
-        if self.draining_count() >= self.limits.max_draining {
+        if self.draining_count() >= self.limits.max_draining && self.serving() {
             self.hurry_oldest(out);
             return;
         }
@@ -364,6 +378,9 @@ impl State {
         if m.watchdog {
             g.heartbeat = now;
         }
+        // Draining while it serves: not on the master's word (that moved it to `Draining`
+        // first), so on a signal sent to the worker itself.
+        let stopped_itself = m.draining && g.state.serving();
         if m.draining {
             g.accepting = false;
         }
@@ -378,6 +395,41 @@ impl State {
         }
         if m.ready && matches!(g.state, GenState::Starting { .. }) {
             self.on_ready(now, out, pid);
+        }
+        if stopped_itself && !self.stopping() {
+            self.on_stopped_itself(now, out, pid);
+        }
+    }
+
+    /// A serving worker closed its listeners without being replaced (`kill -USR2` or `kill`
+    /// aimed at a worker's pid rather than the master's): nobody accepts until a replacement
+    /// serves, so one starts now, not once the worker has finished draining (which may take
+    /// the whole drain timeout, with new connections waiting in the kernel's queue). The
+    /// replacement runs the same binary (a signal says nothing against it), on probation again
+    /// if it was, and answers the clients waiting for the one it replaces.
+    fn on_stopped_itself(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid) {
+        let kill_at = now + self.limits.drain_timeout + KILL_GRACE;
+        let Some(g) = self.gens.iter_mut().find(|g| g.pid == pid) else { return };
+        g.state = GenState::Draining { kill_at };
+        g.draining_since = Some(now);
+        let (generation, binary) = (g.generation, g.binary);
+        let mut waiters = std::mem::take(&mut g.waiters);
+        if let Some(a) = self.ack.take_if(|a| a.pid == pid) {
+            waiters.ready.extend(a.waiters);
+        }
+        let why = format!(
+            "worker generation {generation} (pid {pid}) stopped accepting connections on its own (a signal \
+             sent to the worker rather than to the master?)"
+        );
+        if self.starting() || self.gens.iter().any(|g| g.state.serving()) {
+            tracing::warn!("{why}: draining it; the generation starting takes over");
+            for w in waiters.all() {
+                out.push(Action::Reply { waiter: w, reply: Reply::Err(why.clone()) });
+            }
+        } else {
+            tracing::warn!("{why}: draining it; starting a replacement now");
+            out.push(Action::Systemd(format!("STATUS={why}")));
+            self.spawn_binary(out, Cause::Replace, waiters, Some(binary));
         }
     }
 
@@ -402,7 +454,10 @@ impl State {
         let probation = self.limits.probation;
         let good = self.good;
         let g = &mut self.gens[idx];
-        let on_probation = g.cause == Cause::Reload && good.is_some_and(|b| b != g.binary) && !probation.is_zero();
+        // A new binary's replacement (its worker stopped on its own) serves its probation anew.
+        let on_probation = matches!(g.cause, Cause::Reload | Cause::Replace)
+            && good.is_some_and(|b| b != g.binary)
+            && !probation.is_zero();
         g.state = if on_probation { GenState::Probation { until: now + probation } } else { GenState::Active };
         g.ready_at = Some(now);
         g.heartbeat = now;
