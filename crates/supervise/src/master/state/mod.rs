@@ -421,7 +421,8 @@ impl State {
             "worker generation {generation} (pid {pid}) stopped accepting connections on its own (a signal \
              sent to the worker rather than to the master?)"
         );
-        if self.starting() || self.gens.iter().any(|g| g.state.serving()) {
+        // At most one generation serves, and that was this one: only a start can take over.
+        if self.starting() {
             tracing::warn!("{why}: draining it; the generation starting takes over");
             for w in waiters.all() {
                 out.push(Action::Reply { waiter: w, reply: Reply::Err(why.clone()) });
