@@ -183,15 +183,18 @@ impl Model {
                 None => Event::Tick,
             },
             // A worker says so only once it serves (after `READY=1`).
-            Op::StoppedAccepting(n) => match self.nth_live(n) {
-                Some(pid) if self.state.gens.iter().any(|g| g.pid == pid && g.ready_at.is_some()) => {
-                    if !self.stopping() && self.state.gens.iter().any(|g| g.pid == pid && g.state.serving()) {
-                        self.stopped_itself.insert(pid);
+            Op::StoppedAccepting(n) => {
+                let g = self.nth_live(n).and_then(|pid| self.state.gens.iter().find(|g| g.pid == pid));
+                match g.filter(|g| g.ready_at.is_some()).map(|g| (g.pid, g.state.serving())) {
+                    Some((pid, serving)) => {
+                        if serving && !self.stopping() {
+                            self.stopped_itself.insert(pid);
+                        }
+                        Event::Notify { pid, msg: "STATUS=draining".into() }
                     }
-                    Event::Notify { pid, msg: "STATUS=draining".into() }
+                    None => Event::Tick,
                 }
-                _ => Event::Tick,
-            },
+            }
             Op::Says(n) => match self.nth_live(n) {
                 Some(pid) => Event::Notify { pid, msg: "STATUS=cannot open database".into() },
                 None => Event::Tick,

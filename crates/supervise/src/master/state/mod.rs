@@ -235,12 +235,6 @@ impl State {
         matches!(self.phase, Phase::Stopping { .. } | Phase::Exited)
     }
 
-    /// Whether a generation serves: a reload waits for a draining slot only then (with nothing
-    /// serving, the new generation replaces none, and new connections wait until it serves).
-    fn serving(&self) -> bool {
-        self.gens.iter().any(|g| g.state.serving())
-    }
-
     fn draining_count(&self) -> usize {
         self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
     }
@@ -341,7 +335,9 @@ impl State {
         }
         self.reload_requested.get_or_insert(now);
         let draining = self.draining_count();
-        if draining >= self.limits.max_draining && self.serving() {
+        // A reload waits for a draining slot only while a generation serves (with nothing
+        // serving, the new one replaces none, and new connections wait until it serves).
+        if draining >= self.limits.max_draining && self.active().is_some() {
             tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             self.hurry_oldest(out);
@@ -359,7 +355,7 @@ impl State {
         if self.queued.is_none() || self.stopping() || self.starting() {
             return;
         }
-        if self.draining_count() >= self.limits.max_draining && self.serving() {
+        if self.draining_count() >= self.limits.max_draining && self.active().is_some() {
             self.hurry_oldest(out);
             return;
         }
