@@ -159,6 +159,10 @@ impl AppService {
     /// code: handlers, layers, fallbacks and nested services are called when the returned
     /// future is first polled, inside the panic catching. Routing here rather than in a
     /// `Oneshot` spares moving the request in and out of the `Oneshot`.
+    // Inlined into the caller, which then builds the future in place: called, it is built,
+    // returned and copied (hundreds of bytes; with `Handle::new`, 140 instructions per
+    // request, callgrind).
+    #[inline(always)]
     pub(crate) fn call(&self, req: Request<Body>) -> AppFuture {
         use tower::ServiceExt as _;
         match self {

@@ -39,6 +39,8 @@ pin_project_lite::pin_project! {
 }
 
 impl Handle {
+    // Inlined: see `AppService::call`.
+    #[inline(always)]
     pub(crate) fn new(fut: AppFuture, catch_panic: bool, span: tracing::Span, deadline: Option<Instant>) -> Handle {
         let span = (!span.is_disabled()).then_some(span);
         Handle { fut, catch_panic, span, deadline, sleep: None }
