@@ -239,6 +239,13 @@ impl State {
         self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
     }
 
+    /// A reload waits for a draining slot: `--max-draining` generations drain while one
+    /// serves (with nothing serving, the new one replaces none, and new connections wait until
+    /// it serves).
+    fn waits_for_slot(&self) -> bool {
+        self.draining_count() >= self.limits.max_draining && self.active().is_some()
+    }
+
     pub(crate) fn starting(&self) -> bool {
         self.spawning.is_some() || self.gens.iter().any(|g| matches!(g.state, GenState::Starting { .. }))
     }
@@ -334,10 +341,8 @@ impl State {
             return;
         }
         self.reload_requested.get_or_insert(now);
-        let draining = self.draining_count();
-        // A reload waits for a draining slot only while a generation serves (with nothing
-        // serving, the new one replaces none, and new connections wait until it serves).
-        if draining >= self.limits.max_draining && self.active().is_some() {
+        if self.waits_for_slot() {
+            let draining = self.draining_count();
             tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             self.hurry_oldest(out);
@@ -355,7 +360,7 @@ impl State {
         if self.queued.is_none() || self.stopping() || self.starting() {
             return;
         }
-        if self.draining_count() >= self.limits.max_draining && self.active().is_some() {
+        if self.waits_for_slot() {
             self.hurry_oldest(out);
             return;
         }
