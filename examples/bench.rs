@@ -82,7 +82,8 @@ fn main() -> ExitCode {
     }
     if what == "all" || what == "serve" {
         if serve::wrk_available() {
-            serve::table(3, 8);
+            let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+            serve::table(env("BENCH_ROUNDS", 12).max(1) as usize, env("BENCH_SECS", 2).max(1));
             serve::breakdown(5);
         } else {
             println!("wrk not found (Debian package wrk): the built-in client, which may be slower than the server");
@@ -175,6 +176,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     _dir: std::path::PathBuf,
+    /// Its own CPU accounting group (see `serve::acct_group`).
+    acct: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -193,9 +196,17 @@ impl Server {
         let dir = std::env::temp_dir().join(format!("baton-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
-        if let Some(procs) = serve::cpu_cap() {
-            // Joins the capped group before it becomes the server (`exec` keeps the pid).
-            argv.extend(["sh".into(), "-c".into(), "echo $$ > \"$0\" && exec \"$@\"".into(), procs.into()]);
+        // Joins the capped group and its own accounting group before it becomes the server
+        // (`exec` keeps the pid).
+        let acct = serve::acct_group(&format!("s-{}-{port}", std::process::id()));
+        let join: Vec<std::path::PathBuf> = serve::cpu_cap()
+            .map(std::path::Path::to_path_buf)
+            .into_iter()
+            .chain(acct.as_ref().map(|g| g.join("cgroup.procs")))
+            .collect();
+        if !join.is_empty() {
+            let script = "for f in $BENCH_JOIN; do echo $$ 2>/dev/null > \"$f\"; done; unset BENCH_JOIN; exec \"$@\"";
+            argv.extend(["sh".into(), "-c".into(), script.into(), "sh".into()]);
         }
         if PINNED.load(Ordering::Relaxed) {
             argv.extend(["taskset".into(), "-c".into(), "0".into()]);
@@ -204,6 +215,10 @@ impl Server {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
         cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir).envs(env.iter().copied());
+        if !join.is_empty() {
+            let paths: Vec<String> = join.iter().map(|p| p.display().to_string()).collect();
+            cmd.env("BENCH_JOIN", paths.join(" "));
+        }
         match role {
             "baton" => {
                 cmd.args(["run", "--listen", &addr.to_string(), "--delay", "0"]).args(extra);
@@ -225,7 +240,18 @@ impl Server {
             assert!(Instant::now() < deadline, "{role} did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Server { child, addr, _dir: dir }
+        // Counted by its group only if it did join it (else from `/proc`).
+        let pid = child.id().to_string();
+        let acct = acct.filter(|g| {
+            std::fs::read_to_string(g.join("cgroup.procs")).is_ok_and(|procs| procs.lines().any(|p| p == pid))
+        });
+        Server { child, addr, _dir: dir, acct }
+    }
+
+    /// CPU time (user + system) of the server, every process and thread it had, in seconds:
+    /// its accounting group's when it has one, else from `/proc` (live processes only).
+    fn cpu_secs(&self) -> f64 {
+        self.acct.as_deref().and_then(serve::acct_secs).unwrap_or_else(|| cpu_secs(self.pid()))
     }
 
     /// sh and taskset exec the server in place, so this is the server's (or master's) pid.
@@ -239,6 +265,9 @@ impl Drop for Server {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
+        if let Some(g) = &self.acct {
+            serve::remove_acct_group(g);
+        }
     }
 }
 
@@ -286,9 +315,9 @@ impl Run {
 
 fn drive(rt: &tokio::runtime::Runtime, server: &Server, secs: u64) -> Run {
     let t0 = Instant::now();
-    let c0 = cpu_secs(server.pid());
+    let c0 = server.cpu_secs();
     let stats = rt.block_on(load::run(cfg(server.addr, secs), Arc::default()));
-    let cpu = cpu_secs(server.pid()) - c0;
+    let cpu = server.cpu_secs() - c0;
     let cpu_us = cpu * 1e6 / stats.ok.max(1) as f64;
     Run { stats, secs: t0.elapsed().as_secs_f64(), cpu_us }
 }

@@ -1,8 +1,10 @@
 //! `bench -- serve`: server-bound comparison with `wrk` (Debian package `wrk`): the server
 //! on CPU 0, `wrk` (1 thread, 64 connections) on CPU 1, so throughput is bounded by the
-//! server; the figure that counts is server CPU time per request (utime + stime of the whole
-//! process tree, from `/proc`), as a ratio against plain `axum::serve` in the same round.
-//! `wrk`'s own CPU use is printed to show it had headroom.
+//! server; the figure that counts is server CPU time per request, as a ratio against plain
+//! `axum::serve` in the same round. A server's CPU time is its own cgroup's (cgroup v1
+//! `cpuacct.usage`, v2 `cpu.stat`: nanoseconds, every process and thread it had) where the
+//! bench may make one (root), else utime + stime of its process tree from `/proc` (100 Hz
+//! ticks). `wrk`'s own CPU use is printed to show it had headroom.
 //!
 //! Where the machine lets it (a writable cgroup `cpu` controller, as root), the servers run
 //! under a CPU cap (`BENCH_CPU_CAP`, default 40% of a core; `off` to disable): then the server
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::{Server, cpu_secs, median};
+use crate::{Server, median};
 
 static CAPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -84,6 +86,61 @@ pub(crate) fn release_cpu_cap() {
     capping(false);
     if let Some(procs) = CAP.get().and_then(Option::as_deref).and_then(Path::parent) {
         let _ = std::fs::remove_dir(procs);
+    }
+    if let Some((root, _)) = ACCT.get().and_then(Option::as_ref) {
+        let _ = std::fs::remove_dir(root);
+    }
+}
+
+/// Where each server's CPU time is counted to the nanosecond: a cgroup of its own (every
+/// process and thread it ever had, exited ones included), in cgroup v1's `cpuacct` hierarchy
+/// or under v2's `baton-bench`. `None` (not root, no such hierarchy): `/proc`'s 100 Hz ticks.
+static ACCT: OnceLock<Option<(PathBuf, bool)>> = OnceLock::new();
+
+fn acct_root() -> Option<&'static (PathBuf, bool)> {
+    ACCT.get_or_init(|| {
+        let v1 = Path::new("/sys/fs/cgroup/cpuacct");
+        let (dir, v2) = if v1.join("cpuacct.usage").exists() {
+            (v1.join("baton-bench"), false)
+        } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            (PathBuf::from("/sys/fs/cgroup/baton-bench"), true)
+        } else {
+            return None;
+        };
+        std::fs::create_dir_all(&dir).ok().map(|()| (dir, v2))
+    })
+    .as_ref()
+}
+
+/// A server's own accounting group (see [`ACCT`]), made empty; `None` without one.
+pub(crate) fn acct_group(name: &str) -> Option<PathBuf> {
+    let (root, _) = acct_root()?;
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// The CPU time of everything that ran in `group`, in seconds.
+pub(crate) fn acct_secs(group: &Path) -> Option<f64> {
+    let v2 = acct_root()?.1;
+    if v2 {
+        let stat = std::fs::read_to_string(group.join("cpu.stat")).ok()?;
+        let us: f64 = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+        Some(us / 1e6)
+    } else {
+        let ns: f64 = std::fs::read_to_string(group.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+        Some(ns / 1e9)
+    }
+}
+
+/// Removes a server's group once its processes are gone (a worker may outlive its master's
+/// exit by a moment).
+pub(crate) fn remove_acct_group(group: &Path) {
+    for _ in 0..100 {
+        if std::fs::remove_dir(group).is_ok() || !group.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -152,9 +209,9 @@ pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
             cmd.args(["-t1", "-c16", "-m10", &format!("-D{secs}"), &format!("http://{}/", server.addr)]);
         }
     }
-    let (c0, k0, t0) = (cpu_secs(server.pid()), children_cpu(), std::time::Instant::now());
+    let (c0, k0, t0) = (server.cpu_secs(), children_cpu(), std::time::Instant::now());
     let out = cmd.output().expect("run wrk");
-    let (c1, k1, wall) = (cpu_secs(server.pid()), children_cpu(), t0.elapsed().as_secs_f64());
+    let (c1, k1, wall) = (server.cpu_secs(), children_cpu(), t0.elapsed().as_secs_f64());
     let text = String::from_utf8_lossy(&out.stdout);
     if load == Load::H2c {
         return h2load_result(&text, (c1 - c0) * 1e6, (k1 - k0) / wall);
@@ -275,8 +332,14 @@ fn print(name: &str, r: &WrkRun) {
     );
 }
 
-/// The main table: plain axum against baton's defaults and baton without the access log, for
-/// keep-alive and a fresh connection per request; interleaved rounds, medians, ratios.
+/// The main table: plain axum against baton's defaults (and, for keep-alive, without the
+/// access log), per load: HTTP/1.1 keep-alive, a new connection per request, h2c and TLS.
+///
+/// The servers of one load stay up while it is measured, and `rounds` short runs alternate
+/// between them (in reverse order every other round), so each round's runs are seconds apart
+/// and the machine's drift (neighbours, frequency) reaches both sides of a ratio alike; the
+/// figure is the median of the per-round ratios, with their quartiles to show how well this
+/// machine resolves it.
 pub(crate) fn table(rounds: usize, secs: u64) {
     type Config = (&'static str, &'static str, Vec<&'static str>, Load);
     let http = Load::Wrk { close: false, https: false };
@@ -306,36 +369,66 @@ pub(crate) fn table(rounds: usize, secs: u64) {
             https,
         ));
     }
-    println!("serve ({secs} s runs, {rounds} interleaved rounds; server CPU 0, load client CPU 1):");
-    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); configs.len()];
-    for round in 1..=rounds {
-        println!(" round {round}");
-        for (i, (name, role, extra, load)) in configs.iter().enumerate() {
-            let s = Server::start(role, extra);
-            run(&s, 1, *load); // warm-up
-            let r = run(&s, secs, *load);
-            print(name, &r);
-            runs[i].push(r);
+    let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+    println!(
+        "serve: per load, its servers up together and {rounds} rounds of {secs} s runs alternating between them; \
+         server CPU 0, load client CPU 1; CPU time {} (BENCH_VERBOSE=1 prints every run)",
+        if acct_root().is_some() { "per server from its own cgroup (ns)" } else { "from /proc (100 Hz ticks)" }
+    );
+    let mut loads: Vec<Load> = Vec::new();
+    for c in &configs {
+        if !loads.contains(&c.3) {
+            loads.push(c.3);
         }
     }
-    println!(" medians:");
-    for (i, (name, role, _, load)) in configs.iter().enumerate() {
-        // The baseline: the plain axum row of the same load.
-        let base = configs.iter().position(|c| c.3 == *load && c.1.starts_with("axum")).unwrap_or(0);
-        let med = |f: fn(&WrkRun) -> f64, k: usize| median(runs[k].iter().map(f).collect());
-        let ratio: Vec<f64> = (0..rounds).map(|r| runs[i][r].cpu_us / runs[base][r].cpu_us).collect();
-        let versus = if role.starts_with("axum") {
-            String::new()
-        } else {
-            format!("CPU/req vs axum {:.3} ", median(ratio.clone()))
-        };
-        println!(
-            "  {name:<46} {:>9.0} req/s  CPU {:>6.2}us/req  p99 {:>7.0}us  {versus}(rounds {:?})",
-            med(|r| r.rps, i),
-            med(|r| r.cpu_us, i),
-            med(|r| r.p99_us, i),
-            ratio.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
-        );
+    for load in loads {
+        let idx: Vec<usize> = (0..configs.len()).filter(|&i| configs[i].3 == load).collect();
+        let servers: Vec<Server> = idx.iter().map(|&i| Server::start(configs[i].1, &configs[i].2)).collect();
+        for s in &servers {
+            run(s, 1, load); // warm-up
+        }
+        let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); idx.len()];
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..idx.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for k in order {
+                let r = run(&servers[k], secs, load);
+                if verbose {
+                    print(configs[idx[k]].0, &r);
+                }
+                runs[k].push(r);
+            }
+        }
+        drop(servers);
+        // The baseline: the load's plain axum row, the first.
+        for (k, &i) in idx.iter().enumerate() {
+            let med = |f: fn(&WrkRun) -> f64| median(runs[k].iter().map(f).collect());
+            let client = runs[k].iter().map(|r| r.client_load).fold(0.0, f64::max) * 100.0;
+            let errors: u64 = runs[k].iter().map(|r| r.errors).sum();
+            let versus = if k == 0 {
+                String::new()
+            } else {
+                let mut ratio: Vec<f64> = (0..rounds).map(|r| runs[k][r].cpu_us / runs[0][r].cpu_us).collect();
+                let listed: Vec<f64> = ratio.iter().map(|x| (x * 1000.0).round() / 1000.0).collect();
+                ratio.sort_by(f64::total_cmp);
+                let q = |p: f64| ratio[((ratio.len() - 1) as f64 * p).round() as usize];
+                format!(
+                    " CPU/req vs axum {:.3} (quartiles {:.3}-{:.3}; rounds {listed:?})",
+                    median(ratio.clone()),
+                    q(0.25),
+                    q(0.75)
+                )
+            };
+            println!(
+                "  {:<46} {:>7.0} req/s  CPU {:>6.2}us/req  p99 {:>6.0}us  client CPU <= {client:.0}%  errors {errors}{versus}",
+                configs[i].0,
+                med(|r| r.rps),
+                med(|r| r.cpu_us),
+                med(|r| r.p99_us),
+            );
+        }
     }
 }
 
