@@ -20,19 +20,22 @@ pub(crate) fn ensure<B>(req: &mut Request<B>, incoming: Option<HeaderValue>) -> 
         }
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
+    let hex = |d: u64| b"0123456789abcdef"[(d & 0xf) as usize];
+    // `{prefix:08x}-`, written once per process.
+    static PREFIX: OnceLock<[u8; 9]> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
         let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1
+        let p = (t.subsec_nanos() ^ std::process::id().rotate_left(16)) | 1;
+        let mut b = [b'-'; 9];
+        for (i, b) in b[..8].iter_mut().enumerate() {
+            *b = hex(u64::from(p) >> (28 - 4 * i));
+        }
+        b
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // `{prefix:08x}-{n:x}`, without the formatting machinery (it is on every request).
+    // `{prefix}{n:x}`, without the formatting machinery (it is on every request).
     let mut buf = [0u8; 8 + 1 + 16];
-    let hex = |d: u64| b"0123456789abcdef"[(d & 0xf) as usize];
-    for (i, b) in buf[..8].iter_mut().enumerate() {
-        *b = hex(u64::from(prefix) >> (28 - 4 * i));
-    }
-    buf[8] = b'-';
+    buf[..9].copy_from_slice(prefix);
     let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
     for i in 0..digits {
         buf[9 + i] = hex(n >> (4 * (digits - 1 - i)));
