@@ -198,14 +198,14 @@ impl Server {
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         // Joins the capped group and its own accounting group before it becomes the server
         // (`exec` keeps the pid).
+        // The cap must hold (the server does not start otherwise); the accounting group is
+        // checked below and done without if the server is not in it.
         let acct = serve::acct_group(&format!("s-{}-{port}", std::process::id()));
-        let join: Vec<std::path::PathBuf> = serve::cpu_cap()
-            .map(std::path::Path::to_path_buf)
-            .into_iter()
-            .chain(acct.as_ref().map(|g| g.join("cgroup.procs")))
-            .collect();
-        if !join.is_empty() {
-            let script = "for f in $BENCH_JOIN; do echo $$ 2>/dev/null > \"$f\"; done; unset BENCH_JOIN; exec \"$@\"";
+        let cap = serve::cpu_cap();
+        if cap.is_some() || acct.is_some() {
+            let script = "if [ -n \"$BENCH_CAP\" ]; then echo $$ > \"$BENCH_CAP\" || exit 1; fi; \
+                          if [ -n \"$BENCH_ACCT\" ]; then echo $$ 2>/dev/null > \"$BENCH_ACCT\"; fi; \
+                          unset BENCH_CAP BENCH_ACCT; exec \"$@\"";
             argv.extend(["sh".into(), "-c".into(), script.into(), "sh".into()]);
         }
         if PINNED.load(Ordering::Relaxed) {
@@ -215,9 +215,11 @@ impl Server {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
         cmd.env("BENCH_ROLE", role).env("BENCH_ADDR", addr.to_string()).current_dir(&dir).envs(env.iter().copied());
-        if !join.is_empty() {
-            let paths: Vec<String> = join.iter().map(|p| p.display().to_string()).collect();
-            cmd.env("BENCH_JOIN", paths.join(" "));
+        if let Some(procs) = cap {
+            cmd.env("BENCH_CAP", procs);
+        }
+        if let Some(g) = &acct {
+            cmd.env("BENCH_ACCT", g.join("cgroup.procs"));
         }
         match role {
             "baton" => {

@@ -112,7 +112,7 @@ fn acct_root() -> Option<&'static (PathBuf, bool)> {
     .as_ref()
 }
 
-/// A server's own accounting group (see [`ACCT`]), made empty; `None` without one.
+/// A server's own accounting group (see [`ACCT`]), made if missing; `None` without one.
 pub(crate) fn acct_group(name: &str) -> Option<PathBuf> {
     let (root, _) = acct_root()?;
     let dir = root.join(name);
