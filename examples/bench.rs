@@ -197,9 +197,8 @@ impl Server {
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         // Joins the capped group and its own accounting group before it becomes the server
-        // (`exec` keeps the pid).
-        // The cap must hold (the server does not start otherwise); the accounting group is
-        // checked below and done without if the server is not in it.
+        // (`exec` keeps the pid). The cap must hold (the server does not start otherwise); the
+        // accounting group is checked below and done without if the server is not in it.
         let acct = serve::acct_group(&format!("s-{}-{port}", std::process::id()));
         let cap = serve::cpu_cap();
         if cap.is_some() || acct.is_some() {

@@ -42,6 +42,11 @@ pub(crate) fn cpu_cap() -> Option<&'static Path> {
 
 static CAP: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+/// The bench's group under cgroup v2: the cap's, and the parent of each server's accounting
+/// group. In v2 a process is in one group only, so the accounting groups must lie inside the
+/// capped one for the cap to hold.
+const V2_GROUP: &str = "/sys/fs/cgroup/baton-bench";
+
 fn capped_group() -> Option<&'static Path> {
     CAP.get_or_init(|| {
         let percent: u32 = match std::env::var("BENCH_CPU_CAP").as_deref() {
@@ -59,7 +64,7 @@ fn capped_group() -> Option<&'static Path> {
                 && std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).is_ok())
             .then_some(dir)
         } else {
-            let dir = Path::new("/sys/fs/cgroup/baton-bench");
+            let dir = Path::new(V2_GROUP);
             (std::fs::create_dir_all(dir).is_ok()
                 && std::fs::write(dir.join("cpu.max"), format!("{quota} {period}")).is_ok())
             .then(|| dir.to_path_buf())
@@ -103,7 +108,7 @@ fn acct_root() -> Option<&'static (PathBuf, bool)> {
         let (dir, v2) = if v1.join("cpuacct.usage").exists() {
             (v1.join("baton-bench"), false)
         } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            (PathBuf::from("/sys/fs/cgroup/baton-bench"), true)
+            (PathBuf::from(V2_GROUP), true)
         } else {
             return None;
         };
