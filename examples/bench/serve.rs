@@ -345,6 +345,10 @@ fn print(name: &str, r: &WrkRun) {
 /// and the machine's drift (neighbours, frequency) reaches both sides of a ratio alike; the
 /// figure is the median of the per-round ratios, with their quartiles to show how well this
 /// machine resolves it.
+///
+/// `BENCH_LOADS` (a comma-separated subset of `keep-alive,close,h2c,tls`) picks the loads;
+/// `BENCH_AGAINST` (the path of another build of this bench) adds, for each load, that build's
+/// baton with the defaults, and the median ratio of this build's to it: an A/B of a change.
 pub(crate) fn table(rounds: usize, secs: u64) {
     type Config = (&'static str, &'static str, Vec<&'static str>, Load);
     let http = Load::Wrk { close: false, https: false };
@@ -374,6 +378,35 @@ pub(crate) fn table(rounds: usize, secs: u64) {
             https,
         ));
     }
+    let picked = std::env::var("BENCH_LOADS").ok();
+    let wanted = |load: &Load| {
+        let name = match load {
+            Load::Wrk { close: false, https: false } => "keep-alive",
+            Load::Wrk { close: true, .. } => "close",
+            Load::Wrk { https: true, .. } => "tls",
+            Load::H2c => "h2c",
+        };
+        picked.as_deref().is_none_or(|p| p.split(',').any(|w| w.trim() == name))
+    };
+    configs.retain(|c| wanted(&c.3));
+    // The other build's rows: the defaults row of each load again, marked by its role.
+    let against = std::env::var_os("BENCH_AGAINST").map(PathBuf::from);
+    if let Some(path) = &against {
+        assert!(path.is_file(), "BENCH_AGAINST: no file {}", path.display());
+        println!("BENCH_AGAINST: {} (its rows marked \"other build\")", path.display());
+        let mut with = Vec::new();
+        for c in configs.drain(..) {
+            let defaults = c.0.starts_with("baton, defaults");
+            let other = defaults.then(|| ("  the same, other build", "baton-against", c.2.clone(), c.3));
+            with.push(c);
+            with.extend(other);
+        }
+        configs = with;
+    }
+    let start = |role: &str, flags: &[&str]| match (role, &against) {
+        ("baton-against", Some(path)) => Server::start_from(path, "baton", flags, &[]),
+        _ => Server::start(role, flags),
+    };
     let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
     println!(
         "serve: per load, its servers up together and {rounds} rounds of {secs} s runs alternating between them; \
@@ -388,7 +421,7 @@ pub(crate) fn table(rounds: usize, secs: u64) {
     }
     for load in loads {
         let idx: Vec<usize> = (0..configs.len()).filter(|&i| configs[i].3 == load).collect();
-        let servers: Vec<Server> = idx.iter().map(|&i| Server::start(configs[i].1, &configs[i].2)).collect();
+        let servers: Vec<Server> = idx.iter().map(|&i| start(configs[i].1, &configs[i].2)).collect();
         for s in &servers {
             run(s, 1, load); // warm-up
         }
@@ -412,15 +445,18 @@ pub(crate) fn table(rounds: usize, secs: u64) {
             let med = |f: fn(&WrkRun) -> f64| median(runs[k].iter().map(f).collect());
             let client = runs[k].iter().map(|r| r.client_load).fold(0.0, f64::max) * 100.0;
             let errors: u64 = runs[k].iter().map(|r| r.errors).sum();
+            // The other build's row against this build's (the row before it), else against axum.
+            let base = if configs[i].1 == "baton-against" { k - 1 } else { 0 };
             let versus = if k == 0 {
                 String::new()
             } else {
-                let mut ratio: Vec<f64> = (0..rounds).map(|r| runs[k][r].cpu_us / runs[0][r].cpu_us).collect();
+                let mut ratio: Vec<f64> = (0..rounds).map(|r| runs[k][r].cpu_us / runs[base][r].cpu_us).collect();
                 let listed: Vec<f64> = ratio.iter().map(|x| (x * 1000.0).round() / 1000.0).collect();
                 ratio.sort_by(f64::total_cmp);
                 let q = |p: f64| ratio[((ratio.len() - 1) as f64 * p).round() as usize];
                 format!(
-                    " CPU/req vs axum {:.3} (quartiles {:.3}-{:.3}; rounds {listed:?})",
+                    " CPU/req vs {} {:.3} (quartiles {:.3}-{:.3}; rounds {listed:?})",
+                    if base == 0 { "axum" } else { "this build" },
                     median(ratio.clone()),
                     q(0.25),
                     q(0.75)
