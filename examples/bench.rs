@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Ok("baton-ablation") => return serve_ablation(),
         Ok("axum") => return serve_axum(false),
         Ok("axum-connect-info") => return serve_axum(true),
+        Ok("axum-spin") => return serve_axum_spin(),
         #[cfg(all(target_os = "linux", feature = "tls"))]
         Ok("axum-tls") => return serve::serve_axum_tls(),
         _ => {}
@@ -136,6 +137,30 @@ fn serve_axum(connect_info: bool) -> ExitCode {
         } else {
             axum::serve(l, app).await.unwrap();
         }
+    });
+    ExitCode::SUCCESS
+}
+
+/// Plain axum with `BENCH_SPIN_NS` of busy user-space work added to every request (a
+/// `map_request` layer): how much kernel time a slower server pays per request (run by hand,
+/// `BENCH_ROLE=axum-spin BENCH_SPIN_NS=600 BENCH_ADDR=127.0.0.1:PORT`, under `perf record`;
+/// see the README's bench section).
+fn serve_axum_spin() -> ExitCode {
+    let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
+    let ns: u64 = std::env::var("BENCH_SPIN_NS").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let app = hello::app(Duration::ZERO, false).layer(axum::middleware::map_request(
+            move |r: axum::extract::Request| async move {
+                let t = Instant::now();
+                while t.elapsed().as_nanos() < u128::from(ns) {
+                    std::hint::spin_loop();
+                }
+                r
+            },
+        ));
+        axum::serve(l, app).await.unwrap();
     });
     ExitCode::SUCCESS
 }
