@@ -348,7 +348,8 @@ fn print(name: &str, r: &WrkRun) {
 ///
 /// `BENCH_LOADS` (a comma-separated subset of `keep-alive,close,h2c,tls`) picks the loads;
 /// `BENCH_AGAINST` (the path of another build of this bench) adds, for each load, that build's
-/// baton with the defaults, and the median ratio of this build's to it: an A/B of a change.
+/// baton with the defaults, and the median of the per-round ratios of its CPU per request to
+/// this build's: an A/B of a change.
 pub(crate) fn table(rounds: usize, secs: u64) {
     type Config = (&'static str, &'static str, Vec<&'static str>, Load);
     let http = Load::Wrk { close: false, https: false };
@@ -378,7 +379,12 @@ pub(crate) fn table(rounds: usize, secs: u64) {
             https,
         ));
     }
+    const LOADS: [&str; 4] = ["keep-alive", "close", "h2c", "tls"];
     let picked = std::env::var("BENCH_LOADS").ok();
+    if let Some(p) = &picked {
+        let unknown: Vec<&str> = p.split(',').map(str::trim).filter(|w| !LOADS.contains(w)).collect();
+        assert!(unknown.is_empty(), "BENCH_LOADS: unknown {unknown:?} (the loads are {LOADS:?})");
+    }
     let wanted = |load: &Load| {
         let name = match load {
             Load::Wrk { close: false, https: false } => "keep-alive",
