@@ -232,6 +232,15 @@ impl Server {
                           unset BENCH_CAP BENCH_ACCT; exec \"$@\"";
             argv.extend(["sh".into(), "-c".into(), script.into(), "sh".into()]);
         }
+        // Stopped (TERM) when the bench dies, however it dies (killed, or a closed pipe): a
+        // server left behind would hold its port and memory. Every server is started by the
+        // main thread, whose exit is the process's.
+        static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *SETPRIV.get_or_init(|| {
+            Command::new("setpriv").args(["--pdeathsig", "TERM", "true"]).output().is_ok_and(|o| o.status.success())
+        }) {
+            argv.extend(["setpriv".into(), "--pdeathsig".into(), "TERM".into()]);
+        }
         if PINNED.load(Ordering::Relaxed) {
             argv.extend(["taskset".into(), "-c".into(), "0".into()]);
         }
