@@ -380,21 +380,21 @@ pub(crate) fn table(rounds: usize, secs: u64) {
         ));
     }
     const LOADS: [&str; 4] = ["keep-alive", "close", "h2c", "tls"];
-    let picked = std::env::var("BENCH_LOADS").ok();
-    if let Some(p) = &picked {
-        let unknown: Vec<&str> = p.split(',').map(str::trim).filter(|w| !LOADS.contains(w)).collect();
+    let picked: Option<Vec<String>> =
+        std::env::var("BENCH_LOADS").ok().map(|p| p.split(',').map(|w| w.trim().to_owned()).collect());
+    if let Some(picked) = &picked {
+        let unknown: Vec<&String> = picked.iter().filter(|w| !LOADS.contains(&w.as_str())).collect();
         assert!(unknown.is_empty(), "BENCH_LOADS: unknown {unknown:?} (the loads are {LOADS:?})");
+        configs.retain(|c| {
+            let name = match c.3 {
+                Load::Wrk { close: false, https: false } => "keep-alive",
+                Load::Wrk { close: true, .. } => "close",
+                Load::Wrk { https: true, .. } => "tls",
+                Load::H2c => "h2c",
+            };
+            picked.iter().any(|w| w == name)
+        });
     }
-    let wanted = |load: &Load| {
-        let name = match load {
-            Load::Wrk { close: false, https: false } => "keep-alive",
-            Load::Wrk { close: true, .. } => "close",
-            Load::Wrk { https: true, .. } => "tls",
-            Load::H2c => "h2c",
-        };
-        picked.as_deref().is_none_or(|p| p.split(',').any(|w| w.trim() == name))
-    };
-    configs.retain(|c| wanted(&c.3));
     // The other build's rows: the defaults row of each load again, marked by its role.
     let against = std::env::var_os("BENCH_AGAINST").map(PathBuf::from);
     if let Some(path) = &against {
