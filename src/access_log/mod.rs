@@ -36,6 +36,8 @@ pub(crate) struct Record {
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
     rid: Option<HeaderValue>,
+    /// The request id is one baton made (hex digits and a dash): written without the escape scan.
+    rid_made: bool,
     /// When the request began, on the worker's request clock (`Shared::elapsed`).
     start: Duration,
     pub(crate) status: StatusCode,
@@ -97,6 +99,7 @@ impl Record {
         user_agent: Option<HeaderValue>,
         referer: Option<HeaderValue>,
         rid: Option<HeaderValue>,
+        rid_made: bool,
         start: Duration,
     ) -> Record {
         Record {
@@ -107,6 +110,7 @@ impl Record {
             user_agent,
             referer,
             rid,
+            rid_made,
             start,
             status: StatusCode::OK,
             bytes: 0,
@@ -162,7 +166,10 @@ impl Record {
         out.extend_from_slice(b"\" ");
         push_fixed::<6>(out, took.as_micros() as u64);
         out.push(b' ');
-        push_or_dash(out, self.rid.as_ref(), b' ');
+        match &self.rid {
+            Some(id) if self.rid_made => out.extend_from_slice(id.as_bytes()),
+            id => push_or_dash(out, id.as_ref(), b' '),
+        }
         out.push(b'\n');
     }
 
@@ -188,7 +195,11 @@ impl Record {
                 out.extend_from_slice(b",\"");
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice(b"\":\"");
-                escape_into(out, v.as_bytes(), b'"', true);
+                if key == "request_id" && self.rid_made {
+                    out.extend_from_slice(v.as_bytes());
+                } else {
+                    escape_into(out, v.as_bytes(), b'"', true);
+                }
                 out.push(b'"');
             }
         }
@@ -292,25 +303,45 @@ const PLAIN: [bool; 256] = {
 };
 
 /// How many leading bytes of `bytes` need no escaping: eight at a time while none of the eight
-/// does (a user agent or a referer is mostly such bytes), then byte by byte. Each test is
-/// exact as to whether some lane matches: a borrow or carry between lanes only ever starts
-/// at a lane that matches itself.
+/// does (a user agent or a referer is mostly such bytes), the last few as one more eight that
+/// overlaps the ones before (or, shorter than eight, padded with a plain byte), then byte by
+/// byte from the first eight that has one. Each test is exact as to whether some lane matches:
+/// a borrow or carry between lanes only ever starts at a lane that matches itself.
 fn plain_prefix(bytes: &[u8], quote: u8) -> usize {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let mut i = 0;
     for chunk in bytes.chunks_exact(8) {
-        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let above_tilde = (x.wrapping_add(ONES) | x) & HIGH;
-        let special = has_zero(x ^ (ONES * u64::from(b'\\'))) | has_zero(x ^ (ONES * u64::from(quote)));
-        if below_space | above_tilde | special != 0 {
-            break;
+        if !plain8(u64::from_le_bytes(chunk.try_into().expect("eight bytes")), quote) {
+            return i + plain_bytes(&bytes[i..], quote);
         }
         i += 8;
     }
-    i + bytes[i..].iter().position(|&b| !PLAIN[usize::from(b)] || b == quote).unwrap_or(bytes.len() - i)
+    if i == bytes.len() {
+        return i;
+    }
+    let tail = if bytes.len() >= 8 {
+        u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("eight bytes"))
+    } else {
+        let mut padded = [b'a'; 8];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(padded)
+    };
+    if plain8(tail, quote) { bytes.len() } else { i + plain_bytes(&bytes[i..], quote) }
+}
+
+/// Whether none of the eight bytes of `x` needs escaping.
+fn plain8(x: u64, quote: u8) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    let above_tilde = (x.wrapping_add(ONES) | x) & HIGH;
+    let special = has_zero(x ^ (ONES * u64::from(b'\\'))) | has_zero(x ^ (ONES * u64::from(quote)));
+    below_space | above_tilde | special == 0
+}
+
+/// How many leading bytes of `bytes` need no escaping, one at a time.
+fn plain_bytes(bytes: &[u8], quote: u8) -> usize {
+    bytes.iter().position(|&b| !PLAIN[usize::from(b)] || b == quote).unwrap_or(bytes.len())
 }
 
 /// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
@@ -361,8 +392,15 @@ mod tests {
         let req = Request::builder().uri("/a?b=c").header(USER_AGENT, "say \"hi\"").body(()).unwrap();
         let remote = Remote::new(Some("127.0.0.1:5000".parse().unwrap()));
         let ua = req.headers().get(USER_AGENT).cloned();
-        let mut r =
-            Record::new(Format::Combined, &req, ua, None, Some(HeaderValue::from_static("id-1")), Duration::ZERO);
+        let mut r = Record::new(
+            Format::Combined,
+            &req,
+            ua,
+            None,
+            Some(HeaderValue::from_static("id-1")),
+            false,
+            Duration::ZERO,
+        );
         r.status = StatusCode::NOT_FOUND;
         r.bytes = 12;
         let mut buf = Vec::new();
@@ -385,7 +423,7 @@ mod tests {
         assert!(line.ends_with("\"request_id\":\"id-1\",\"user_agent\":\"say \\\"hi\\\"\"}\n"), "{line}");
         // No referer, user agent or request id: a `-` for each in the combined format, none
         // of them in JSON.
-        let bare = Record::new(Format::Combined, &Request::new(()), None, None, None, Duration::ZERO);
+        let bare = Record::new(Format::Combined, &Request::new(()), None, None, None, false, Duration::ZERO);
         let mut buf = Vec::new();
         bare.combined(&mut buf, &remote, took, wall);
         let line = String::from_utf8(buf.clone()).unwrap();
@@ -394,22 +432,38 @@ mod tests {
         bare.json(&mut buf, &remote, took, wall);
         let line = String::from_utf8(buf).unwrap();
         assert!(line.ends_with("\"bytes\":0,\"duration_ms\":1.500}\n"), "{line}");
+        // An id baton made is written as it is, one from the client escaped.
+        for (id, made, combined, json) in [
+            ("0123abcd-1f", true, " 0123abcd-1f\n", "\"request_id\":\"0123abcd-1f\"}\n"),
+            ("a\\b", false, " a\\\\b\n", "\"request_id\":\"a\\\\b\"}\n"),
+        ] {
+            let rid = Some(HeaderValue::from_static(id));
+            let r = Record::new(Format::Combined, &Request::new(()), None, None, rid, made, Duration::ZERO);
+            let mut buf = Vec::new();
+            r.combined(&mut buf, &remote, took, wall);
+            assert!(buf.ends_with(combined.as_bytes()), "{}", String::from_utf8_lossy(&buf));
+            buf.clear();
+            r.json(&mut buf, &remote, took, wall);
+            assert!(buf.ends_with(json.as_bytes()), "{}", String::from_utf8_lossy(&buf));
+        }
     }
 
     #[test]
     fn plain_prefix_finds_the_first_byte_to_escape() {
         let naive =
             |b: &[u8], quote: u8| b.iter().position(|&c| !PLAIN[usize::from(c)] || c == quote).unwrap_or(b.len());
-        // Every byte value at every position of a plain string long enough for three chunks,
-        // after a plain or a high prefix byte (the carries between lanes).
+        // Every byte value at every position of plain strings of every length up to three
+        // chunks, after a plain or a high first byte (the carries between lanes).
         for quote in [b'"', b' '] {
-            for at in 0..24 {
-                for v in 0..=255u8 {
-                    for lead in [b'a', 0xff, 0x00, 0x7f] {
-                        let mut s = vec![b'a'; 24];
-                        s[0] = lead;
-                        s[at] = v;
-                        assert_eq!(plain_prefix(&s, quote), naive(&s, quote), "{s:?} quote {quote}");
+            for len in 1..=24 {
+                for at in 0..len {
+                    for v in 0..=255u8 {
+                        for lead in [b'a', 0xff, 0x00, 0x7f] {
+                            let mut s = vec![b'a'; len];
+                            s[0] = lead;
+                            s[at] = v;
+                            assert_eq!(plain_prefix(&s, quote), naive(&s, quote), "{s:?} quote {quote}");
+                        }
                     }
                 }
             }

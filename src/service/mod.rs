@@ -156,7 +156,10 @@ where
             limits::bad_host(version, seen.hosts).or_else(|| limits::refuse(seen.content_length, cfg.max_body_bytes));
         let incoming_rid = seen.request_id.cloned();
         let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
-        let rid = cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid));
+        let (rid, rid_made) = match cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid)) {
+            Some((id, made)) => (Some(id), made),
+            None => (None, false),
+        };
         // Inserted per request: cloning a template made per connection saves about 80
         // instructions per request and costs several hundred per connection (callgrind).
         if let Some(peer) = self.conn.peer {
@@ -164,8 +167,9 @@ where
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
         req.extensions_mut().insert(self.conn.info.clone());
-        let record = log_headers
-            .map(|(ua, referer)| Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), start)));
+        let record = log_headers.map(|(ua, referer)| {
+            Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start))
+        });
         let early = early.or_else(|| health::answer(&req, shared));
         // Each arm builds the whole future where it is returned: a stage built first and
         // then put in the future is copied once more (a memcpy of its 456 bytes, callgrind).

@@ -12,11 +12,11 @@ use http::{HeaderName, HeaderValue, Request};
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Keeps a well-formed `incoming` id (visible ASCII, at most 128 bytes; the request's first
-/// `x-request-id`); otherwise makes one.
-pub(crate) fn ensure<B>(req: &mut Request<B>, incoming: Option<HeaderValue>) -> HeaderValue {
+/// `x-request-id`); otherwise makes one (`true`: made, hex digits and a dash).
+pub(crate) fn ensure<B>(req: &mut Request<B>, incoming: Option<HeaderValue>) -> (HeaderValue, bool) {
     if let Some(v) = incoming {
         if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v;
+            return (v, false);
         }
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -42,7 +42,7 @@ pub(crate) fn ensure<B>(req: &mut Request<B>, incoming: Option<HeaderValue>) -> 
     }
     let v = HeaderValue::from_maybe_shared(carve(&buf[..9 + digits])).expect("hex is a valid header value");
     req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
-    v
+    (v, true)
 }
 
 thread_local! {
@@ -77,24 +77,26 @@ mod tests {
     #[test]
     fn request_ids() {
         let mut req = Request::new(());
-        let a = ensure(&mut req, None);
+        let (a, made) = ensure(&mut req, None);
+        assert!(made);
         assert_eq!(req.headers()[&X_REQUEST_ID], a);
         let mut req2 = Request::new(());
-        assert_ne!(ensure(&mut req2, None), a);
+        assert_ne!(ensure(&mut req2, None).0, a);
         let mut given = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
         let incoming = given.headers().get("x-request-id").cloned();
-        assert_eq!(ensure(&mut given, incoming), "abc-123");
+        assert_eq!(ensure(&mut given, incoming), (HeaderValue::from_static("abc-123"), false));
         let mut bad = Request::builder().header("x-request-id", "has space").body(()).unwrap();
         let incoming = bad.headers().get("x-request-id").cloned();
-        let made = ensure(&mut bad, incoming);
-        assert_ne!(made, "has space");
-        assert_eq!(bad.headers()[&X_REQUEST_ID], made, "a bad id is replaced on the request");
+        let (id, made) = ensure(&mut bad, incoming);
+        assert!(made);
+        assert_ne!(id, "has space");
+        assert_eq!(bad.headers()[&X_REQUEST_ID], id, "a bad id is replaced on the request");
         // Ids carved from one block stay intact as the block fills and is replaced.
-        let ids: Vec<HeaderValue> = (0..1000).map(|_| ensure(&mut Request::new(()), None)).collect();
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| ensure(&mut Request::new(()), None).0).collect();
         let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(distinct.len(), 1000);
-        // The shape `{prefix:08x}-{n:x}`.
-        let id = ensure(&mut Request::new(()), None);
+        // The shape `{prefix:08x}-{n:x}`: nothing the access log would escape.
+        let (id, _) = ensure(&mut Request::new(()), None);
         let (prefix, n) = id.to_str().unwrap().split_once('-').unwrap();
         assert_eq!(prefix.len(), 8);
         assert!(u32::from_str_radix(prefix, 16).is_ok() && u64::from_str_radix(n, 16).is_ok(), "{id:?}");
