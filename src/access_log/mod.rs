@@ -348,7 +348,18 @@ fn plain_bytes(bytes: &[u8], quote: u8) -> usize {
 /// control and non-ASCII bytes become `\xHH` (`\u00HH` in JSON). Runs of plain bytes are
 /// copied whole; a byte is looked up in a table, not compared three times.
 fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // A short field (a path such as `/`) byte by byte: cheaper than the scan's two copies
+    // (`memcpy` calls: about 100 instructions for `/`, callgrind).
+    if bytes.len() < 8 {
+        for &b in bytes {
+            if PLAIN[usize::from(b)] && b != quote {
+                out.push(b);
+            } else {
+                escape_byte(out, b, quote, json);
+            }
+        }
+        return;
+    }
     while !bytes.is_empty() {
         let i = plain_prefix(bytes, quote);
         if i == bytes.len() {
@@ -356,16 +367,21 @@ fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
             return;
         }
         out.extend_from_slice(&bytes[..i]);
-        let b = bytes[i];
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            _ if b == quote => out.extend_from_slice(&[b'\\', b]),
-            _ if json => {
-                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-            }
-            _ => out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]),
-        }
+        escape_byte(out, bytes[i], quote, json);
         bytes = &bytes[i + 1..];
+    }
+}
+
+/// One byte that is not written as it is.
+fn escape_byte(out: &mut Vec<u8>, b: u8, quote: u8, json: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        _ if b == quote => out.extend_from_slice(&[b'\\', b]),
+        _ if json => {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        }
+        _ => out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]),
     }
 }
 
@@ -385,6 +401,37 @@ mod tests {
         s.clear();
         escape_into(&mut s, b"plain\x01\x7f/end", b'"', false);
         assert_eq!(s, b"plain\\x01\\x7f/end");
+        // Short fields (byte by byte) and long ones (eight at a time) alike, against the
+        // rules written out one byte at a time: every length up to three chunks, with a byte
+        // of each kind at each place.
+        let reference = |bytes: &[u8], quote: u8, json: bool| {
+            let mut out = Vec::new();
+            for &b in bytes {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    _ if b == quote => out.extend_from_slice(&[b'\\', b]),
+                    0x20..=0x7e => out.push(b),
+                    _ if json => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    _ => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                }
+            }
+            out
+        };
+        for len in 0..=24 {
+            for at in 0..len.max(1) {
+                for special in [b'a', b'"', b' ', b'\\', b'\n', 0x7f, 0xc3] {
+                    for (quote, json) in [(b'"', true), (b'"', false), (b' ', false)] {
+                        let mut field = vec![b'a'; len];
+                        if let Some(c) = field.get_mut(at) {
+                            *c = special;
+                        }
+                        let mut out = Vec::new();
+                        escape_into(&mut out, &field, quote, json);
+                        assert_eq!(out, reference(&field, quote, json), "{field:?} quote {quote} json {json}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
