@@ -190,12 +190,18 @@ impl Record {
         push_u64(out, self.bytes);
         out.extend_from_slice(b",\"duration_ms\":");
         push_fixed::<3>(out, took.as_micros() as u64);
-        for (key, v) in [("request_id", &self.rid), ("user_agent", &self.user_agent), ("referer", &self.referer)] {
+        // (key, value, written as it is).
+        let fields = [
+            ("request_id", &self.rid, self.rid_made),
+            ("user_agent", &self.user_agent, false),
+            ("referer", &self.referer, false),
+        ];
+        for (key, v, plain) in fields {
             if let Some(v) = v {
                 out.extend_from_slice(b",\"");
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice(b"\":\"");
-                if key == "request_id" && self.rid_made {
+                if plain {
                     out.extend_from_slice(v.as_bytes());
                 } else {
                     escape_into(out, v.as_bytes(), b'"', true);
@@ -304,8 +310,9 @@ const PLAIN: [bool; 256] = {
 
 /// How many leading bytes of `bytes` need no escaping: eight at a time while none of the eight
 /// does (a user agent or a referer is mostly such bytes), the last few as one more eight that
-/// overlaps the ones before (or, shorter than eight, padded with a plain byte), then byte by
-/// byte from the first eight that has one. Each test is exact as to whether some lane matches:
+/// overlaps the ones before, then byte by byte from the first eight that has one (and all of
+/// a slice shorter than eight: [`escape_into`] writes short fields without this scan, so that
+/// is only the rest of a field after an escaped byte). Each test is exact as to whether some lane matches:
 /// a borrow or carry between lanes only ever starts at a lane that matches itself.
 fn plain_prefix(bytes: &[u8], quote: u8) -> usize {
     let mut i = 0;
@@ -318,13 +325,10 @@ fn plain_prefix(bytes: &[u8], quote: u8) -> usize {
     if i == bytes.len() {
         return i;
     }
-    let tail = if bytes.len() >= 8 {
-        u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("eight bytes"))
-    } else {
-        let mut padded = [b'a'; 8];
-        padded[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(padded)
-    };
+    if bytes.len() < 8 {
+        return plain_bytes(bytes, quote);
+    }
+    let tail = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("eight bytes"));
     if plain8(tail, quote) { bytes.len() } else { i + plain_bytes(&bytes[i..], quote) }
 }
 
