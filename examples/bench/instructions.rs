@@ -3,7 +3,10 @@
 //! machine does, so differences of a percent show. It counts user space only (the kernel's
 //! TCP work is the same for both servers) and runs baton with `--no-master` (the master takes
 //! no part in serving, and valgrind cannot follow its `execveat`). Each server is measured
-//! twice, idle and under `wrk`; the difference over the requests served is the figure.
+//! twice, idle and under `wrk`; the difference over the requests served is the figure. Beside
+//! it, the locked instructions (atomic read-modify-writes: reference counts, shared counters,
+//! locks; callgrind's `--collect-bus`), which the count weighs as one each though each costs
+//! the time of many (the table's heading says how many here).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +18,15 @@ pub(crate) fn valgrind_available() -> bool {
     Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// Instructions executed by one server run, and the requests `wrk` completed against it.
-fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load) -> (f64, f64) {
+/// What one server run executed: instructions and locked instructions.
+#[derive(Clone, Copy)]
+struct Counts {
+    instructions: f64,
+    locked: f64,
+}
+
+/// What one server run executed, and the requests `wrk` completed against it.
+fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load) -> (Counts, f64) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(format!("baton-bench-cg-{}-{port}", std::process::id()));
@@ -24,6 +34,7 @@ fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load) 
     let out = dir.join("callgrind.out");
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
+        .arg("--collect-bus=yes")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe().unwrap());
     match role {
@@ -79,25 +90,44 @@ fn run(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load) 
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
     let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let instructions = text
+    // `totals: <instructions> <locked>` (the events in `--collect-bus=yes` order).
+    let totals: Vec<f64> = text
         .lines()
         .find_map(|l| l.strip_prefix("totals: ").or_else(|| l.strip_prefix("summary: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
+        .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let at = |i: usize| totals.get(i).copied().unwrap_or(f64::NAN);
     let _ = std::fs::remove_dir_all(&dir);
-    (instructions, requests)
+    (Counts { instructions: at(0), locked: at(1) }, requests)
 }
 
-/// Instructions per request: (busy - idle) / requests, median of `rounds`.
-fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load, rounds: usize) -> f64 {
+/// Instructions and locked instructions per request: (busy - idle) / requests, median of
+/// `rounds` each.
+fn per_request(role: &str, extra: &[&str], env: &[(&str, &str)], secs: u64, load: Load, rounds: usize) -> Counts {
     let idle = run(role, extra, env, 0, load).0;
-    let v: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let (busy, requests) = run(role, extra, env, secs, load);
-            (busy - idle) / requests.max(1.0)
-        })
-        .collect();
-    median(v)
+    let runs: Vec<(Counts, f64)> = (0..rounds).map(|_| run(role, extra, env, secs, load)).collect();
+    let per = |f: fn(&Counts) -> f64| median(runs.iter().map(|(busy, n)| (f(busy) - f(&idle)) / n.max(1.0)).collect());
+    Counts { instructions: per(|c| c.instructions), locked: per(|c| c.locked) }
+}
+
+/// Nanoseconds per uncontended atomic add and per plain add, each in a loop on one thread.
+fn locked_add_ns() -> (f64, f64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const N: u32 = 50_000_000;
+    let counter = AtomicU64::new(0);
+    let t = Instant::now();
+    for _ in 0..N {
+        counter.fetch_add(1, Ordering::Relaxed);
+        std::hint::black_box(&counter);
+    }
+    let locked = t.elapsed().as_nanos() as f64 / f64::from(N);
+    let plain = std::cell::Cell::new(0u64);
+    let t = Instant::now();
+    for _ in 0..N {
+        plain.set(plain.get() + 1);
+        std::hint::black_box(&plain);
+    }
+    (locked, t.elapsed().as_nanos() as f64 / f64::from(N))
 }
 
 pub(crate) fn table(secs: u64, rounds: usize) {
@@ -141,19 +171,29 @@ pub(crate) fn table(secs: u64, rounds: usize) {
     println!(
         "instructions (callgrind, user space; wrk -t1 -c16 or h2load -c16 -m10, {secs} s under valgrind, median of {rounds}):"
     );
-    let mut base = Vec::new();
+    let (locked_ns, plain_ns) = locked_add_ns();
+    println!(
+        "  and locked instructions: an uncontended atomic add takes {locked_ns:.1} ns here, a plain add {plain_ns:.2} ns"
+    );
+    let mut base: Vec<(Load, Counts)> = Vec::new();
     for (name, role, extra, env, load) in configs {
         let n = per_request(role, &extra, env, secs, load, rounds);
         if role == "axum" || role == "axum-tls" {
             base.push((load, n));
         }
-        let b = base.iter().find(|(l, _)| *l == load).map_or(f64::NAN, |(_, b)| *b);
-        println!("  {name:<46} {n:>9.0} instructions/request  ({:.3}x axum)", n / b);
+        let b = base.iter().find(|(l, _)| *l == load).map_or(f64::NAN, |(_, b)| b.instructions);
+        println!(
+            "  {name:<46} {:>9.0} instructions/request  ({:.3}x axum)  {:>6.1} locked",
+            n.instructions,
+            n.instructions / b,
+            n.locked
+        );
     }
 }
 
-/// Each default's cost alone, in instructions per request: every default off, then one
-/// switched on at a time (one run each: the count varies by about a percent between runs).
+/// Each default's cost alone, in instructions and locked instructions per request: every
+/// default off, then one switched on at a time (one run each: the count varies by about a
+/// percent between runs).
 pub(crate) fn breakdown(secs: u64) {
     let cases = crate::serve::ablation_cases();
     let mut loads = vec![("HTTP/1.1 keep-alive", Load::Wrk { close: false, https: false })];
@@ -162,14 +202,22 @@ pub(crate) fn breakdown(secs: u64) {
     }
     for (proto, load) in loads {
         let axum = per_request("axum", &[], &[], secs, load, 1);
-        println!(" breakdown, {proto} (instructions/request, one run each; plain axum::serve {axum:.0}):");
-        let mut off = f64::NAN;
+        println!(
+            " breakdown, {proto} (per request, one run each; plain axum::serve {:.0} instructions, {:.1} locked):",
+            axum.instructions, axum.locked
+        );
+        let mut off: Option<Counts> = None;
         for (name, args, env) in &cases {
             let n = per_request("baton-ablation", args, env, secs, load, 1);
-            if off.is_nan() {
-                off = n;
-            }
-            println!("  {name:<46} {n:>9.0}  ({:+.0} vs every default off; {:.3}x axum)", n - off, n / axum);
+            let o = *off.get_or_insert(n);
+            println!(
+                "  {name:<46} {:>9.0}  ({:+.0} vs every default off; {:.3}x axum)  {:>6.1} locked ({:+.1})",
+                n.instructions,
+                n.instructions - o.instructions,
+                n.instructions / axum.instructions,
+                n.locked,
+                n.locked - o.locked
+            );
         }
     }
 }
