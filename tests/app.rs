@@ -271,6 +271,13 @@ fn where_a_request_came_in_on_tcp_and_unix_listeners() {
     assert!(out.status.success(), "{}", text(&out));
     let tcp = get(app.addr(), "/conn").unwrap().body;
     assert!(tcp.starts_with("peer=127.0.0.1:") && tcp.ends_with(&format!(" local={listen}")), "{tcp}");
+    // The same over HTTP/2, with `ConnectInfo` (the two extensions are inserted when the
+    // stream's task begins the request, not in hyper's call as over HTTP/1.1).
+    let on = |path: &str| http::Request::get(path).body(String::new()).unwrap();
+    let h2 = support::h2(app.addr(), vec![on("/conn"), on("/whoami")]);
+    let (conn, who) = (&h2[0].body, &h2[1].body);
+    assert!(conn.starts_with("peer=127.0.0.1:") && conn.ends_with(&format!(" local={listen}")), "{conn}");
+    assert!(conn.starts_with(&format!("peer={who} ")), "ConnectInfo and Connection agree: {conn}, {who}");
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.write_all(b"GET /conn HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
     let mut buf = Vec::new();

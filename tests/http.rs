@@ -269,6 +269,52 @@ fn http2_request_ids_are_named_from_the_table_and_never_indexed() {
     assert!(ids.iter().all(|id| id.len() > 8 && id.bytes().all(|b| b.is_ascii_graphic())), "{ids:?}");
 }
 
+/// HTTP/2 requests get every default HTTP/1.1 ones get (baton begins an HTTP/2 request when
+/// its stream's task first polls it, not in hyper's call): sent at once on one connection,
+/// each is answered as over HTTP/1.1, with an id of its own, and logged with that id; the
+/// panic and timeout lines name the request.
+#[test]
+fn http2_requests_get_the_defaults() {
+    let args = [
+        "--delay",
+        "3s",
+        "--debug-routes",
+        "--request-timeout",
+        "1s",
+        "--max-body-bytes",
+        "1000",
+        "--health-path",
+        "/healthz",
+    ];
+    let h = Hello::start(&hello_bin(), &args);
+    let get = |path: &str| http::Request::get(path).body(String::new()).unwrap();
+    let mut reqs: Vec<_> = (0..20).map(|_| get("/pid")).collect();
+    reqs.push(get("/panic?q=1"));
+    // `GET /` waits 3 s: past the request timeout.
+    reqs.push(get("/"));
+    reqs.push(http::Request::post("/echo").header("content-length", "2000").body("x".repeat(2000)).unwrap());
+    reqs.push(http::Request::post("/echo").body("hello".to_owned()).unwrap());
+    reqs.push(get("/healthz"));
+    reqs.push(http::Request::get("/pid").header("x-request-id", "abc-42").body(String::new()).unwrap());
+    let r = support::h2(h.addr(), reqs);
+    let worker = h.worker_pid().to_string();
+    for r in &r[..20] {
+        assert_eq!((r.status, r.body.as_str()), (200, worker.as_str()));
+    }
+    let statuses: Vec<u16> = r[20..].iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [500, 503, 413, 200, 200, 200]);
+    assert_eq!((r[23].body.as_str(), r[24].body.as_str()), ("5", "ok\n"));
+    let ids: Vec<&str> = r.iter().map(|r| r.header("x-request-id").expect("a request id")).collect();
+    assert_eq!(ids[25], "abc-42", "a sane id is kept");
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), ids.len(), "{ids:?}");
+    // Every request logged (in batches, at most 100 ms late), with the id its answer carried.
+    let logged = |id: &str| h.log_text().lines().any(|l| l.contains(" HTTP/2.0\" ") && l.ends_with(&format!(" {id}")));
+    wait_until(Duration::from_secs(5), "the access log lines", || ids.iter().all(|id| logged(id)));
+    let log = h.log_text();
+    assert!(log.contains("handler panicked on GET /panic: the /panic route panics"), "{log}");
+    assert!(log.contains("request timeout on GET /"), "{log}");
+}
+
 fn write_frame(s: &mut TcpStream, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];

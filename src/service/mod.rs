@@ -1,4 +1,5 @@
-//! The production defaults in front of the app, composed in one place ([`ConnService::call`]),
+//! The production defaults in front of the app, composed in one place ([`begin`], which
+//! [`ConnService::call`] runs at once for HTTP/1 and on the stream's first poll for HTTP/2),
 //! one module each: request id, health route, body limit (413), `Connection: close` while
 //! draining, and the access log; panic -> 500, the request timeout (503) and the request span
 //! share one future around the app's (`handle.rs`). Per request, baton allocates the request's
@@ -137,71 +138,130 @@ where
 {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
-    type Future = ConnFuture;
+    type Future = CallFuture<B>;
 
-    fn call(&self, mut req: Request<B>) -> ConnFuture {
-        let shared = &*self.conn.shared;
+    fn call(&self, req: Request<B>) -> CallFuture<B> {
         let now = Instant::now();
-        let start = now.saturating_duration_since(shared.epoch);
-        let cfg = &shared.cfg;
-        let version = req.version();
-        self.conn.saw(version);
+        let start = now.saturating_duration_since(self.conn.shared.epoch);
+        self.conn.saw(req.version());
         self.conn.head_done();
+        // Counted in flight from here: a connection is not closed as idle while a request
+        // it has read waits for its first poll.
         let guard = InFlight::new(&self.conn, start);
-        let logged = cfg.access_log != access_log::Format::Off && !self.conn.internal;
-        // What the defaults need of the headers, in one pass, copied out (reference counts)
-        // before the request changes.
-        let seen = headers::Seen::of(req.headers());
-        let early =
-            limits::bad_host(version, seen.hosts).or_else(|| limits::refuse(seen.content_length, cfg.max_body_bytes));
-        let incoming_rid = seen.request_id.cloned();
-        let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
-        let (rid, rid_made) = match cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid)) {
-            Some((id, made)) => (Some(id), made),
-            None => (None, false),
-        };
-        // Inserted per request: cloning a template made per connection saves about 80
-        // instructions per request and costs several hundred per connection (callgrind).
-        if let Some(peer) = self.conn.peer {
-            // What `axum::serve(..).into_make_service_with_connect_info()` provides.
-            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        // HTTP/2: hyper calls the service for each new stream of a read in a row, in the
+        // connection's task, and each stream's task frees what the call allocated (the
+        // extensions, the log's record, the router's path parameters). A burst of streams
+        // overflows glibc's per-thread cache of freed chunks (7 of a size), and past it
+        // allocating and freeing take the arena's lock. So the rest is done when the stream's
+        // task first polls, as `axum::serve` does (its `Oneshot`).
+        if req.version() == http::Version::HTTP_2 {
+            return CallFuture::Later { call: Some((self.app.clone(), req, now, guard)) };
         }
-        req.extensions_mut().insert(self.conn.info.clone());
-        let record = log_headers.map(|(ua, referer)| {
-            Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start))
-        });
-        let early = early.or_else(|| health::answer(&req, shared));
-        // Each arm builds the whole future where it is returned: a stage built first and
-        // then put in the future is copied once more (a memcpy of its 456 bytes, callgrind).
-        match early {
-            Some(r) => {
-                ConnFuture { stage: Stage::Early { resp: Some(r) }, done: Some(Done { version, rid, record, guard }) }
-            }
-            None => {
-                let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, now);
-                // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
-                // has begun, which the access log (written at the end) cannot.
-                tracing::debug!("request started: {} {}", req.method(), req.uri().path());
-                // The request line for the error lines, unless the log's record has it
-                // (cheap clones: an enum, reference-counted bytes; held inline, as a box would
-                // cost more than the copies of its 64 bytes: callgrind, 150 instructions).
-                let line = record.is_none().then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
-                // The app's own events carry the request id when this span is enabled
-                // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
-                let span = match &rid {
-                    Some(id) => tracing::debug_span!("request", id = ?id),
-                    None => tracing::debug_span!("request"),
-                };
-                let deadline = cfg.request_timeout.map(|t| now + t);
-                let handle = handle::Handle::new(self.app.call(req), cfg.catch_panic, span, deadline);
-                ConnFuture { stage: Stage::App { handle, line }, done: Some(Done { version, rid, record, guard }) }
-            }
+        CallFuture::Now { fut: begin(&self.app, req, now, guard) }
+    }
+}
+
+/// The request's work up to the app's future (`guard` counts it in flight since `now`). Not
+/// inlined: [`CallFuture`] calls it too, and one copy keeps the calls inside it inlined.
+#[inline(never)]
+fn begin<B>(app: &AppService, mut req: Request<B>, now: Instant, guard: InFlight) -> ConnFuture
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let conn = guard.conn();
+    let shared = &*conn.shared;
+    let start = guard.start;
+    let cfg = &shared.cfg;
+    let version = req.version();
+    let logged = cfg.access_log != access_log::Format::Off && !conn.internal;
+    // What the defaults need of the headers, in one pass, copied out (reference counts)
+    // before the request changes.
+    let seen = headers::Seen::of(req.headers());
+    let early =
+        limits::bad_host(version, seen.hosts).or_else(|| limits::refuse(seen.content_length, cfg.max_body_bytes));
+    let incoming_rid = seen.request_id.cloned();
+    let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
+    let (rid, rid_made) = match cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid)) {
+        Some((id, made)) => (Some(id), made),
+        None => (None, false),
+    };
+    // Inserted per request: cloning a template made per connection saves about 80
+    // instructions per request and costs several hundred per connection (callgrind).
+    if let Some(peer) = conn.peer {
+        // What `axum::serve(..).into_make_service_with_connect_info()` provides.
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    }
+    req.extensions_mut().insert(conn.info.clone());
+    let record = log_headers
+        .map(|(ua, referer)| Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start)));
+    let early = early.or_else(|| health::answer(&req, shared));
+    // Each arm builds the whole future where it is returned: a stage built first and
+    // then put in the future is copied once more (a memcpy of its 456 bytes, callgrind).
+    match early {
+        Some(r) => {
+            ConnFuture { stage: Stage::Early { resp: Some(r) }, done: Some(Done { version, rid, record, guard }) }
+        }
+        None => {
+            let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, now);
+            // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
+            // has begun, which the access log (written at the end) cannot.
+            tracing::debug!("request started: {} {}", req.method(), req.uri().path());
+            // The request line for the error lines, unless the log's record has it
+            // (cheap clones: an enum, reference-counted bytes; held inline, as a box would
+            // cost more than the copies of its 64 bytes: callgrind, 150 instructions).
+            let line = record.is_none().then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
+            // The app's own events carry the request id when this span is enabled
+            // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
+            let span = match &rid {
+                Some(id) => tracing::debug_span!("request", id = ?id),
+                None => tracing::debug_span!("request"),
+            };
+            let deadline = cfg.request_timeout.map(|t| now + t);
+            let handle = handle::Handle::new(app.call(req), cfg.catch_panic, span, deadline);
+            ConnFuture { stage: Stage::App { handle, line }, done: Some(Done { version, rid, record, guard }) }
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`ConnService`]'s future: a named type (a boxed `async` block would cost an allocation
+    /// [`ConnService`]'s future: the request begun (HTTP/1), or to begin on the first poll
+    /// (HTTP/2; see [`ConnService::call`]).
+    #[project = CallProj]
+    pub(crate) enum CallFuture<B> {
+        Now { #[pin] fut: ConnFuture },
+        Later { call: Option<(AppService, Request<B>, Instant, InFlight)> },
+    }
+}
+
+impl<B> std::fmt::Debug for CallFuture<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for CallFuture<B>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let CallProj::Later { call } = self.as_mut().project() {
+            let (app, req, now, guard) = call.take().expect("polled after completion");
+            let fut = begin(&app, req, now, guard);
+            self.set(CallFuture::Now { fut });
+        }
+        match self.project() {
+            CallProj::Now { fut } => fut.poll(cx),
+            CallProj::Later { .. } => unreachable!("begun above"),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request's future once begun: a named type (a boxed `async` block would cost an allocation
     /// and a copy of the request more).
     pub(crate) struct ConnFuture {
         #[pin]

@@ -373,6 +373,44 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
     request(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
+/// `reqs` sent all at once, each on its own stream of one HTTP/2 (cleartext) connection; the
+/// answers in the order of `reqs`. A request's URI is its path (the authority is `addr`).
+pub fn h2(addr: SocketAddr, reqs: Vec<http::Request<String>>) -> Vec<Resp> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let answers: Vec<_> = reqs
+            .into_iter()
+            .map(|req| {
+                let mut send = send.clone();
+                let (mut parts, body) = req.into_parts();
+                parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+                let req = http::Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
+                tokio::spawn(async move {
+                    let resp =
+                        tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await.unwrap().unwrap();
+                    let status = resp.status().as_u16();
+                    let headers = resp
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                        .collect();
+                    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+                    Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for a in answers {
+            out.push(a.await.unwrap());
+        }
+        out
+    })
+}
+
 pub fn parse(buf: &[u8]) -> std::io::Result<Resp> {
     let text = String::from_utf8_lossy(buf);
     let (head, body) =
