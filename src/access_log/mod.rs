@@ -312,8 +312,9 @@ const PLAIN: [bool; 256] = {
 /// does (a user agent or a referer is mostly such bytes), the last few as one more eight that
 /// overlaps the ones before, then byte by byte from the first eight that has one (and all of
 /// a slice shorter than eight: [`escape_into`] writes short fields without this scan, so that
-/// is only the rest of a field after an escaped byte). Each test is exact as to whether some lane matches:
-/// a borrow or carry between lanes only ever starts at a lane that matches itself.
+/// is only the rest of a field after an escaped byte). Each test is exact as to whether some
+/// lane matches: a borrow or carry between lanes only ever starts at a lane that matches
+/// itself.
 fn plain_prefix(bytes: &[u8], quote: u8) -> usize {
     let mut i = 0;
     for chunk in bytes.chunks_exact(8) {
@@ -345,7 +346,13 @@ fn plain8(x: u64, quote: u8) -> bool {
 
 /// How many leading bytes of `bytes` need no escaping, one at a time.
 fn plain_bytes(bytes: &[u8], quote: u8) -> usize {
-    bytes.iter().position(|&b| !PLAIN[usize::from(b)] || b == quote).unwrap_or(bytes.len())
+    bytes.iter().position(|&b| !is_plain(b, quote)).unwrap_or(bytes.len())
+}
+
+/// Whether `b` is written as it is (looked up in a table, not compared three times).
+#[inline]
+fn is_plain(b: u8, quote: u8) -> bool {
+    PLAIN[usize::from(b)] && b != quote
 }
 
 /// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
@@ -356,7 +363,7 @@ fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
     // (`memcpy` calls: about 100 instructions for `/`, callgrind).
     if bytes.len() < 8 {
         for &b in bytes {
-            if PLAIN[usize::from(b)] && b != quote {
+            if is_plain(b, quote) {
                 out.push(b);
             } else {
                 escape_byte(out, b, quote, json);

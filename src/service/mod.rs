@@ -261,8 +261,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The request's future once begun: a named type (a boxed `async` block would cost an allocation
-    /// and a copy of the request more).
+    /// The request's future once begun: a named type (a boxed `async` block would cost an
+    /// allocation and a copy of the request more).
     pub(crate) struct ConnFuture {
         #[pin]
         stage: Stage,
