@@ -248,22 +248,9 @@ fn http2_request_ids_are_named_from_the_table_and_never_indexed() {
     }
 
     // The ids as a client sees them on one connection.
-    let addr = h.addr();
-    let ids = rt().block_on(async move {
-        use http_body_util::Empty;
-        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(conn);
-        let mut ids = Vec::new();
-        for _ in 0..4 {
-            let req = http::Request::get(format!("http://{addr}/")).body(Empty::<bytes::Bytes>::new()).unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_owned());
-        }
-        ids
-    });
+    let on_one = support::h2(h.addr(), (0..4).map(|_| http::Request::get("/").body(String::new()).unwrap()).collect());
+    assert!(on_one.iter().all(|r| r.status == 200), "{:?}", on_one.iter().map(|r| r.status).collect::<Vec<_>>());
+    let ids: Vec<&str> = on_one.iter().map(|r| r.header("x-request-id").expect("a request id")).collect();
     let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), 4, "{ids:?}");
     assert!(ids.iter().all(|id| id.len() > 8 && id.bytes().all(|b| b.is_ascii_graphic())), "{ids:?}");
