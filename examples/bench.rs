@@ -144,7 +144,7 @@ fn serve_axum(connect_info: bool) -> ExitCode {
 /// Plain axum with `BENCH_SPIN_NS` of busy user-space work added to every request (a
 /// `map_request` layer): how much kernel time a slower server pays per request (run by hand,
 /// `BENCH_ROLE=axum-spin BENCH_SPIN_NS=600 BENCH_ADDR=127.0.0.1:PORT`, under `perf record`;
-/// see the README's bench section).
+/// see `docs/benchmarks.md`).
 fn serve_axum_spin() -> ExitCode {
     let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
     let ns: u64 = std::env::var("BENCH_SPIN_NS").unwrap().parse().unwrap();
