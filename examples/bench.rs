@@ -4,6 +4,9 @@
 //! - serve: the hello router (`--delay 0`) through baton (master + worker, the real binary
 //!   path) and through plain `axum::serve`, the same keep-alive load on both, alternating
 //!   rounds; requests/s, p50/p99 and the ratio.
+//! - instructions (`bench/instructions.rs`): user-space instructions per request, by callgrind.
+//! - syscalls (`bench/syscalls.rs`): system calls and context switches per request, by `perf
+//!   stat`.
 //! - reload: the same load quiet, then with a reload every 0.5 s (requests, failures,
 //!   throughput, p50/p99/max side by side); reload latency (signal until the new worker
 //!   answers); master RSS and worker RSS under load; recovery times: a worker crash until the
@@ -21,6 +24,8 @@ mod load;
 mod instructions;
 #[path = "bench/serve.rs"]
 mod serve;
+#[path = "bench/syscalls.rs"]
+mod syscalls;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
         Ok("baton-ablation") => return serve_ablation(),
         Ok("axum") => return serve_axum(false),
         Ok("axum-connect-info") => return serve_axum(true),
+        Ok("axum-spawned") => return serve_axum_spawned(),
         Ok("axum-spin") => return serve_axum_spin(),
         #[cfg(all(target_os = "linux", feature = "tls"))]
         Ok("axum-tls") => return serve::serve_axum_tls(),
@@ -95,6 +101,9 @@ fn main() -> ExitCode {
         instructions::table(5, 3);
         instructions::breakdown(5);
     }
+    if what == "syscalls" && serve::wrk_available() {
+        syscalls::table(2, 5);
+    }
     if what == "metrics" && serve::wrk_available() {
         serve::metrics_cost(6, 5);
     }
@@ -122,6 +131,19 @@ fn serve_ablation() -> ExitCode {
         .catch_panic(on("BENCH_CATCH_PANIC"))
         .metrics(on("BENCH_METRICS"))
         .serve(|_: baton::NoArgs| async { hello::app(Duration::ZERO, false) })
+}
+
+/// Plain axum with `axum::serve` spawned as a task (its accept loop on a runtime worker, as
+/// baton's is) instead of run by `block_on` on the main thread (`#[tokio::main]`'s way).
+fn serve_axum_spawned() -> ExitCode {
+    let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let app = hello::app(Duration::ZERO, false);
+        tokio::spawn(async move { axum::serve(l, app).await }).await.unwrap().unwrap();
+    });
+    ExitCode::SUCCESS
 }
 
 /// Plain axum, the baseline: the same router, `axum::serve`, a multi-threaded runtime;

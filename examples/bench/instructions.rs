@@ -149,6 +149,7 @@ pub(crate) fn table(secs: u64, rounds: usize) {
         ),
         ("plain axum::serve (Connection: close)", "axum", vec![], &[], close),
         ("baton, defaults (Connection: close)", "baton-ablation", vec!["-l", "access.log"], ALL, close),
+        ("  axum::serve, accept loop spawned (close)", "axum-spawned", vec![], &[], close),
     ];
     if crate::serve::h2load_available() {
         configs.push(("plain axum::serve (h2c)", "axum", vec![], &[], Load::H2c));

@@ -166,6 +166,8 @@ pub(crate) enum Load {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WrkRun {
     pub(crate) rps: f64,
+    /// Requests completed (for `h2load`, succeeded).
+    pub(crate) requests: f64,
     pub(crate) cpu_us: f64,
     pub(crate) p99_us: f64,
     /// `wrk`'s CPU time over the run's wall time: below 1.0 means it waited for the server.
@@ -201,6 +203,13 @@ fn client(tool: &str) -> Command {
 
 /// Loads `server` for `secs` as `load` says.
 pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
+    run_under(server, secs, load, &[]).0
+}
+
+/// [`run`] with the load client started by `wrap` (a command line that runs the one after it,
+/// such as `perf stat ... --`; none when empty); also what the client's wrapper wrote to
+/// standard error.
+pub(crate) fn run_under(server: &Server, secs: u64, load: Load, wrap: &[String]) -> (WrkRun, String) {
     let mut cmd = client(if load == Load::H2c { "h2load" } else { "wrk" });
     match load {
         Load::Wrk { close, https } => {
@@ -214,12 +223,18 @@ pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
             cmd.args(["-t1", "-c16", "-m10", &format!("-D{secs}"), &format!("http://{}/", server.addr)]);
         }
     }
+    if let Some((program, args)) = wrap.split_first() {
+        let mut wrapped = Command::new(program);
+        wrapped.args(args).arg(cmd.get_program()).args(cmd.get_args());
+        cmd = wrapped;
+    }
     let (c0, k0, t0) = (server.cpu_secs(), children_cpu(), std::time::Instant::now());
-    let out = cmd.output().expect("run wrk");
+    let out = cmd.output().expect("run the load client");
     let (c1, k1, wall) = (server.cpu_secs(), children_cpu(), t0.elapsed().as_secs_f64());
     let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if load == Load::H2c {
-        return h2load_result(&text, (c1 - c0) * 1e6, (k1 - k0) / wall);
+        return (h2load_result(&text, (c1 - c0) * 1e6, (k1 - k0) / wall), stderr);
     }
     let num = |prefix: &str| -> Option<f64> {
         text.lines().find_map(|l| l.trim().strip_prefix(prefix)).and_then(|r| r.split_whitespace().next()?.parse().ok())
@@ -249,13 +264,15 @@ pub(crate) fn run(server: &Server, secs: u64, load: Load) -> WrkRun {
             .find_map(|l| l.trim().strip_prefix("Socket errors:"))
             .map(|v| v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum())
             .unwrap_or(0);
-    WrkRun {
+    let run = WrkRun {
         rps: num("Requests/sec:").unwrap_or(0.0),
+        requests,
         cpu_us: (c1 - c0) * 1e6 / requests.max(1.0),
         p99_us: p99.unwrap_or(f64::NAN),
         client_load: (k1 - k0) / wall,
         errors,
-    }
+    };
+    (run, stderr)
 }
 
 /// `h2load`'s summary: `finished in 5.00s, 81234.00 req/s, ...`, `requests: N total, N
@@ -275,7 +292,14 @@ fn h2load_result(text: &str, cpu_us: f64, client_load: f64) -> WrkRun {
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
-    WrkRun { rps, cpu_us: cpu_us / succeeded.max(1.0), p99_us: f64::NAN, client_load, errors: failed as u64 }
+    WrkRun {
+        rps,
+        requests: succeeded,
+        cpu_us: cpu_us / succeeded.max(1.0),
+        p99_us: f64::NAN,
+        client_load,
+        errors: failed as u64,
+    }
 }
 
 /// The certificate and key the TLS tests use (for `localhost`).
@@ -360,6 +384,11 @@ pub(crate) fn table(rounds: usize, secs: u64) {
         ("baton --access-log off", "baton", vec!["--access-log", "off"], http),
         ("plain axum::serve (Connection: close)", "axum", vec![], close),
         ("baton, defaults (Connection: close)", "baton", vec!["-l", "access.log"], close),
+        // `#[tokio::main]` runs the accept loop on the main thread, outside the runtime's
+        // workers: each connection's task is handed across threads (a futex wake and a
+        // context switch per connection, by `bench -- syscalls`). baton's accept loop is a
+        // task on a worker, like this one's.
+        ("  axum::serve, accept loop spawned (close)", "axum-spawned", vec![], close),
     ];
     if h2load_available() {
         configs.push(("plain axum::serve (h2c, h2load -c16 -m10)", "axum", vec![], Load::H2c));
