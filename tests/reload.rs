@@ -140,19 +140,34 @@ fn failed_reloads_roll_back() {
     install(&hello_bin(), &app);
     let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--ready-timeout", "1s"]);
     let good = h.worker_pid();
-    let cases: [(&str, Option<&str>, &str); 3] = [
-        ("exits 1", Some("echo 'cannot start: broken config' >&2; exit 1"), "exited with status 1"),
-        ("never ready", Some("exec sleep 600"), "not ready within 1s"),
-        ("missing", None, "cannot execute"),
+    // A file in place of the binary, with its mode.
+    let file = |contents: &[u8], mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let staging = app.with_extension("src");
+        std::fs::write(&staging, contents).unwrap();
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&staging, &app).unwrap();
+    };
+    let hello = std::fs::read(hello_bin()).unwrap();
+    let cases: [(&str, &dyn Fn(), &str); 6] = [
+        ("exits 1", &|| install_script(&app, "echo 'cannot start: broken config' >&2; exit 1"), "exited with status 1"),
+        ("never ready", &|| install_script(&app, "exec sleep 600"), "not ready within 1s"),
+        ("missing", &|| std::fs::remove_file(&app).unwrap(), "cannot execute"),
+        // The child's exec error, reported to the master (not only "exited with status 127").
+        ("not an executable", &|| file(b"garbage\n", 0o755), "cannot execute {app}: exec format error"),
+        ("no execute permission", &|| file(&hello, 0o644), "cannot execute {app}: permission denied"),
+        (
+            "interpreter missing",
+            &|| file(b"#!/nonexistent/sh\nexit 0\n", 0o755),
+            "cannot execute {app}: no such file or directory (its interpreter is missing",
+        ),
     ];
-    for (what, body, reason) in cases {
-        match body {
-            Some(b) => install_script(&app, b),
-            None => std::fs::remove_file(&app).unwrap(),
-        }
+    for (what, put, reason) in cases {
+        put();
+        let reason = reason.replace("{app}", &app.display().to_string());
         let (code, out) = h.ctl(&["reload"]);
         assert_eq!(code, 1, "{what}: reload must fail: {out}");
-        assert!(out.contains(reason), "{what}: reason missing: {out}");
+        assert!(out.contains(&reason), "{what}: reason missing: {out}");
         assert_eq!(h.worker_pid(), good, "{what}: the old worker must keep serving");
         assert_eq!(children(h.pid), vec![good], "{what}: the failed worker must be gone");
         let (code, out) = h.ctl(&["status"]);

@@ -24,7 +24,7 @@ use crate::listen::Bound;
 use crate::metrics::{self, Region};
 use crate::notify::{Notifier, NotifyServer};
 use crate::pidfile::PidFile;
-use crate::sys::{self, WorkerExec};
+use crate::sys::{self, SpawnError, WorkerExec};
 
 /// Everything the master holds open.
 #[derive(Debug)]
@@ -336,8 +336,9 @@ impl Runner {
             slot
         });
         let argv: Vec<&std::ffi::OsStr> = io.argv.iter().map(|a| a.as_os_str()).collect();
-        let spawned =
-            WorkerExec::new(exe.as_fd(), &io.exe, &argv, &env, &fds, &io.orig_mask).and_then(|mut e| e.spawn());
+        let spawned = WorkerExec::new(exe.as_fd(), &io.exe, &argv, &env, &fds, &io.orig_mask)
+            .map_err(SpawnError::Fork)
+            .and_then(|mut e| e.spawn());
         let result = match spawned {
             Ok(pid) => {
                 if let (Some((_, r)), Some(Some(slot))) = (&io.metrics, slot) {
@@ -345,7 +346,19 @@ impl Runner {
                 }
                 Ok((Pid::from_raw(pid), binary))
             }
-            Err(e) => Err(format!("fork/exec failed: {e}")),
+            Err(SpawnError::Exec(e)) => {
+                // The file is open (pinned): what is missing is what it names to run it.
+                let missing = if e.raw_os_error() == Some(libc::ENOENT) {
+                    " (its interpreter is missing: the program on its #! line, or its ELF loader)"
+                } else {
+                    ""
+                };
+                Err(format!("cannot execute {}: {}{missing}", io.exe.display(), crate::describe_io(&e)))
+            }
+            Err(SpawnError::Listeners(e)) => {
+                Err(format!("cannot hand the listening sockets to the worker: {}", crate::describe_io(&e)))
+            }
+            Err(SpawnError::Fork(e)) => Err(format!("fork/exec failed: {}", crate::describe_io(&e))),
         };
         Event::Spawned { generation, result }
     }

@@ -279,8 +279,15 @@ impl WorkerExec {
     /// Forks and execs the worker; returns its pid. The caller must have no other threads
     /// (the master has none) and should have signals blocked, so that a signal meant for the
     /// worker cannot be handled by a copy of the master's handlers.
-    pub(crate) fn spawn(&mut self) -> io::Result<libc::pid_t> {
+    ///
+    /// Returns only once the child has executed the binary or failed to: a child that could
+    /// not (not an executable for this machine, no permission, a listener fd that could not be
+    /// placed) reports why through a close-on-exec pipe, as `std::process::Command` does, is
+    /// reaped here, and the error says why. The wait is for the `exec` call alone, not for
+    /// anything the new program does.
+    pub(crate) fn spawn(&mut self) -> Result<libc::pid_t, SpawnError> {
         debug_assert!(!self.env.is_empty());
+        let (report_r, report_w) = pipe_cloexec()?;
         // The master's signals stay blocked across the fork (they are already with signalfd):
         // a signal sent to the new pid before it reset its handlers must not run a copy of the
         // master's handler (the portable backend's would write into the master's self-pipe).
@@ -296,15 +303,41 @@ impl WorkerExec {
         let forked = match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: we are the freshly forked child.
-            0 => unsafe { self.child_after_fork() },
+            0 => unsafe { self.child_after_fork(report_w.as_raw_fd()) },
             pid => Ok(pid),
         };
         before.thread_set_mask()?;
-        forked
+        let pid = forked?;
+        drop(report_w);
+        // End of file: the child's copy closed at its exec. A report: the child failed and
+        // exited 127. (Should the pipe fail to read, the child counts as started: the master
+        // tracks it and reaps it like any worker, rather than lose it.)
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        let mut file = File::from(report_r);
+        while got < report.len() {
+            match io::Read::read(&mut file, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if got == 0 {
+            return Ok(pid);
+        }
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+        let err = io::Error::from_raw_os_error(i32::from_ne_bytes([e0, e1, e2, e3]));
+        Err(match u32::from_ne_bytes([s0, s1, s2, s3]) {
+            STAGE_LISTENERS => SpawnError::Listeners(err),
+            _ => SpawnError::Exec(err),
+        })
     }
 
     /// Runs in the child between fork and exec: async-signal-safe calls only, no allocation.
-    unsafe fn child_after_fork(&self) -> ! {
+    /// A failure is reported on `report` (see [`WorkerExec::spawn`]).
+    unsafe fn child_after_fork(&self, report: RawFd) -> ! {
         // SAFETY (whole function): every call is async-signal-safe per signal-safety(7) (or a
         // plain syscall: prctl, execveat; reading errno), and reads only memory prepared
         // before the fork. The pid
@@ -323,6 +356,10 @@ impl WorkerExec {
                 libc::_exit(1);
             }
             let n = self.nfds;
+            // The report pipe's end first goes above the range the listeners are placed in
+            // (a dup2 there would close it); it stays close-on-exec.
+            let moved_report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + n as RawFd);
+            let report = if moved_report < 0 { report } else { moved_report };
             let mut moved = [-1 as RawFd; MAX_LISTENERS];
             // First move every listener above the target range, then place them at 3.. so no
             // dup2 overwrites a listener that is still to be moved. dup2 clears CLOEXEC on the
@@ -330,12 +367,12 @@ impl WorkerExec {
             for (slot, &fd) in moved.iter_mut().zip(&self.fds).take(n) {
                 *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START + n as RawFd);
                 if *slot < 0 {
-                    fail(b"baton worker: cannot move listener fd\n");
+                    fail(report, STAGE_LISTENERS, b"baton worker: cannot move listener fd\n");
                 }
             }
             for (i, &fd) in moved.iter().enumerate().take(n) {
                 if libc::dup2(fd, LISTEN_FDS_START + i as RawFd) < 0 {
-                    fail(b"baton worker: cannot place listener fd\n");
+                    fail(report, STAGE_LISTENERS, b"baton worker: cannot place listener fd\n");
                 }
             }
             let mut pid = libc::getpid() as u64;
@@ -362,15 +399,51 @@ impl WorkerExec {
                 libc::fcntl(self.exe, libc::F_SETFD, 0);
                 exec();
             }
-            fail(b"baton worker: cannot execute the binary\n");
+            fail(report, STAGE_EXEC, b"baton worker: cannot execute the binary\n");
         }
     }
 }
 
-/// Reports a failure in a forked child and exits 127, like a shell's "command not found".
-unsafe fn fail(msg: &[u8]) -> ! {
-    // SAFETY: write and _exit are async-signal-safe.
+/// Why a worker could not be started.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// Before the child existed (the pipe, the signal mask, `fork` itself).
+    Fork(io::Error),
+    /// The child could not place the listening sockets at their fds.
+    Listeners(io::Error),
+    /// The child could not execute the binary (`ENOEXEC`: not an executable for this machine;
+    /// `EACCES`: no execute permission; ...).
+    Exec(io::Error),
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(e: io::Error) -> Self {
+        SpawnError::Fork(e)
+    }
+}
+
+impl From<nix::errno::Errno> for SpawnError {
+    fn from(e: nix::errno::Errno) -> Self {
+        SpawnError::Fork(e.into())
+    }
+}
+
+/// What a forked child reports on failure: the stage (listener fds, exec) and errno.
+const STAGE_LISTENERS: u32 = 1;
+const STAGE_EXEC: u32 = 2;
+
+/// Reports a failure in a forked child on `report` (the stage and errno, for the master) and
+/// on standard error (for the log), and exits 127, like a shell's "command not found".
+unsafe fn fail(report: RawFd, stage: u32, msg: &[u8]) -> ! {
+    // SAFETY: reading errno, write and _exit are async-signal-safe; the buffers are on this
+    // stack.
     unsafe {
+        let errno = nix::errno::Errno::last_raw();
+        let s = stage.to_ne_bytes();
+        let e = errno.to_ne_bytes();
+        let out = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+        // One write of 8 bytes to a pipe is atomic (under PIPE_BUF).
+        libc::write(report, out.as_ptr().cast(), out.len());
         libc::write(2, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     }
