@@ -114,6 +114,14 @@ fn control_commands_exit_codes() {
     assert_eq!(code(&["status", "-p", "x.pid"]), Some(1));
     assert_eq!(code(&["reload", "-p", "x.pid"]), Some(1));
     std::fs::remove_file(d.dir.join("x.pid")).unwrap();
+    // A directory where the pid file should be: not "stale", but the reason.
+    std::fs::create_dir(d.dir.join("x.pid")).unwrap();
+    for cmd in ["status", "stop", "reload", "reopen-logs"] {
+        let out = d.hello(&[cmd, "-p", "x.pid"]);
+        assert_ne!(out.status.code(), Some(0), "{cmd}: {}", text(&out));
+        assert!(text(&out).contains("x.pid: is a directory"), "{cmd}: {}", text(&out));
+    }
+    std::fs::remove_dir(d.dir.join("x.pid")).unwrap();
     // Running.
     assert!(d.start(&["--delay", "0"]).status.success());
     let pid = d.pid();

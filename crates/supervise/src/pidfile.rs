@@ -101,7 +101,11 @@ pub(crate) fn probe(path: &Path) -> Result<Probe> {
         }
     };
     let mut s = String::new();
-    let pid = (&file).read_to_string(&mut s).ok().and_then(|_| s.trim().parse::<i32>().ok());
+    // A directory opens but does not read: that is no pid file, stale or not.
+    (&file)
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io(ErrorKind::Io, format!("cannot read pid file {}", path.display()), e))?;
+    let pid = s.trim().parse::<i32>().ok();
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_unlocked_on_drop) => Ok(Probe::Stale(pid)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => match pid {
