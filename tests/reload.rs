@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::{
-    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_script, load, load_cfg, rt,
-    signal, wait_until,
+    Hello, alive, children, fd_count, get, hello_bin, hello_next_bin, install, install_file, install_script, load,
+    load_cfg, rt, signal, wait_until,
 };
 
 #[test]
@@ -140,14 +140,7 @@ fn failed_reloads_roll_back() {
     install(&hello_bin(), &app);
     let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--ready-timeout", "1s"]);
     let good = h.worker_pid();
-    // A file in place of the binary, with its mode.
-    let file = |contents: &[u8], mode: u32| {
-        use std::os::unix::fs::PermissionsExt;
-        let staging = app.with_extension("src");
-        std::fs::write(&staging, contents).unwrap();
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
-        std::fs::rename(&staging, &app).unwrap();
-    };
+    let file = |contents: &[u8], mode: u32| install_file(&app, contents, mode);
     let hello = std::fs::read(hello_bin()).unwrap();
     let cases: [(&str, &dyn Fn(), &str); 6] = [
         ("exits 1", &|| install_script(&app, "echo 'cannot start: broken config' >&2; exit 1"), "exited with status 1"),

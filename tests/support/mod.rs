@@ -438,10 +438,16 @@ pub fn install(src: &Path, dst: &Path) {
 
 /// Installs a `#!/bin/sh` script with `body` at `dst` (see [`install`]).
 pub fn install_script(dst: &Path, body: &str) {
+    install_file(dst, format!("#!/bin/sh\n{body}\n").as_bytes(), 0o755);
+}
+
+/// Installs a file with `contents` and permission bits `mode` at `dst` (see [`install`]: the
+/// file written here is only the source of the copy).
+pub fn install_file(dst: &Path, contents: &[u8], mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let staging = dst.with_extension("src");
-    std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&staging, contents).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
     install(&staging, dst);
 }
 
