@@ -337,7 +337,8 @@ where
         }
         let polled = || conn_state.time_head();
         match watch_conn(conn.as_mut(), polled, shared, drained.as_mut(), armed.then_some(timer.as_mut())).await {
-            Wake::Ended => return,
+            Wake::Ended(Ok(())) => return,
+            Wake::Ended(Err(e)) => return crate::service::rejected(&conn_state, &*e),
             Wake::Drain => break true,
             Wake::Timer => {}
         }
@@ -355,7 +356,12 @@ where
     }
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    crate::service::rejected(&conn_state, &*e);
+                }
+                return;
+            }
             _ = tokio::time::sleep(DRAIN_TICK) => {
                 if conn_state.idle_since(since) >= grace {
                     if closing {
@@ -388,8 +394,8 @@ where
 
 /// Why [`watch_conn`] returned.
 enum Wake {
-    /// The connection is done.
-    Ended,
+    /// The connection is done (hyper's error: [`crate::service::rejected`]).
+    Ended(Result<(), Box<dyn std::error::Error + Send + Sync>>),
     /// The drain started.
     Drain,
     /// The connection's timer fired.
@@ -400,7 +406,7 @@ enum Wake {
 /// after each poll of it that did not end it. The drain signal and the timer are registered
 /// once and afterwards only read (a flag, the timer's state) on each of the connection's many
 /// wake-ups; they are polled again only when the task's waker changes.
-async fn watch_conn<C: std::future::Future>(
+async fn watch_conn<C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>>(
     mut conn: std::pin::Pin<&mut C>,
     polled: impl Fn(),
     shared: &Shared,
@@ -409,8 +415,8 @@ async fn watch_conn<C: std::future::Future>(
 ) -> Wake {
     let mut registered: Option<std::task::Waker> = None;
     poll_fn(|cx| {
-        if conn.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wake::Ended);
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Wake::Ended(ended));
         }
         polled();
         if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

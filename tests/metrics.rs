@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{Hello, free_port, get, hello_bin, load, rt, signal, wait_until};
+use std::io::{Read, Write};
+
+use support::{Hello, free_port, get, hello_bin, load, request, rt, signal, wait_until};
 
 /// Starts hello with `--metrics-listen` on a free port; returns it and the metrics address.
 fn start(extra: &[&str]) -> (Hello, SocketAddr) {
@@ -135,6 +137,83 @@ fn counters_survive_reloads_and_crashes_and_match_the_client_exactly() {
     assert_eq!(last["baton_worker_starts_total"], 23.0);
     assert_eq!(last["baton_reload_duration_seconds_count"], 20.0);
     assert_eq!(last["baton_request_duration_seconds_count"], before + stats.ok as f64);
+}
+
+/// Requests that hyper answers itself, without calling baton's service (a head it cannot
+/// parse: 400; a head too large: 431; a URI too long: 414), are in the access log, in both
+/// formats, and in the metrics' counts and durations, as every other answered request is.
+#[test]
+fn requests_hyper_rejects_are_logged_and_counted() {
+    let too_many_headers = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-A: b\r\n".repeat(200));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(70_000));
+    // (request, its status, hyper's reason as JSON's `error` gives it)
+    let cases: [(&[u8], u16, &str); 6] = [
+        (b"G@T / HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid HTTP method parsed"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: y\r\n\r\n", 400, "invalid HTTP header parsed"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n", 400, "invalid content-length parsed"),
+        (b"GET / HTTP/7.1\r\nHost: t\r\n\r\n", 400, "invalid HTTP version parsed"),
+        (too_many_headers.as_bytes(), 431, "message head is too large"),
+        (long_uri.as_bytes(), 414, "URI too long"),
+    ];
+    for format in ["combined", "json"] {
+        // A head may be 100,000 bytes: the 70,000-byte URI is hyper's "URI too long", not
+        // a head too large.
+        let (h, maddr) = start(&["--access-log", format, "--max-header-bytes", "100000"]);
+        let before = samples(&scrape(maddr).unwrap());
+        let count = |s: &BTreeMap<String, f64>, class: &str| {
+            s[&format!("baton_requests_total{{listener=\"http\",code=\"{class}\"}}")]
+        };
+        for (raw, status, _) in cases {
+            let r = request(h.addr(), raw).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&raw[..30])));
+            assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&raw[..30]));
+        }
+        // A good request, then a bad one on the same connection: both answered and logged.
+        let mut s = std::net::TcpStream::connect(h.addr()).unwrap();
+        s.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\nG@T / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut both = String::new();
+        s.read_to_string(&mut both).unwrap();
+        let statuses: Vec<&str> = both.match_indices("HTTP/1.1 ").map(|(i, _)| &both[i + 9..i + 12]).collect();
+        assert_eq!(statuses, ["200", "400"], "{both}");
+        // The cases' and the pipelined one's.
+        let bad = cases.len() + 1;
+        let rejected: Vec<String> = {
+            let mut lines = Vec::new();
+            wait_until(Duration::from_secs(5), "the access log's lines", || {
+                let text = h.log_text();
+                lines = text
+                    .lines()
+                    .filter(|l| l.contains("\"-\" 4") || l.contains("\"error\":"))
+                    .map(str::to_owned)
+                    .collect();
+                lines.len() >= bad
+            });
+            lines
+        };
+        assert_eq!(rejected.len(), bad, "{rejected:#?}");
+        let expected = cases.iter().map(|c| (c.1, c.2)).chain([(400, "invalid HTTP method parsed")]);
+        for (line, (status, reason)) in rejected.iter().zip(expected) {
+            if format == "combined" {
+                assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+                assert!(line.contains(&format!("] \"-\" {status} 0 \"-\" \"-\" ")), "{line}");
+                assert!(line.ends_with(" -"), "{line}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!((v["status"].as_u64(), v["bytes"].as_u64()), (Some(status.into()), Some(0)), "{line}");
+                assert_eq!((v["error"].as_str(), v["remote"].as_str()), (Some(reason), Some("127.0.0.1")), "{line}");
+                assert!(v.get("method").is_none() && v.get("uri").is_none(), "{line}");
+            }
+        }
+        // Counted: every 4xx above and the one 200; each in the duration histogram too.
+        let mut after = BTreeMap::new();
+        wait_until(Duration::from_secs(5), "the 200's count", || {
+            after = samples(&scrape(maddr).unwrap());
+            count(&after, "2xx") > count(&before, "2xx")
+        });
+        assert_eq!(count(&after, "4xx") - count(&before, "4xx"), bad as f64);
+        assert_eq!(count(&after, "2xx") - count(&before, "2xx"), 1.0);
+        let observed = |s: &BTreeMap<String, f64>| s["baton_request_duration_seconds_count"];
+        assert_eq!(observed(&after) - observed(&before), (bad + 1) as f64);
+    }
 }
 
 #[test]

@@ -213,6 +213,65 @@ impl Record {
     }
 }
 
+/// The line of a request that hyper answered itself, without calling baton's service: a
+/// request head it could not parse (`400`), or one too large (`431`, `414`). There is no
+/// request line to log: the combined format writes `"-"` for it, JSON leaves out `method`,
+/// `uri` and `version` and says why in `error`.
+pub(crate) fn write_rejected(
+    format: Format,
+    remote: &Remote,
+    status: StatusCode,
+    reason: &str,
+    took: Duration,
+    wall: Duration,
+) {
+    LINE.with(|line| {
+        let mut out = line.borrow_mut();
+        out.clear();
+        rejected_line(&mut out, format, remote, status, reason, took, wall);
+        if !out.is_empty() {
+            writer::push_line(&out);
+        }
+    });
+}
+
+fn rejected_line(
+    out: &mut Vec<u8>,
+    format: Format,
+    remote: &Remote,
+    status: StatusCode,
+    reason: &str,
+    took: Duration,
+    wall: Duration,
+) {
+    match format {
+        Format::Combined => {
+            out.extend_from_slice(remote.as_bytes());
+            out.extend_from_slice(b" - - [");
+            cached_time(out, wall, false);
+            out.extend_from_slice(b"] \"-\" ");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.extend_from_slice(b" 0 \"-\" \"-\" ");
+            push_fixed::<6>(out, took.as_micros() as u64);
+            out.extend_from_slice(b" -\n");
+        }
+        Format::Json => {
+            out.extend_from_slice(b"{\"time\":\"");
+            cached_time(out, wall, true);
+            out.extend_from_slice(b"\",\"remote\":\"");
+            out.extend_from_slice(remote.as_bytes());
+            out.extend_from_slice(b"\",\"status\":");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.extend_from_slice(b",\"bytes\":0,\"duration_ms\":");
+            push_fixed::<3>(out, took.as_micros() as u64);
+            out.extend_from_slice(b",\"error\":\"");
+            escape_into(out, reason.as_bytes(), b'"', true);
+            out.extend_from_slice(b"\"}\n");
+        }
+        Format::Off => {}
+    }
+}
+
 /// A header of the combined format: escaped, or `-` if absent (written as it is).
 fn push_or_dash(out: &mut Vec<u8>, v: Option<&HeaderValue>, quote: u8) {
     match v {
@@ -504,6 +563,25 @@ mod tests {
             r.json(&mut buf, &remote, took, wall);
             assert!(buf.ends_with(json.as_bytes()), "{}", String::from_utf8_lossy(&buf));
         }
+    }
+
+    #[test]
+    fn formats_the_lines_of_requests_hyper_rejected() {
+        let remote = Remote::new(Some("[::1]:5000".parse().unwrap()));
+        let wall = Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
+        let took = Duration::from_millis(2);
+        let line = |format| {
+            let mut out = Vec::new();
+            rejected_line(&mut out, format, &remote, StatusCode::BAD_REQUEST, "invalid \"x\"", took, wall);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(Format::Combined), "::1 - - [25/Nov/2026:09:40:00 +0000] \"-\" 400 0 \"-\" \"-\" 0.002000 -\n");
+        assert_eq!(
+            line(Format::Json),
+            "{\"time\":\"2026-11-25T09:40:00.123Z\",\"remote\":\"::1\",\"status\":400,\"bytes\":0,\
+             \"duration_ms\":2.000,\"error\":\"invalid \\\"x\\\"\"}\n"
+        );
+        assert_eq!(line(Format::Off), "");
     }
 
     #[test]

@@ -347,6 +347,48 @@ impl Future for ConnFuture {
     }
 }
 
+/// The connection ended with `err`. If it is a request head that hyper could not parse (or
+/// one too large) and answered itself with a 4xx, without calling [`ConnService`], the
+/// request is logged and counted as any other: otherwise neither the access log nor the
+/// metrics would see it. Other errors (an I/O error, a client that went away) answer nothing.
+pub(crate) fn rejected(conn: &ConnState, err: &(dyn std::error::Error + 'static)) {
+    let Some(err) = err.downcast_ref::<hyper::Error>() else { return };
+    let Some(status) = rejected_status(err) else { return };
+    let shared = &*conn.shared;
+    let end = shared.elapsed();
+    // From when the head began to arrive (or, for a connection's first, when it opened):
+    // the connection's clock has milliseconds.
+    let now_ms = end.as_millis() as u64;
+    let took = Duration::from_millis(now_ms - conn.head_since(now_ms).unwrap_or(now_ms).min(now_ms));
+    tracing::debug!("{} answered to {:?}: {err}", status.as_u16(), conn.peer);
+    if conn.counted {
+        shared.metrics.request_done(usize::from(conn.listener), status.as_u16(), took);
+    }
+    if shared.cfg.access_log != access_log::Format::Off && !conn.internal {
+        let reason = err.to_string();
+        access_log::write_rejected(shared.cfg.access_log, &conn.remote, status, &reason, took, shared.wall_at(end));
+    }
+}
+
+/// The status hyper's HTTP/1 server answers a parse error with (its `role::Server::on_error`),
+/// if it answers one: the public API tells "too large" from the rest, and only the text tells
+/// a URI too long (414) from a head too large (431).
+fn rejected_status(err: &hyper::Error) -> Option<StatusCode> {
+    if !err.is_parse() || err.is_parse_status() || err.is_parse_version_h2() {
+        return None;
+    }
+    let text = err.to_string();
+    if err.is_parse_too_large() {
+        return Some(if text == "URI too long" {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    // `Parse::Internal` ("internal error inside Hyper…") is answered with nothing.
+    (!text.starts_with("internal error")).then_some(StatusCode::BAD_REQUEST)
+}
+
 /// A short plain-text answer of baton's own.
 fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::from(body));
