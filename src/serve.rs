@@ -126,6 +126,15 @@ pub(crate) struct Ctx {
     pub(crate) shared: Arc<Shared>,
 }
 
+impl Ctx {
+    /// Whether `listener` is the metrics listener (whose requests are neither logged nor
+    /// counted).
+    #[cfg(feature = "tls")]
+    pub(crate) fn internal(&self, listener: u16) -> bool {
+        self.metrics.as_ref().is_some_and(|(i, _)| *i == listener)
+    }
+}
+
 impl Server {
     /// Starts accepting on every listener. Must run inside the runtime.
     pub(crate) fn start(

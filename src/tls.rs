@@ -60,13 +60,28 @@ pub(crate) async fn serve(
 ) {
     let limit = Some(ctx.shared.cfg.header_timeout).filter(|d| !d.is_zero()).unwrap_or(std::time::Duration::MAX);
     let who = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let shared = &ctx.shared;
+    let start = shared.elapsed();
     let handshake = async {
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
             // An HTTP method where a TLS record (0x16) belongs: say so, as nginx does,
-            // instead of a handshake failure the user cannot read.
-            answer_plain_http(&mut tcp).await;
-            return Err(std::io::Error::other("a plain HTTP request on the TLS port (answered 400)"));
+            // instead of a handshake failure the user cannot read. Logged and counted as
+            // any answered request.
+            const WHY: &str = "a plain HTTP request on the TLS port";
+            answer_plain_http(&mut tcp, |bytes| {
+                let end = shared.elapsed();
+                let answer = crate::service::Rejected {
+                    status: http::StatusCode::BAD_REQUEST,
+                    reason: WHY,
+                    bytes,
+                    took: end.saturating_sub(start),
+                    end,
+                };
+                answer.record(shared, &crate::access_log::Remote::new(peer), via.listener, ctx.internal(via.listener));
+            })
+            .await;
+            return Err(std::io::Error::other(format!("{WHY} (answered 400)")));
         }
         acceptor.accept(tcp).await
     };
@@ -81,17 +96,19 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers a plain HTTP request on a TLS port with 400, then closes gently: the request is
-/// read and discarded (up to 64 KiB) so that closing does not reset the connection before the
-/// client has read the answer.
-async fn answer_plain_http(tcp: &mut tokio::net::TcpStream) {
+/// Answers a plain HTTP request on a TLS port with 400 (`answered` with the body's bytes
+/// sent, once written), then closes gently: the request is read and discarded (up to 64 KiB)
+/// so that closing does not reset the connection before the client has read the answer.
+async fn answer_plain_http(tcp: &mut tokio::net::TcpStream, answered: impl FnOnce(u64)) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks TLS: use https://\n";
     let resp = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
-    if tcp.write_all(resp.as_bytes()).await.is_err() || tcp.shutdown().await.is_err() {
+    let sent = tcp.write_all(resp.as_bytes()).await.is_ok();
+    answered(if sent { BODY.len() as u64 } else { 0 });
+    if !sent || tcp.shutdown().await.is_err() {
         return;
     }
     let mut buf = [0u8; 4096];

@@ -196,6 +196,13 @@ fn tls_port_survives_clients_that_do_not_speak_tls() {
     let r = support::get(d.addr(), "/").unwrap();
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.contains("use https://"), "{r:?}");
+    // ... and in the access log, as any answered request: no request line, the body's bytes.
+    let body = r.body.len();
+    wait_until(Duration::from_secs(5), "the 400's access log line", || {
+        d.log()
+            .lines()
+            .any(|l| l.starts_with("127.0.0.1 - - [") && l.contains(&format!("] \"-\" 400 {body} \"-\" \"-\" ")))
+    });
     // A client that connects and never starts the handshake is cut at the header timeout
     // (1 s here; the 20 s read timeout only bounds the test).
     let mut silent = TcpStream::connect(d.addr()).unwrap();

@@ -217,18 +217,11 @@ impl Record {
 /// request head it could not parse (`400`), or one too large (`431`, `414`). There is no
 /// request line to log: the combined format writes `"-"` for it, JSON leaves out `method`,
 /// `uri` and `version` and says why in `error`.
-pub(crate) fn write_rejected(
-    format: Format,
-    remote: &Remote,
-    status: StatusCode,
-    reason: &str,
-    took: Duration,
-    wall: Duration,
-) {
+pub(crate) fn write_rejected(format: Format, remote: &Remote, answer: &crate::service::Rejected<'_>, wall: Duration) {
     LINE.with(|line| {
         let mut out = line.borrow_mut();
         out.clear();
-        rejected_line(&mut out, format, remote, status, reason, took, wall);
+        rejected_line(&mut out, format, remote, answer, wall);
         if !out.is_empty() {
             writer::push_line(&out);
         }
@@ -239,11 +232,10 @@ fn rejected_line(
     out: &mut Vec<u8>,
     format: Format,
     remote: &Remote,
-    status: StatusCode,
-    reason: &str,
-    took: Duration,
+    answer: &crate::service::Rejected<'_>,
     wall: Duration,
 ) {
+    let crate::service::Rejected { status, reason, bytes, took, .. } = *answer;
     match format {
         Format::Combined => {
             out.extend_from_slice(remote.as_bytes());
@@ -251,7 +243,9 @@ fn rejected_line(
             cached_time(out, wall, false);
             out.extend_from_slice(b"] \"-\" ");
             out.extend_from_slice(status.as_str().as_bytes());
-            out.extend_from_slice(b" 0 \"-\" \"-\" ");
+            out.push(b' ');
+            push_u64(out, bytes);
+            out.extend_from_slice(b" \"-\" \"-\" ");
             push_fixed::<6>(out, took.as_micros() as u64);
             out.extend_from_slice(b" -\n");
         }
@@ -262,7 +256,9 @@ fn rejected_line(
             out.extend_from_slice(remote.as_bytes());
             out.extend_from_slice(b"\",\"status\":");
             out.extend_from_slice(status.as_str().as_bytes());
-            out.extend_from_slice(b",\"bytes\":0,\"duration_ms\":");
+            out.extend_from_slice(b",\"bytes\":");
+            push_u64(out, bytes);
+            out.extend_from_slice(b",\"duration_ms\":");
             push_fixed::<3>(out, took.as_micros() as u64);
             out.extend_from_slice(b",\"error\":\"");
             escape_into(out, reason.as_bytes(), b'"', true);
@@ -570,15 +566,25 @@ mod tests {
         let remote = Remote::new(Some("[::1]:5000".parse().unwrap()));
         let wall = Duration::from_millis(1_795_599_600_123); // 2026-11-25T09:40:00.123Z
         let took = Duration::from_millis(2);
+        let answer = crate::service::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            reason: "invalid \"x\"",
+            bytes: 35,
+            took,
+            end: Duration::ZERO,
+        };
         let line = |format| {
             let mut out = Vec::new();
-            rejected_line(&mut out, format, &remote, StatusCode::BAD_REQUEST, "invalid \"x\"", took, wall);
+            rejected_line(&mut out, format, &remote, &answer, wall);
             String::from_utf8(out).unwrap()
         };
-        assert_eq!(line(Format::Combined), "::1 - - [25/Nov/2026:09:40:00 +0000] \"-\" 400 0 \"-\" \"-\" 0.002000 -\n");
+        assert_eq!(
+            line(Format::Combined),
+            "::1 - - [25/Nov/2026:09:40:00 +0000] \"-\" 400 35 \"-\" \"-\" 0.002000 -\n"
+        );
         assert_eq!(
             line(Format::Json),
-            "{\"time\":\"2026-11-25T09:40:00.123Z\",\"remote\":\"::1\",\"status\":400,\"bytes\":0,\
+            "{\"time\":\"2026-11-25T09:40:00.123Z\",\"remote\":\"::1\",\"status\":400,\"bytes\":35,\
              \"duration_ms\":2.000,\"error\":\"invalid \\\"x\\\"\"}\n"
         );
         assert_eq!(line(Format::Off), "");

@@ -361,12 +361,36 @@ pub(crate) fn rejected(conn: &ConnState, err: &(dyn std::error::Error + 'static)
     let now_ms = end.as_millis() as u64;
     let took = Duration::from_millis(now_ms - conn.head_since(now_ms).unwrap_or(now_ms).min(now_ms));
     tracing::debug!("{} answered to {:?}: {err}", status.as_u16(), conn.peer);
-    if conn.counted {
-        shared.metrics.request_done(usize::from(conn.listener), status.as_u16(), took);
-    }
-    if shared.cfg.access_log != access_log::Format::Off && !conn.internal {
-        let reason = err.to_string();
-        access_log::write_rejected(shared.cfg.access_log, &conn.remote, status, &reason, took, shared.wall_at(end));
+    let answer = Rejected { status, reason: &err.to_string(), bytes: 0, took, end };
+    answer.record(shared, &conn.remote, conn.listener, conn.internal);
+}
+
+/// A request answered without an HTTP request having been parsed: by hyper (a head it could
+/// not parse), or by baton (plain HTTP on a TLS port). There is no request line to log.
+pub(crate) struct Rejected<'a> {
+    pub(crate) status: StatusCode,
+    /// Why, for JSON's `error`.
+    pub(crate) reason: &'a str,
+    /// The response body's.
+    pub(crate) bytes: u64,
+    pub(crate) took: Duration,
+    /// When it was answered, on the [`Shared::elapsed`] clock.
+    pub(crate) end: Duration,
+}
+
+impl Rejected<'_> {
+    /// Logs and counts it, as any answered request is, unless it came in on the metrics
+    /// listener (`internal`).
+    pub(crate) fn record(&self, shared: &Shared, remote: &access_log::Remote, listener: u16, internal: bool) {
+        if internal {
+            return;
+        }
+        if shared.cfg.metrics {
+            shared.metrics.request_done(usize::from(listener), self.status.as_u16(), self.took);
+        }
+        if shared.cfg.access_log != access_log::Format::Off {
+            access_log::write_rejected(shared.cfg.access_log, remote, self, shared.wall_at(self.end));
+        }
     }
 }
 
