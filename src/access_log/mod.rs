@@ -213,10 +213,9 @@ impl Record {
     }
 }
 
-/// The line of a request that hyper answered itself, without calling baton's service: a
-/// request head it could not parse (`400`), or one too large (`431`, `414`). There is no
-/// request line to log: the combined format writes `"-"` for it, JSON leaves out `method`,
-/// `uri` and `version` and says why in `error`.
+/// The line of a request answered without a parsed request line ([`crate::service::Rejected`]:
+/// a head hyper could not parse, plain HTTP on a TLS port). The combined format writes `"-"`
+/// for the request line; JSON leaves out `method`, `uri` and `version` and says why in `error`.
 pub(crate) fn write_rejected(format: Format, remote: &Remote, answer: &crate::service::Rejected<'_>, wall: Duration) {
     LINE.with(|line| {
         let mut out = line.borrow_mut();

@@ -1,5 +1,5 @@
 //! The production defaults in front of the app, composed in one place ([`begin`], which
-//! [`ConnService::call`] runs at once for HTTP/1 and on the stream's first poll for HTTP/2),
+//! `ConnService::call` runs at once for HTTP/1 and on the stream's first poll for HTTP/2),
 //! one module each: request id, health route, body limit (413), `Connection: close` while
 //! draining, and the access log; panic -> 500, the request timeout (503) and the request span
 //! share one future around the app's (`handle.rs`). Per request, baton allocates the request's
