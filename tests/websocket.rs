@@ -170,6 +170,51 @@ fn websockets_across_reloads_get_a_close_frame_and_reconnect_to_the_new_generati
     assert_eq!(connections, CLIENTS * (RELOADS + 1));
 }
 
+/// A WebSocket handshake that a draining worker answers keeps its `Connection: upgrade`: the
+/// socket opens, and is closed with 1012 at its turn in the drain, so that its client
+/// reconnects to the new generation. Here the handshake goes over a keep-alive connection
+/// opened before the reload, which the old worker still serves. (The drain's
+/// `Connection: close` on HTTP/1 responses once replaced it, and the handshake failed.)
+#[test]
+fn a_websocket_handshake_answered_while_draining_opens_then_gets_1012() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--drain-spread", "200ms"]);
+    let rt = rt();
+    let old = h.worker_pid();
+    let mut tcp = rt.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        tcp.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        // The whole response (a pid: a few bytes of body, its length declared), nothing more.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let pid = loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            let Ok(r) = support::parse(&buf) else { continue };
+            let len: usize = r.header("content-length").unwrap().parse().unwrap();
+            if r.body.len() == len {
+                break r.body.parse::<i32>().unwrap();
+            }
+        };
+        assert_eq!(pid, old);
+        tcp
+    });
+    let new = h.reload_and_wait();
+    rt.block_on(async {
+        let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{}/ws", h.addr()), &mut tcp)
+            .await
+            .expect("the handshake on the draining worker's connection");
+        assert_eq!(resp.status(), 101);
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Restart),
+            other => panic!("expected a 1012 close frame, got {other:?}"),
+        }
+        let (mut again, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr())).await.unwrap();
+        assert_eq!(ask(&mut again, "pid").await.unwrap(), new.to_string(), "the reconnect reaches the new worker");
+    });
+}
+
 #[test]
 fn drain_spread_spreads_the_closes_over_the_window() {
     const CLIENTS: usize = 200;

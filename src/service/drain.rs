@@ -229,9 +229,14 @@ impl Drop for InFlight {
 }
 
 /// Checked when the response goes out, not when the request came in: a request that began
-/// before the drain still tells its client to reconnect elsewhere.
-pub(crate) fn mark_closing(headers: &mut HeaderMap, version: Version, shared: &Shared) {
-    if version <= Version::HTTP_11 && shared.draining.load(Ordering::Relaxed) {
+/// before the drain still tells its client to reconnect elsewhere. Not on a 101: its
+/// `Connection: upgrade` is the handshake (a WebSocket accepted while draining is closed at
+/// its turn in the drain, with a close frame that tells its client to reconnect).
+pub(crate) fn mark_closing(headers: &mut HeaderMap, status: http::StatusCode, version: Version, shared: &Shared) {
+    if version <= Version::HTTP_11
+        && shared.draining.load(Ordering::Relaxed)
+        && status != http::StatusCode::SWITCHING_PROTOCOLS
+    {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
 }

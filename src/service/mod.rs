@@ -327,6 +327,7 @@ impl Future for ConnFuture {
             }
         };
         let Done { version, rid, mut record, mut guard } = this.done.take().expect("polled after completion");
+        let status = resp.status();
         let headers = resp.headers_mut();
         if let Some(mut rid) = rid {
             // HTTP/2: "never indexed" but for the connection's first (measured with callgrind:
@@ -335,11 +336,11 @@ impl Future for ConnFuture {
             rid.set_sensitive(version != http::Version::HTTP_2 || !guard.conn().request_id_indexed());
             headers.insert(request_id::X_REQUEST_ID.clone(), rid);
         }
-        drain::mark_closing(headers, version, guard.shared());
+        drain::mark_closing(headers, status, version, guard.shared());
         if let Some(r) = record.as_mut() {
-            r.status = resp.status();
+            r.status = status;
         }
-        guard.status = resp.status().as_u16();
+        guard.status = status.as_u16();
         if guard.status == 101 {
             guard.conn_upgraded();
         }
