@@ -35,6 +35,8 @@ struct ClientLog {
 struct Clients {
     /// Clients with a connection open and checked (pid and echo answered).
     connected: AtomicUsize,
+    /// Connections checked so far, over every client's life.
+    connections: AtomicUsize,
     /// Set when the clients should stop reconnecting after their next close.
     last_round: AtomicBool,
 }
@@ -79,6 +81,7 @@ async fn client(addr: SocketAddr, n: usize, shared: Arc<Clients>) -> ClientLog {
         }
         log.pids.push(pid);
         shared.connected.fetch_add(1, Ordering::SeqCst);
+        shared.connections.fetch_add(1, Ordering::SeqCst);
         // The server's close frame, then the end of the stream (the library answers the close).
         let first = tokio::time::timeout(Duration::from_secs(60), ws.next()).await;
         shared.connected.fetch_sub(1, Ordering::SeqCst);
@@ -138,14 +141,17 @@ fn websockets_across_reloads_get_a_close_frame_and_reconnect_to_the_new_generati
     let rt = rt();
     let (shared, tasks) = connect_all(&rt, &h, CLIENTS);
     let mut workers = vec![h.worker_pid()];
-    for _ in 0..RELOADS {
+    for reload in 1..=RELOADS {
         let newest = h.reload_and_wait();
         workers.push(newest);
-        // Every client back, on the newest generation, and the old one gone. Not a hard wait:
-        // a client that failed is reported with its own story below.
+        // Every client back, on the newest generation (each reconnects once per reload: its
+        // connection count, not whether it counts as connected, which lags its old
+        // connection's close), and the old one gone. Not a hard wait: a client that failed is
+        // reported with its own story below.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline
-            && !(shared.connected.load(Ordering::SeqCst) == CLIENTS && support::children(h.pid) == vec![newest])
+            && !(shared.connections.load(Ordering::SeqCst) == CLIENTS * (reload + 1)
+                && support::children(h.pid) == vec![newest])
         {
             std::thread::sleep(Duration::from_millis(10));
         }
