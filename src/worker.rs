@@ -173,7 +173,9 @@ fn serve<A>(
     };
     let result =
         rt.block_on(tracing::Instrument::instrument(run.serve(), baton_supervise::log::process_span("worker")));
-    // Connections cut at the deadline are dropped with the runtime; do not wait for them.
+    // Connections cut at the deadline are dropped with the runtime; do not wait for them
+    // (nor log their requests as their clients' doing).
+    crate::service::cutting_in_flight();
     rt.shutdown_background();
     crate::access_log::flush();
     result

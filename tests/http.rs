@@ -71,6 +71,24 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
     }
 }
 
+/// A request still in flight at the drain timeout is cut by the worker, not left by its
+/// client: it is not logged as a 499 ("client closed request"); the worker's log says it cut
+/// what was left.
+#[test]
+fn requests_cut_at_the_drain_timeout_are_not_logged_as_their_clients_leaving() {
+    let mut h = Hello::start_traced(&hello_bin(), &["--delay", "5m", "--drain-timeout", "1s"]);
+    let addr = h.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&h.log, "/");
+    signal(h.pid, Signal::SIGTERM);
+    let st = h.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit status {st}; log:\n{}", h.log_text());
+    assert!(slow.join().unwrap().is_err(), "the cut request got an answer");
+    let log = h.log_text();
+    assert!(log.contains("drain timeout 1s reached: cutting remaining connections"), "{log}");
+    assert!(!log.contains("\" 499 "), "{log}");
+}
+
 /// "A second one: stop now" holds while the app's shutdown hook runs, with or without a
 /// master: the worker abandons the hook and exits (not killed, not after the hook's time).
 #[test]

@@ -216,6 +216,64 @@ fn requests_hyper_rejects_are_logged_and_counted() {
     }
 }
 
+/// A request whose client goes away before its answer (closes its HTTP/1.1 connection, or
+/// cancels its HTTP/2 stream) is logged and counted with status 499, as nginx logs it, not
+/// lost: a handler too slow for its clients shows in the log and the metrics.
+#[test]
+fn requests_whose_clients_leave_before_the_answer_are_logged_and_counted_as_499() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = metrics.to_string();
+    // `/` answers after 30 s: both clients leave long before.
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "30", "--metrics-listen", &listen]);
+    let before = samples(&scrape(metrics).unwrap());
+    let started = |n: usize| {
+        wait_until(Duration::from_secs(20), &format!("{n} handlers of / begun"), || {
+            h.log_text().lines().filter(|l| l.ends_with("request started: GET /")).count() >= n
+        })
+    };
+    // HTTP/1.1: the connection closed while the handler runs.
+    let mut s = std::net::TcpStream::connect(h.addr()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nUser-Agent: leaver-1\r\n\r\n").unwrap();
+    started(1);
+    drop(s);
+    // HTTP/2: the stream cancelled (hyper's client resets it when its response future is
+    // dropped), then the connection closed.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{}/", h.addr()))
+            .header("user-agent", "leaver-2")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let pending = tokio::spawn(send.send_request(req));
+        tokio::task::block_in_place(|| started(2));
+        pending.abort();
+        let _ = pending.await;
+        conn.abort();
+    });
+    let mut lines = Vec::new();
+    wait_until(Duration::from_secs(10), "both 499 lines", || {
+        lines = h.log_text().lines().filter(|l| l.contains("\" 499 ")).map(str::to_owned).collect();
+        lines.len() >= 2
+    });
+    lines.sort_by_key(|l| l.contains("HTTP/2.0"));
+    assert!(lines[0].contains("] \"GET / HTTP/1.1\" 499 0 \"-\" \"leaver-1\" "), "{lines:#?}");
+    assert!(lines[1].contains("] \"GET / HTTP/2.0\" 499 0 \"-\" \"leaver-2\" "), "{lines:#?}");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let after = samples(&scrape(metrics).unwrap());
+    let delta = |k: &str| after[k] - before[k];
+    assert_eq!(delta("baton_requests_total{listener=\"http\",code=\"4xx\"}"), 2.0);
+    assert_eq!(delta("baton_request_duration_seconds_count"), 2.0);
+    assert_eq!(after["baton_requests_in_flight"], 0.0);
+}
+
 #[test]
 fn status_json_parses_and_agrees_with_the_metrics() {
     let (h, maddr) = start(&[]);

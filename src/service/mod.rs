@@ -199,9 +199,10 @@ where
     // Each arm builds the whole future where it is returned: a stage built first and
     // then put in the future is copied once more (a memcpy of its 456 bytes, callgrind).
     match early {
-        Some(r) => {
-            ConnFuture { stage: Stage::Early { resp: Some(r) }, done: Some(Done { version, rid, record, guard }) }
-        }
+        Some(r) => ConnFuture {
+            stage: Stage::Early { resp: Some(r) },
+            done: Unanswered(Some(Done { version, rid, record, guard })),
+        },
         None => {
             let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, now);
             // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
@@ -219,7 +220,10 @@ where
             };
             let deadline = cfg.request_timeout.map(|t| now + t);
             let handle = handle::Handle::new(app.call(req), cfg.catch_panic, span, deadline);
-            ConnFuture { stage: Stage::App { handle, line }, done: Some(Done { version, rid, record, guard }) }
+            ConnFuture {
+                stage: Stage::App { handle, line },
+                done: Unanswered(Some(Done { version, rid, record, guard })),
+            }
         }
     }
 }
@@ -266,7 +270,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct ConnFuture {
         #[pin]
         stage: Stage,
-        done: Option<Done>,
+        done: Unanswered,
     }
 }
 
@@ -289,6 +293,40 @@ struct Done {
     guard: InFlight,
 }
 
+/// What the response needs, until it exists. Dropped before (the request's future dropped
+/// unanswered: hyper does so when the client closes its connection or resets its stream), the
+/// request is logged and counted with status 499, as nginx does ("client closed request"):
+/// a handler too slow for its clients shows. Not when the worker is cutting what is left at
+/// its exit ([`cutting_in_flight`]): those were the server's doing, and its log says so.
+struct Unanswered(Option<Done>);
+
+/// Set once the worker has stopped serving and drops what is still in flight.
+static CUTTING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, requests dropped unanswered are the worker's doing, not their clients'.
+pub(crate) fn cutting_in_flight() {
+    CUTTING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The status logged and counted for a request whose client went away before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(Done { mut record, mut guard, .. }) = self.0.take() else { return };
+        if CUTTING.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let end = guard.shared().elapsed();
+        if let Some(r) = record.as_mut() {
+            r.status = StatusCode::from_u16(CLIENT_CLOSED).expect("a valid status");
+            r.write(guard.remote(), end, guard.shared().wall_at(end));
+        }
+        guard.status = CLIENT_CLOSED;
+        guard.ended = Some(end);
+    }
+}
+
 impl std::fmt::Debug for ConnFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnFuture").finish_non_exhaustive()
@@ -305,7 +343,7 @@ impl Future for ConnFuture {
             StageProj::App { handle, line } => {
                 let outcome = std::task::ready!(handle.poll(cx));
                 let request_line = || {
-                    let record = this.done.as_ref().and_then(|d| d.record.as_ref());
+                    let record = this.done.0.as_ref().and_then(|d| d.record.as_ref());
                     let (method, path) = match (record, &*line) {
                         (Some(r), _) => (r.method(), r.path_and_query()),
                         (None, Some((method, path))) => (method, path.as_ref()),
@@ -326,7 +364,7 @@ impl Future for ConnFuture {
                 }
             }
         };
-        let Done { version, rid, mut record, mut guard } = this.done.take().expect("polled after completion");
+        let Done { version, rid, mut record, mut guard } = this.done.0.take().expect("polled after completion");
         let status = resp.status();
         let headers = resp.headers_mut();
         if let Some(mut rid) = rid {
