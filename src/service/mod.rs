@@ -312,18 +312,30 @@ pub(crate) fn cutting_in_flight() {
 const CLIENT_CLOSED: u16 = 499;
 
 impl Drop for Unanswered {
+    #[inline]
     fn drop(&mut self) {
+        // Answered (the response took it): nothing to do, and no call on the request path.
+        if self.0.is_some() {
+            self.abandoned();
+        }
+    }
+}
+
+impl Unanswered {
+    #[cold]
+    #[inline(never)]
+    fn abandoned(&mut self) {
         let Some(Done { mut record, mut guard, .. }) = self.0.take() else { return };
         if CUTTING.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let end = guard.shared().elapsed();
         if let Some(r) = record.as_mut() {
             r.status = StatusCode::from_u16(CLIENT_CLOSED).expect("a valid status");
-            r.write(guard.remote(), end, guard.shared().wall_at(end));
         }
         guard.status = CLIENT_CLOSED;
-        guard.ended = Some(end);
+        // Ended as a response of no bytes: its body's drop logs and counts it (one place
+        // that writes the log line, so that it stays inlined there, on the request path).
+        drop(TrackedBody { body: Body::empty(), record, guard });
     }
 }
 
