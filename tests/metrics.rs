@@ -74,14 +74,26 @@ fn counters_survive_reloads_and_crashes_and_match_the_client_exactly() {
         load::Config { max_time: Duration::from_secs(120), ..load::Config::hello(h.addr(), load::Mode::KeepAlive, 8) },
         ctl.clone(),
     ));
-    // A scraper every 100 ms, checking each scrape against the one before.
+    // A scraper every 100 ms, checking each scrape against the one before. Paused around
+    // each SIGKILL as the load is: a scrape the killed worker had accepted dies with it.
     let done = Arc::new(AtomicBool::new(false));
+    let (pause, scraping) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let scraper = {
-        let done = done.clone();
+        let (done, pause, scraping) = (done.clone(), pause.clone(), scraping.clone());
         std::thread::spawn(move || {
             let (mut scrapes, mut last, mut problems) = (0, BTreeMap::new(), Vec::new());
             while !done.load(Ordering::SeqCst) {
-                match scrape(maddr) {
+                // Busy first, then the pause checked: the killer sets the pause, then waits
+                // until not busy, so one of the two sees the other (both SeqCst).
+                scraping.store(true, Ordering::SeqCst);
+                if pause.load(Ordering::SeqCst) {
+                    scraping.store(false, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let scraped = scrape(maddr);
+                scraping.store(false, Ordering::SeqCst);
+                match scraped {
                     Ok(text) => {
                         let now = samples(&text);
                         for (k, v) in now.iter().filter(|(k, _)| monotonic(k)) {
@@ -108,11 +120,14 @@ fn counters_survive_reloads_and_crashes_and_match_the_client_exactly() {
             // Killed while no request is in flight, so that "completed" has one meaning for
             // both sides: no response is half-sent when the worker dies.
             ctl.pause.store(true, Ordering::SeqCst);
+            pause.store(true, Ordering::SeqCst);
             wait_until(Duration::from_secs(10), "the load to pause", || ctl.busy.load(Ordering::SeqCst) == 0);
+            wait_until(Duration::from_secs(10), "the scraper to pause", || !scraping.load(Ordering::SeqCst));
             let victim = serving_pid(&h).expect("a serving worker");
             signal(victim as i32, Signal::SIGKILL);
             wait_until(Duration::from_secs(10), "a replacement", || serving_pid(&h).is_some_and(|p| p != victim));
             ctl.pause.store(false, Ordering::SeqCst);
+            pause.store(false, Ordering::SeqCst);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
