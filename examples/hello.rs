@@ -42,6 +42,8 @@ pub fn main() -> std::process::ExitCode {
         .version(version())
         .about("The original Go demo server, in baton: GET / answers after --delay")
         .default_listen("0.0.0.0:1234")
+        // HELLO_NO_CATCH_PANIC set: a handler's panic is not caught (to try that setting).
+        .catch_panic(std::env::var_os("HELLO_NO_CATCH_PANIC").is_none())
         // An app's own readiness check; HELLO_NOT_READY lets the tests see one fail.
         .ready_check(|| async {
             match std::env::var("HELLO_NOT_READY") {

@@ -89,6 +89,23 @@ fn requests_cut_at_the_drain_timeout_are_not_logged_as_their_clients_leaving() {
     assert!(!log.contains("\" 499 "), "{log}");
 }
 
+/// With panic catching off (`App::catch_panic(false)`), a handler's panic ends its connection
+/// without an answer and the worker lives on; the request is not logged as its client's
+/// leaving (499): tokio drops the request's future after the panic, which looks like a client
+/// that went away unless the panic is told apart.
+#[test]
+fn an_uncaught_panic_is_not_logged_as_the_client_leaving() {
+    let h = Hello::spawn_with_env(&hello_bin(), &["--delay", "0", "--debug-routes"], &[("HELLO_NO_CATCH_PANIC", "1")]);
+    h.wait_ready();
+    assert!(get(h.addr(), "/panic").is_err(), "an answer to a panic that is not caught");
+    assert_eq!(get(h.addr(), "/").unwrap().body, "hello world!");
+    // The line of `/` is written after its response: wait for it, then look for a 499.
+    wait_until(Duration::from_secs(5), "the access log line of /", || h.log_text().contains("\"GET / HTTP/1.1\" 200"));
+    let log = h.log_text();
+    assert!(log.contains("the /panic route panics"), "{log}");
+    assert!(!log.contains("\" 499 "), "{log}");
+}
+
 /// "A second one: stop now" holds while the app's shutdown hook runs, with or without a
 /// master: the worker abandons the hook and exits (not killed, not after the hook's time).
 #[test]

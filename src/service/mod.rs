@@ -201,7 +201,7 @@ where
     match early {
         Some(r) => ConnFuture {
             stage: Stage::Early { resp: Some(r) },
-            done: Unanswered(Some(Done { version, rid, record, guard })),
+            done: Unanswered { done: Some(Done { version, rid, record, guard }), polling: false },
         },
         None => {
             let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, now);
@@ -222,7 +222,7 @@ where
             let handle = handle::Handle::new(app.call(req), cfg.catch_panic, span, deadline);
             ConnFuture {
                 stage: Stage::App { handle, line },
-                done: Unanswered(Some(Done { version, rid, record, guard })),
+                done: Unanswered { done: Some(Done { version, rid, record, guard }), polling: false },
             }
         }
     }
@@ -297,8 +297,14 @@ struct Done {
 /// unanswered: hyper does so when the client closes its connection or resets its stream), the
 /// request is logged and counted with status 499, as nginx does ("client closed request"):
 /// a handler too slow for its clients shows. Not when the worker is cutting what is left at
-/// its exit ([`cutting_in_flight`]): those were the server's doing, and its log says so.
-struct Unanswered(Option<Done>);
+/// its exit ([`cutting_in_flight`]), nor when the handler panicked with panic catching off
+/// (tokio drops a task's future after a panic in its poll): those were the server's doing,
+/// and its log says so.
+struct Unanswered {
+    done: Option<Done>,
+    /// The app's future is being polled: still set at the drop, a panic unwound from it.
+    polling: bool,
+}
 
 /// Set once the worker has stopped serving and drops what is still in flight.
 static CUTTING: AtomicBool = AtomicBool::new(false);
@@ -315,7 +321,7 @@ impl Drop for Unanswered {
     #[inline]
     fn drop(&mut self) {
         // Answered (the response took it): nothing to do, and no call on the request path.
-        if self.0.is_some() {
+        if self.done.is_some() {
             self.abandoned();
         }
     }
@@ -325,8 +331,8 @@ impl Unanswered {
     #[cold]
     #[inline(never)]
     fn abandoned(&mut self) {
-        let Some(Done { mut record, mut guard, .. }) = self.0.take() else { return };
-        if CUTTING.load(std::sync::atomic::Ordering::SeqCst) {
+        let Some(Done { mut record, mut guard, .. }) = self.done.take() else { return };
+        if self.polling || CUTTING.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         if let Some(r) = record.as_mut() {
@@ -353,9 +359,12 @@ impl Future for ConnFuture {
         let mut resp = match this.stage.project() {
             StageProj::Early { resp } => resp.take().expect("polled after completion"),
             StageProj::App { handle, line } => {
-                let outcome = std::task::ready!(handle.poll(cx));
+                this.done.polling = true;
+                let outcome = handle.poll(cx);
+                this.done.polling = false;
+                let outcome = std::task::ready!(outcome);
                 let request_line = || {
-                    let record = this.done.0.as_ref().and_then(|d| d.record.as_ref());
+                    let record = this.done.done.as_ref().and_then(|d| d.record.as_ref());
                     let (method, path) = match (record, &*line) {
                         (Some(r), _) => (r.method(), r.path_and_query()),
                         (None, Some((method, path))) => (method, path.as_ref()),
@@ -376,7 +385,7 @@ impl Future for ConnFuture {
                 }
             }
         };
-        let Done { version, rid, mut record, mut guard } = this.done.0.take().expect("polled after completion");
+        let Done { version, rid, mut record, mut guard } = this.done.done.take().expect("polled after completion");
         let status = resp.status();
         let headers = resp.headers_mut();
         if let Some(mut rid) = rid {
