@@ -267,8 +267,9 @@ fn requests_whose_clients_leave_before_the_answer_are_logged_and_counted_as_499(
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nUser-Agent: leaver-1\r\n\r\n").unwrap();
     started(1);
     drop(s);
-    // HTTP/2: the stream cancelled (hyper's client resets it when its response future is
-    // dropped), then the connection closed.
+    // HTTP/2: the client's response future dropped, then its connection closed (which of
+    // the two the server sees first, a stream reset or the end of the connection, is not
+    // checked: either ends the handler's request unanswered).
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
