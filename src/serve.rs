@@ -127,11 +127,10 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Whether `listener` is the metrics listener (whose requests are neither logged nor
-    /// counted).
-    #[cfg(feature = "tls")]
-    pub(crate) fn internal(&self, listener: u16) -> bool {
-        self.metrics.as_ref().is_some_and(|(i, _)| *i == listener)
+    /// What serves the metrics, if `listener` is the metrics listener (whose requests are
+    /// neither logged nor counted).
+    pub(crate) fn metrics_on(&self, listener: u16) -> Option<&AppService> {
+        self.metrics.as_ref().filter(|(i, _)| *i == listener).map(|(_, m)| m)
     }
 }
 
@@ -298,9 +297,9 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = &ctx.shared;
-    let (app, internal) = match &ctx.metrics {
-        Some((i, metrics)) if *i == via.listener => (metrics.clone(), true),
-        _ => (ctx.app.clone(), false),
+    let (app, internal) = match ctx.metrics_on(via.listener) {
+        Some(metrics) => (metrics.clone(), true),
+        None => (ctx.app.clone(), false),
     };
     let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
     let svc = ConnService { app, conn: conn_state.clone() };

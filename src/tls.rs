@@ -78,7 +78,12 @@ pub(crate) async fn serve(
                     took: end.saturating_sub(start),
                     end,
                 };
-                answer.record(shared, &crate::access_log::Remote::new(peer), via.listener, ctx.internal(via.listener));
+                answer.record(
+                    shared,
+                    &crate::access_log::Remote::new(peer),
+                    via.listener,
+                    ctx.metrics_on(via.listener).is_some(),
+                );
             })
             .await;
             return Err(std::io::Error::other(format!("{WHY} (answered 400)")));
