@@ -413,15 +413,20 @@ impl Future for ConnFuture {
 /// metrics would see it. Other errors (an I/O error, a client that went away) answer nothing.
 pub(crate) fn rejected(conn: &ConnState, err: &(dyn std::error::Error + 'static)) {
     let Some(err) = err.downcast_ref::<hyper::Error>() else { return };
-    let Some(status) = rejected_status(err) else { return };
+    // Most errors a connection ends with are not these (a client that went away): no text.
+    if !err.is_parse() || err.is_parse_status() || err.is_parse_version_h2() {
+        return;
+    }
+    let reason = err.to_string();
+    let Some(status) = rejected_status(err.is_parse_too_large(), &reason) else { return };
     let shared = &*conn.shared;
     let end = shared.elapsed();
     // From when the head began to arrive (or, for a connection's first, when it opened):
     // the connection's clock has milliseconds.
     let now_ms = end.as_millis() as u64;
     let took = Duration::from_millis(now_ms - conn.head_since(now_ms).unwrap_or(now_ms).min(now_ms));
-    tracing::debug!("{} answered to {:?}: {err}", status.as_u16(), conn.peer);
-    let answer = Rejected { status, reason: &err.to_string(), bytes: 0, took, end };
+    tracing::debug!("{} answered to {:?}: {reason}", status.as_u16(), conn.peer);
+    let answer = Rejected { status, reason: &reason, bytes: 0, took, end };
     answer.record(shared, &conn.remote, conn.listener, conn.internal);
 }
 
@@ -455,14 +460,11 @@ impl Rejected<'_> {
 }
 
 /// The status hyper's HTTP/1 server answers a parse error with (its `role::Server::on_error`),
-/// if it answers one: the public API tells "too large" from the rest, and only the text tells
-/// a URI too long (414) from a head too large (431).
-fn rejected_status(err: &hyper::Error) -> Option<StatusCode> {
-    if !err.is_parse() || err.is_parse_status() || err.is_parse_version_h2() {
-        return None;
-    }
-    let text = err.to_string();
-    if err.is_parse_too_large() {
+/// if it answers one, from what the public API tells (`too_large`: a head too large or a URI
+/// too long) and the error's text (which alone tells a URI too long, 414, from a head too
+/// large, 431).
+fn rejected_status(too_large: bool, text: &str) -> Option<StatusCode> {
+    if too_large {
         return Some(if text == "URI too long" {
             StatusCode::URI_TOO_LONG
         } else {
