@@ -3,7 +3,8 @@
 //!
 //! - serve: the hello router (`--delay 0`) through baton (master + worker, the real binary
 //!   path) and through plain `axum::serve`, the same keep-alive load on both, alternating
-//!   rounds; requests/s, p50/p99 and the ratio.
+//!   rounds; requests/s, p50/p99 and the ratio. Beside them, `axum::serve` with the same
+//!   features from tower-http (`serve_axum_equivalent`).
 //! - instructions (`bench/instructions.rs`): user-space instructions per request, by callgrind.
 //! - syscalls (`bench/syscalls.rs`): system calls and context switches per request, by `perf
 //!   stat`.
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
         Ok("axum") => return serve_axum(false),
         Ok("axum-connect-info") => return serve_axum(true),
         Ok("axum-spawned") => return serve_axum_spawned(),
+        Ok("axum-equivalent") => return serve_axum_equivalent(false),
+        Ok("axum-equivalent-log") => return serve_axum_equivalent(true),
         Ok("axum-spin") => return serve_axum_spin(),
         #[cfg(all(target_os = "linux", feature = "tls"))]
         Ok("axum-tls") => return serve::serve_axum_tls(),
@@ -160,6 +163,76 @@ fn serve_axum(connect_info: bool) -> ExitCode {
             axum::serve(l, app).await.unwrap();
         }
     });
+    ExitCode::SUCCESS
+}
+
+/// `axum::serve` with what baton's defaults give, built from the usual parts as an app without
+/// baton would have them: `ConnectInfo<SocketAddr>`, graceful shutdown (its per-connection
+/// tracking; on a signal that never comes, as the bench stops servers with TERM), and
+/// tower-http's request id (made from a counter, as baton's, rather than a UUID, and
+/// propagated to the response), panic -> 500, request timeout (503 after 60 s) and body limit
+/// (2 MiB), as one tower stack around the router. `log`: also a log line per request, through
+/// tower-http's `TraceLayer` (its span and its response event at INFO) and tracing-subscriber's
+/// `fmt` into `access.log`, one `write` per line. The comparison for a goal stated against
+/// `axum::serve` with the same features.
+fn serve_axum_equivalent(log: bool) -> ExitCode {
+    use std::sync::atomic::AtomicU64;
+    use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+
+    #[derive(Clone)]
+    struct Counter;
+    impl MakeRequestId for Counter {
+        fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+            static N: AtomicU64 = AtomicU64::new(0);
+            Some(RequestId::new(http::HeaderValue::from(N.fetch_add(1, Ordering::Relaxed))))
+        }
+    }
+    let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
+    if log {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open("access.log").unwrap();
+        tracing_subscriber::fmt()
+            .with_writer(Arc::new(file))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
+    // Around the whole router as one stack, so nothing is boxed per layer (each
+    // `Router::layer` call boxes its stack again, and clones the box per request).
+    async fn serve<S, B>(addr: SocketAddr, app: S)
+    where
+        S: tower::Service<axum::extract::Request, Response = http::Response<B>, Error = std::convert::Infallible>,
+        S: Clone + Send + Sync + 'static,
+        S::Future: Send,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let app =
+            tower::ServiceBuilder::new().map_response(|r: http::Response<B>| r.map(axum::body::Body::new)).service(app);
+        let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        axum::serve(l, app).with_graceful_shutdown(std::future::pending()).await.unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let stack = tower::ServiceBuilder::new().layer(SetRequestIdLayer::x_request_id(Counter));
+    let inner = tower::ServiceBuilder::new()
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(2 << 20))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(60),
+        ));
+    let router = hello::app(Duration::ZERO, false);
+    if log {
+        // Between the id's making and its propagation: the span sees it.
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+        rt.block_on(serve(addr, stack.layer(trace).layer(inner).service(router)));
+    } else {
+        rt.block_on(serve(addr, stack.layer(inner).service(router)));
+    }
     ExitCode::SUCCESS
 }
 

@@ -147,6 +147,8 @@ pub(crate) fn table(secs: u64, rounds: usize) {
             &[],
             http,
         ),
+        ("axum + tower-http equivalents, no log", "axum-equivalent", vec![], &[], http),
+        ("axum + tower-http equivalents + TraceLayer log", "axum-equivalent-log", vec![], &[], http),
         ("plain axum::serve (Connection: close)", "axum", vec![], &[], close),
         ("baton, defaults (Connection: close)", "baton-ablation", vec!["-l", "access.log"], ALL, close),
         ("  axum::serve, accept loop spawned (close)", "axum-spawned", vec![], &[], close),
@@ -155,6 +157,13 @@ pub(crate) fn table(secs: u64, rounds: usize) {
         configs.push(("plain axum::serve (h2c)", "axum", vec![], &[], Load::H2c));
         configs.push(("axum::serve with ConnectInfo<SocketAddr> (h2c)", "axum-connect-info", vec![], &[], Load::H2c));
         configs.push(("baton, defaults (h2c)", "baton", vec!["-l", "access.log"], &[], Load::H2c));
+        configs.push((
+            "axum + tower-http equivalents + TraceLayer log (h2c)",
+            "axum-equivalent-log",
+            vec![],
+            &[],
+            Load::H2c,
+        ));
     }
     #[cfg(all(target_os = "linux", feature = "tls"))]
     {

@@ -382,6 +382,10 @@ pub(crate) fn table(rounds: usize, secs: u64) {
         ("plain axum::serve (keep-alive)", "axum", vec![], http),
         ("baton, defaults, access log to a file", "baton", vec!["-l", "access.log"], http),
         ("baton --access-log off", "baton", vec!["--access-log", "off"], http),
+        // The same features from the usual parts (`axum-equivalent` in `bench.rs`): what the
+        // defaults would cost an app without baton.
+        ("  axum + tower-http equivalents, no log", "axum-equivalent", vec![], http),
+        ("  axum + tower-http equivalents + TraceLayer log", "axum-equivalent-log", vec![], http),
         ("plain axum::serve (Connection: close)", "axum", vec![], close),
         ("baton, defaults (Connection: close)", "baton", vec!["-l", "access.log"], close),
         // `#[tokio::main]` runs the accept loop on the main thread, outside the runtime's
@@ -393,6 +397,7 @@ pub(crate) fn table(rounds: usize, secs: u64) {
     if h2load_available() {
         configs.push(("plain axum::serve (h2c, h2load -c16 -m10)", "axum", vec![], Load::H2c));
         configs.push(("baton, defaults (h2c)", "baton", vec!["-l", "access.log"], Load::H2c));
+        configs.push(("  axum + tower-http equivalents + TraceLayer log", "axum-equivalent-log", vec![], Load::H2c));
     } else {
         println!("h2load not found (Debian package nghttp2-client): no HTTP/2 rows");
     }
