@@ -77,6 +77,86 @@ fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     assert_eq!(get(d.addr(), "/").unwrap().status, 200);
 }
 
+/// Kills the masters a test started (and their workers) when the test ends, also when their
+/// pid file is gone, so `Daemon`'s own clean-up cannot find them.
+struct Masters(Vec<i32>);
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let kids = children(pid);
+            for p in std::iter::once(pid).chain(kids) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_master_whose_pid_file_was_removed_stays_under_control() {
+    let d = Daemon::new("orphan");
+    assert!(d.start(&["--delay", "0"]).status.success());
+    let pid = d.pid();
+    let _masters = Masters(vec![pid]);
+    let (pid_file, ctl) = (d.dir.join("x.pid"), d.dir.join("x.pid.ctl"));
+    std::fs::remove_file(&pid_file).unwrap();
+    // A second start is refused: taking over the control socket would leave the first
+    // master beyond every command.
+    let other = format!("127.0.0.1:{}", free_port());
+    let out = d.hello(&["start", "-p", "x.pid", "-l", "y.log", "--listen", &other]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&format!("is served by running pid {pid}")), "{}", text(&out));
+    assert!(!pid_file.exists(), "the refused start left its pid file behind");
+    assert!(port_free(other.parse().unwrap()), "the refused start left its port bound");
+    // The commands still reach the master, through its control socket, and say the pid
+    // file is missing.
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("pid: {pid}\n")), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pid file"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is missing"), "{}", text(&out));
+    let before = get(d.addr(), "/pid").unwrap().body;
+    let out = d.hello(&["reload", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_ne!(get(d.addr(), "/pid").unwrap().body, before, "reloaded");
+    let out = d.hello(&["stop", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(&format!("stopped (pid {pid})")), "{}", text(&out));
+    assert!(!alive(pid));
+    assert!(port_free(d.addr()));
+    assert!(!ctl.exists());
+    let out = d.hello(&["stop", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("not running"), "{}", text(&out));
+}
+
+#[test]
+fn a_master_leaves_the_pid_file_and_control_socket_another_made_in_place_of_its_own() {
+    let d = Daemon::new("replaced");
+    assert!(d.start(&["--delay", "0"]).status.success());
+    let first = d.pid();
+    let mut masters = Masters(vec![first]);
+    // Both files removed (a temporary-file cleaner): nothing is left to tell a second start
+    // that the first runs, so it starts.
+    std::fs::remove_file(d.dir.join("x.pid")).unwrap();
+    std::fs::remove_file(d.dir.join("x.pid.ctl")).unwrap();
+    let other = format!("127.0.0.1:{}", free_port());
+    let out = d.hello(&["start", "-p", "x.pid", "-l", "y.log", "--listen", &other]);
+    assert!(out.status.success(), "{}", text(&out));
+    let second = d.pid();
+    masters.0.push(second);
+    assert_ne!(first, second);
+    // The first stops: the files now in place are the second's, and stay.
+    signal(first, Signal::SIGTERM);
+    wait_until(Duration::from_secs(10), "the first master to exit", || !alive(first));
+    assert_eq!(d.pid(), second, "the second's pid file is left alone");
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(&format!("pid: {second}")), "{}", text(&out));
+    assert_eq!(d.hello(&["stop", "-p", "x.pid"]).status.code(), Some(0));
+    assert!(!d.dir.join("x.pid").exists() && !d.dir.join("x.pid.ctl").exists());
+}
+
 #[test]
 fn start_failures_exit_1_with_the_reason_and_leave_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

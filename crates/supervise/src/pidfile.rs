@@ -73,11 +73,19 @@ impl PidFile {
 }
 
 /// A pid file whose holder goes away (clean exit, or a start that failed after locking) is
-/// removed while still locked. Forked copies never run this: the launcher, the daemon's first
-/// child and workers leave with `exit`/`_exit`/`exec`.
+/// removed while still locked, if the path still names the file this process locked: one
+/// removed by hand while the master ran, and made again by another instance, is that one's.
+/// Forked copies never run this: the launcher, the daemon's first child and workers leave
+/// with `exit`/`_exit`/`exec`.
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        if let (Ok(locked), Ok(named)) = (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            if same(&locked, &named) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 

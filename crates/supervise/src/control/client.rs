@@ -23,7 +23,24 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     let pid_path = pid.unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
     let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
     let shown = pid_path.display();
-    let pid = match pidfile::probe(&pid_path)? {
+    let ctl = pidfile::control_path(&pid_path);
+    let probe = match pidfile::probe(&pid_path)? {
+        // Removed while its master runs (by hand, by a temporary-file cleaner): the master
+        // still serves its control socket, and the command goes there. "Not running" would
+        // be a lie, and `stop` would report success while it serves on.
+        Probe::Missing => match served_by(&ctl, timeout) {
+            Some(pid) => {
+                crate::errln!(
+                    "{name}: pid file {shown} is missing; its control socket {} is served by pid {pid}",
+                    ctl.display()
+                );
+                Probe::Running(pid)
+            }
+            None => Probe::Missing,
+        },
+        p => p,
+    };
+    let pid = match probe {
         Probe::Running(pid) => pid,
         Probe::Missing => {
             return match cmd {
@@ -68,7 +85,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     let deadline = Instant::now() + timeout;
     // Taken before asking, so that "gone" means this very process exited.
     let exited = Exited::watch(pid);
-    let reply = match ask(&pidfile::control_path(&pid_path), cmd, timeout, pid) {
+    let reply = match ask(&ctl, cmd, timeout, Some(pid)) {
         Ok(r) => r,
         Err(e) => {
             // No control socket (or it does not answer): plain signals still work, but only
@@ -125,14 +142,32 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     }
 }
 
+/// The process serving the control socket `ctl` (a master whose pid file is missing): its
+/// pid by `SO_PEERCRED`, or (without it) by its own `status`. `None` when nothing serves it.
+pub(crate) fn served_by(ctl: &Path, timeout: Duration) -> Option<i32> {
+    let s = UnixStream::connect(ctl).ok()?;
+    if let Some(pid) = crate::sys::peer_pid(&s).ok()? {
+        return Some(pid);
+    }
+    drop(s);
+    match ask(ctl, Command::Status, timeout, None).ok()? {
+        Reply::Ok(t) => t.lines().find_map(|l| l.strip_prefix("pid: ")?.parse().ok()),
+        Reply::Err(_) => None,
+    }
+}
+
 /// Asks the master over its control socket; the socket's owner must be `pid` (the pid file's
-/// master), or the answer is not trusted.
-fn ask(path: &Path, cmd: Command, timeout: Duration, pid: i32) -> io::Result<Reply> {
+/// master) when given, or the answer is not trusted.
+fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> io::Result<Reply> {
     let mut s = UnixStream::connect(path)?;
     // Linux only (SO_PEERCRED); elsewhere the socket's directory permissions decide who serves it.
-    let peer = crate::sys::peer_pid(&s)?.unwrap_or(pid);
-    if peer != pid {
-        return Err(io::Error::other(format!("{} is served by pid {peer}, not the pid file's {pid}", path.display())));
+    if let (Some(peer), Some(pid)) = (crate::sys::peer_pid(&s)?, pid) {
+        if peer != pid {
+            return Err(io::Error::other(format!(
+                "{} is served by pid {peer}, not the pid file's {pid}",
+                path.display()
+            )));
+        }
     }
     s.set_read_timeout(Some(timeout))?;
     s.write_all(cmd.request().as_bytes())?;

@@ -2,6 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,20 +37,41 @@ struct Pending {
 pub(crate) struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's device and inode: removed at the end only if still this one.
+    file: (u64, u64),
     pending: Vec<Pending>,
 }
 
 impl ControlServer {
     /// Binds the socket (mode 0600: owner only, set through the umask at bind, so no path is
-    /// ever chmod-ed). A stale socket file is replaced; the pid file lock already proved no
-    /// other master runs. It listens only from [`ControlServer::listen`] on, called by the
-    /// master itself: a client checks the socket's owner pid (`SO_PEERCRED`, taken at
-    /// `listen`) against the pid file.
+    /// ever chmod-ed). A stale socket file (nothing accepts on it) is replaced. A live one is
+    /// refused: the pid file lock proved no other master holds *this* pid file, but a master
+    /// whose pid file was removed while it runs still serves the socket, and replacing it
+    /// would leave that master beyond every control command. It listens only from
+    /// [`ControlServer::listen`] on, called by the master itself: a client checks the
+    /// socket's owner pid (`SO_PEERCRED`, taken at `listen`) against the pid file.
     pub(crate) fn bind(path: &Path) -> Result<ControlServer> {
         let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
+        match UnixStream::connect(path) {
+            Ok(live) => {
+                drop(live);
+                let by = super::client::served_by(path, Duration::from_secs(5))
+                    .map_or_else(|| "a running process".to_owned(), |pid| format!("running pid {pid}"));
+                return Err(Error::new(
+                    ErrorKind::AlreadyRunning,
+                    format!(
+                        "control socket {} is served by {by}, a master whose pid file was removed: stop it first",
+                        path.display()
+                    ),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A socket file nothing listens on (or a file of another kind): replaced.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+            },
             Err(e) => return Err(fail(e)),
         }
         let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(fail)?;
@@ -59,9 +81,11 @@ impl ControlServer {
         nix::sys::stat::umask(old);
         bound.map_err(fail)?;
         sock.set_nonblocking(true).map_err(fail)?;
+        let file = std::fs::symlink_metadata(path).map_err(fail)?;
         Ok(ControlServer {
             listener: UnixListener::from(std::os::fd::OwnedFd::from(sock)),
             path: path.to_owned(),
+            file: (file.dev(), file.ino()),
             pending: Vec::new(),
         })
     }
@@ -114,7 +138,11 @@ impl ControlServer {
         out
     }
 
+    /// Removes the socket file, unless another took its place (an operator's, or another
+    /// instance's after this one's was removed).
     pub(crate) fn remove(self) {
-        let _ = std::fs::remove_file(&self.path);
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
