@@ -234,7 +234,7 @@ impl<A> Run<A> {
         let metrics_at = listeners.iter().position(|b| b.name == listen::METRICS_LISTENER);
         let exposition = Arc::new(crate::metrics::Exposition {
             metrics,
-            listeners: listeners.iter().map(|b| b.name.clone()).collect(),
+            listeners: Bound::labels(&listeners),
             // Copies for the accept queues' lengths (dropped when the drain starts).
             sockets: std::sync::Mutex::new(listeners.iter().map(|b| b.fd.try_clone().ok()).collect()),
             version,

@@ -354,6 +354,43 @@ fn status_json_parses_and_agrees_with_the_metrics() {
 }
 
 #[test]
+fn listeners_sharing_a_name_are_counted_apart() {
+    // Two `--listen` without a name are both `http` (as the sockets of one systemd socket
+    // unit share theirs): each is labelled with its address, in the metrics and in `status`.
+    let second = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (second_arg, admin_arg) = (second.to_string(), format!("admin={admin}"));
+    let (h, maddr) = start(&["--listen", &second_arg, "--listen", &admin_arg]);
+    let (first_label, second_label) = (format!("http={}", h.addr()), format!("http={second}"));
+    let key = |l: &str, c: &str| format!("baton_requests_total{{listener=\"{l}\",code=\"{c}\"}}");
+    // Start-up made requests of its own, on the first listener.
+    let before = samples(&scrape(maddr).unwrap());
+    for _ in 0..3 {
+        assert_eq!(get(second, "/").unwrap().status, 200);
+    }
+    assert_eq!(get(admin, "/missing").unwrap().status, 404);
+    let text = scrape(maddr).unwrap();
+    // No series twice: Prometheus rejects a scrape that repeats one.
+    let series: Vec<&str> =
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| Some(l.rsplit_once(' ')?.0)).collect();
+    let distinct: std::collections::BTreeSet<&str> = series.iter().copied().collect();
+    assert_eq!(series.len(), distinct.len(), "{text}");
+    let m = samples(&text);
+    assert_eq!(m.get(&key(&second_label, "2xx")), Some(&3.0), "{text}");
+    assert_eq!(m.get(&key("admin", "4xx")), Some(&1.0), "{text}");
+    assert_eq!(m.get(&key(&first_label, "2xx")), before.get(&key(&first_label, "2xx")), "{text}");
+    assert!(text.contains(&format!("baton_listen_backlog{{listener=\"{second_label}\"}} ")), "{text}");
+    let (code, out) = h.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let by = v["requests"]["by_listener"].as_object().unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(by.len(), 3, "one key per listener: {out}");
+    assert_eq!(by[&second_label], 3, "{out}");
+    assert_eq!(by["admin"], 1, "{out}");
+    assert_eq!(by[&first_label].as_f64(), Some(before.get(&key(&first_label, "2xx")).copied().unwrap_or(0.0)), "{out}");
+}
+
+#[test]
 fn metrics_listen_is_checked_and_only_serves_metrics() {
     let (h, maddr) = start(&[]);
     assert_eq!(get(maddr, "/").unwrap().status, 404);

@@ -115,6 +115,24 @@ impl Bound {
         }
     }
 
+    /// Each listener's label in the metrics and `status --json`: its name, or `name=address`
+    /// for a name several listeners share (as two `--listen` without a name do, or the sockets
+    /// of one systemd socket unit), so that no two listeners are counted as one.
+    pub fn labels(listeners: &[Bound]) -> Vec<String> {
+        listeners
+            .iter()
+            .map(
+                |b| {
+                    if listeners.iter().filter(|o| o.name == b.name).count() > 1 {
+                        b.describe()
+                    } else {
+                        b.name.clone()
+                    }
+                },
+            )
+            .collect()
+    }
+
     /// Removes a unix socket file this process created.
     pub fn remove_socket_file(&mut self) {
         if let Some(p) = self.unix_path.take() {
@@ -290,5 +308,20 @@ mod tests {
             let e = bad.parse::<ListenSpec>().unwrap_err();
             assert!(e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn listeners_sharing_a_name_are_labelled_with_their_addresses() {
+        let bound = |name: &str| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            (Bound { name: name.into(), fd: l.into(), unix_path: None }, addr)
+        };
+        let (a, a_addr) = bound("http");
+        let (b, _) = bound("admin");
+        let (c, c_addr) = bound("http");
+        assert_eq!(Bound::labels(&[a, b, c]), [format!("http={a_addr}"), "admin".into(), format!("http={c_addr}")]);
+        let (a, _) = bound("http");
+        assert_eq!(Bound::labels(&[a]), ["http"], "a name of its own is the label");
     }
 }

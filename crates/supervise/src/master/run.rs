@@ -493,10 +493,10 @@ impl Runner {
                 .num("4xx", c.by_class[3])
                 .num("5xx", c.by_class[4])
                 .end();
-            let app_listeners =
-                self.io.listeners.iter().enumerate().filter(|(_, l)| l.name != crate::listen::METRICS_LISTENER);
-            let by_listener = app_listeners
-                .fold(Object::default(), |o, (i, l)| o.num(&l.name, c.by_listener.get(i).copied().unwrap_or(0)));
+            let labels = crate::listen::Bound::labels(&self.io.listeners);
+            let app_listeners = labels.iter().enumerate().filter(|(_, l)| *l != crate::listen::METRICS_LISTENER);
+            let by_listener =
+                app_listeners.fold(Object::default(), |o, (i, l)| o.num(l, c.by_listener.get(i).copied().unwrap_or(0)));
             let requests = Object::default()
                 .num("total", c.requests)
                 .raw("by_class", &classes)
