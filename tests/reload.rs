@@ -114,6 +114,38 @@ fn graceful_stop_during_a_reload_drain_cuts_nothing() {
     assert!(!h.log_text().contains(&format!("worker[{first}] TERM while draining")), "{}", h.log_tail(20));
 }
 
+/// A stop while a reload's new generation is still starting stops that worker too, as the
+/// master's own doing: logged without an error, and the waiting `reload` is told why.
+#[test]
+fn a_stop_during_a_reload_start_is_no_error() {
+    let bindir = support::TempDir::new("stop-starting");
+    let app = bindir.join("app");
+    install(&hello_bin(), &app);
+    let mut h = Hello::start(&app, &["--delay", "0", "-p", "x.pid"]);
+    install_script(&app, "exec sleep 600");
+    let reload = {
+        let dir = h.dir.path().to_owned();
+        std::thread::spawn(move || {
+            std::process::Command::new(hello_bin()).args(["reload", "-p", "x.pid"]).current_dir(dir).output().unwrap()
+        })
+    };
+    wait_until(Duration::from_secs(10), "generation 2 to start", || {
+        h.log_text().contains("starting worker generation 2")
+    });
+    signal(h.pid, Signal::SIGTERM);
+    let st = h.wait_exit(Duration::from_secs(30));
+    let log = h.log_text();
+    assert!(st.success(), "exit status {st}; log:\n{log}");
+    assert!(
+        log.contains("worker generation 2 (pid ") && log.contains("before it was ready, while the master shuts down"),
+        "{log}"
+    );
+    assert!(!log.contains(" ERROR "), "a stop the master was told to make is no error:\n{log}");
+    let out = reload.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(support::text(&out).contains("while the master shuts down"), "{}", support::text(&out));
+}
+
 #[test]
 fn deploy_a_new_binary_then_reload() {
     let bindir = support::TempDir::new("deploy");

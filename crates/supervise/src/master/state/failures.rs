@@ -93,9 +93,17 @@ impl State {
             GenState::Starting { .. } => {
                 let why = match &g.killed_for {
                     Some(_) => how,
+                    None if self.stopping() => {
+                        format!("{how} before it was ready, while the master shuts down{last_words}")
+                    }
                     None => format!("{how} before it was ready{last_words}"),
                 };
-                tracing::error!("worker generation {} (pid {pid}) {why}", g.generation);
+                // Stopping, the master told it to stop itself: no error of the worker's.
+                if self.stopping() {
+                    tracing::info!("worker generation {} (pid {pid}) {why}", g.generation);
+                } else {
+                    tracing::error!("worker generation {} (pid {pid}) {why}", g.generation);
+                }
                 self.on_failed_start(now, out, g.generation, g.cause, g.waiters, why);
             }
             _ if self.stopping() => tracing::info!("worker generation {} (pid {pid}) {how}", g.generation),
