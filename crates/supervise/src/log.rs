@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Subscriber};
@@ -68,8 +68,15 @@ pub fn process_span(role: &'static str) -> tracing::Span {
     tracing::info_span!(PROCESS_SPAN, role, pid = std::process::id())
 }
 
-/// Log lines that could not be written since the last line that could.
-static LOST: AtomicU64 = AtomicU64::new(0);
+/// What the log lost since the last line that could be written.
+static LOST: Losses = Losses { lines: AtomicU64::new(0), cut: AtomicBool::new(false) };
+
+/// Log lines that could not be written, and whether a failed write cut one short: written in
+/// part (a disk that filled up during the write), its rest lost.
+struct Losses {
+    lines: AtomicU64,
+    cut: AtomicBool,
+}
 
 /// fd 2 as the log's writer: a daemon must survive its log (a full disk, `-l /dev/full`, a
 /// closed pipe). A failed write never panics and never retries: the line is counted, and the
@@ -95,20 +102,55 @@ impl io::Write for Stderr {
 
 /// Writes whole lines to fd 2 in one `write`; on failure counts them as lost (see [`Stderr`]).
 pub fn write_or_count(buf: &[u8]) {
-    use io::Write as _;
-    let mut err = io::stderr().lock();
-    let lost = LOST.load(Ordering::Relaxed);
-    if lost > 0 {
-        let note = format!("{} WARN  log: {lost} log lines lost: the log could not be written\n", now_rfc3339());
-        if err.write_all(note.as_bytes()).is_err() {
-            LOST.fetch_add(buf.iter().filter(|b| **b == b'\n').count().max(1) as u64, Ordering::Relaxed);
-            return;
+    LOST.write(&mut io::stderr().lock(), buf, now_rfc3339);
+}
+
+impl Losses {
+    /// Writes `buf` (whole lines) to `w`, after a note of what was lost if anything was. A
+    /// line a failed write cut short is ended first, so that no line runs into the next.
+    fn write(&self, w: &mut impl io::Write, buf: &[u8], now: impl Fn() -> String) {
+        let lost = self.lines.load(Ordering::Relaxed);
+        if lost > 0 {
+            let end_cut = if self.cut.load(Ordering::Relaxed) { "\n" } else { "" };
+            let note = format!("{end_cut}{} WARN  log: {lost} log lines lost: the log could not be written\n", now());
+            if let Err(done) = write_whole(w, note.as_bytes()) {
+                self.failed(note.as_bytes(), done, false);
+                self.failed(buf, 0, true);
+                return;
+            }
+            self.lines.fetch_sub(lost, Ordering::Relaxed);
+            self.cut.store(false, Ordering::Relaxed);
         }
-        LOST.fetch_sub(lost, Ordering::Relaxed);
+        if let Err(done) = write_whole(w, buf) {
+            self.failed(buf, done, true);
+        }
     }
-    if err.write_all(buf).is_err() {
-        LOST.fetch_add(buf.iter().filter(|b| **b == b'\n').count().max(1) as u64, Ordering::Relaxed);
+
+    /// Writing `buf` failed after `done` bytes: a line may be cut short, and (`count`) the
+    /// lines not written whole are lost.
+    fn failed(&self, buf: &[u8], done: usize, count: bool) {
+        if done > 0 {
+            self.cut.store(buf[done - 1] != b'\n', Ordering::Relaxed);
+        }
+        if count {
+            let rest = buf[done..].iter().filter(|b| **b == b'\n').count().max(1);
+            self.lines.fetch_add(rest as u64, Ordering::Relaxed);
+        }
     }
+}
+
+/// Writes all of `buf`, or says how many bytes were written before an error.
+fn write_whole(w: &mut impl io::Write, buf: &[u8]) -> std::result::Result<(), usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match w.write(&buf[done..]) {
+            Ok(0) => return Err(done),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(done),
+        }
+    }
+    Ok(())
 }
 
 fn now_rfc3339() -> String {
@@ -188,6 +230,55 @@ pub fn clf_time(out: &mut String, t: SystemTime) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A disk with `room` bytes left: a write past it is cut short, then fails (ENOSPC).
+    struct Disk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl io::Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_full_disk_is_ended_and_the_loss_told() {
+        let losses = Losses { lines: AtomicU64::new(0), cut: AtomicBool::new(false) };
+        let now = || "T".to_owned();
+        // Room for the first line and part of the second.
+        let mut disk = Disk { data: Vec::new(), room: 15 };
+        losses.write(&mut disk, b"line one\nline two\nline 3\n", now);
+        assert_eq!(disk.data, b"line one\nline t");
+        assert_eq!(losses.lines.load(Ordering::Relaxed), 2, "line two (cut short) and line 3");
+        // Full: nothing more is written, and the loss is counted.
+        losses.write(&mut disk, b"line four\n", now);
+        assert_eq!(disk.data, b"line one\nline t");
+        assert_eq!(losses.lines.load(Ordering::Relaxed), 3);
+        // Room again: the cut line is ended, then the note, then the line.
+        disk.room = 1000;
+        losses.write(&mut disk, b"line five\n", now);
+        let text = String::from_utf8(disk.data.clone()).unwrap();
+        assert_eq!(text, "line one\nline t\nT WARN  log: 3 log lines lost: the log could not be written\nline five\n");
+        assert_eq!(losses.lines.load(Ordering::Relaxed), 0);
+        // A disk full from the start of a write cuts nothing: no extra line end.
+        let mut disk = Disk { data: Vec::new(), room: 0 };
+        losses.write(&mut disk, b"a\n", now);
+        disk.room = 1000;
+        losses.write(&mut disk, b"b\n", now);
+        assert_eq!(disk.data, b"T WARN  log: 1 log lines lost: the log could not be written\nb\n");
+    }
 
     #[test]
     fn formats_times() {
