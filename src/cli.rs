@@ -32,7 +32,8 @@ pub(crate) enum Command<A: Args> {
     /// Zero-downtime reload; exits 0 only once the new worker serves.
     Reload(ReloadArgs),
     /// Show pid, uptime, generation, workers, listeners, requests and reloads since start (LSB
-    /// exit codes: 0 running, 1 dead with pid file, 3 not running, 4 no worker serves).
+    /// exit codes: 0 running, 1 dead with pid file, 3 not running, 4 no worker serves, or no
+    /// answer within --timeout).
     Status(StatusArgs),
     /// Reopen the log file (after logrotate moved it).
     ReopenLogs(ControlArgs),

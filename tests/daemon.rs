@@ -234,6 +234,35 @@ fn control_commands_exit_codes() {
 }
 
 #[test]
+fn a_master_that_does_not_answer_is_reported_not_guessed() {
+    let d = Daemon::new("hung");
+    assert!(d.start(&["--delay", "0"]).status.success());
+    let pid = d.pid();
+    support::stop_process(pid);
+    let out = d.hello(&["status", "-p", "x.pid", "--timeout", "1s"]);
+    // LSB's "unknown", not "serving": the master took the request and said nothing.
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("state: not answering"), "{}", text(&out));
+    assert!(text(&out).contains("gave no answer within 1s"), "{}", text(&out));
+    let out = d.hello(&["status", "--json", "-p", "x.pid", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!((v["pid"].as_i64(), v["state"].as_str()), (Some(i64::from(pid)), Some("not answering")));
+    // A reload is not sent again as a signal: the master holds the request, and carries it
+    // out once it runs again.
+    let out = d.hello(&["reload", "-p", "x.pid", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("reload: pid") && text(&out).contains("gave no answer"), "{}", text(&out));
+    assert!(!text(&out).contains("USR2"), "{}", text(&out));
+    signal(pid, Signal::SIGCONT);
+    wait_until(Duration::from_secs(10), "the held reload to be carried out", || {
+        d.log().contains("reload: starting generation 2")
+            && d.hello(&["status", "-p", "x.pid"]).status.code() == Some(0)
+    });
+    assert_eq!(d.hello(&["stop", "-p", "x.pid"]).status.code(), Some(0));
+}
+
+#[test]
 fn log_rotation_loses_and_duplicates_nothing() {
     let d = Daemon::new("rotate");
     assert!(d.start(&["--delay", "0"]).status.success());

@@ -18,7 +18,9 @@ use crate::pidfile::{self, Probe};
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
 /// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`
 /// (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs but no worker
-/// serves (starting, crash-looping, stopping).
+/// serves (starting, crash-looping, stopping), or it took the request and gave no answer
+/// within `timeout`. A master that does not answer is never signalled instead: it holds the
+/// request, and carries it out once it runs again.
 pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) -> Result<ExitCode> {
     let pid_path = pid.unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
     let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
@@ -87,8 +89,29 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     let exited = Exited::watch(pid);
     let reply = match ask(&ctl, cmd, timeout, Some(pid)) {
         Ok(r) => r,
-        Err(e) => {
-            // No control socket (or it does not answer): plain signals still work, but only
+        // The master took the request and did not answer: busy or hung (stopped, say). A
+        // signal now would repeat a request it may still carry out, and "serving" would be
+        // a guess: say so instead.
+        Err(Unanswered::Taken(e)) => {
+            let why = format!("pid {pid} took the request but gave no answer within {timeout:?} ({e}): busy or hung?");
+            return match cmd {
+                Command::Status => {
+                    crate::outln!("pid: {pid}\nstate: not answering");
+                    crate::errln!("{name}: {why}");
+                    Ok(ExitCode::from(4))
+                }
+                Command::StatusJson => {
+                    crate::outln!(
+                        "{{\"pid\":{pid},\"state\":\"not answering\",\"reason\":{}}}",
+                        crate::json::string(&why)
+                    );
+                    Ok(ExitCode::from(4))
+                }
+                _ => Err(Error::new(ErrorKind::Timeout, format!("{}: {why}", cmd.word()))),
+            };
+        }
+        Err(Unanswered::Unreachable(e)) => {
+            // No control socket (or not this master's): plain signals still work, but only
             // to a process proven to be the master of this pid file.
             match pidfile::held_by(&pid_path, pid) {
                 Ok(true) => {}
@@ -156,27 +179,52 @@ pub(crate) fn served_by(ctl: &Path, timeout: Duration) -> Option<i32> {
     }
 }
 
-/// Asks the master over its control socket; the socket's owner must be `pid` (the pid file's
-/// master) when given, or the answer is not trusted.
-fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> io::Result<Reply> {
-    let mut s = UnixStream::connect(path)?;
-    // Linux only (SO_PEERCRED); elsewhere the socket's directory permissions decide who serves it.
-    if let (Some(peer), Some(pid)) = (crate::sys::peer_pid(&s)?, pid) {
-        if peer != pid {
-            return Err(io::Error::other(format!(
-                "{} is served by pid {peer}, not the pid file's {pid}",
-                path.display()
-            )));
+/// Why [`ask`] has no answer.
+#[derive(Debug)]
+enum Unanswered {
+    /// The request did not reach the master: no socket, nothing listening, another owner.
+    Unreachable(io::Error),
+    /// The request went out, and no answer came back (in time, or at all).
+    Taken(io::Error),
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::Unreachable(e) | Unanswered::Taken(e) => e.fmt(f),
         }
     }
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(cmd.request().as_bytes())?;
+}
+
+/// Asks the master over its control socket; the socket's owner must be `pid` (the pid file's
+/// master) when given, or the answer is not trusted.
+fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::result::Result<Reply, Unanswered> {
+    let mut s = UnixStream::connect(path).map_err(Unanswered::Unreachable)?;
+    // Linux only (SO_PEERCRED); elsewhere the socket's directory permissions decide who serves it.
+    if let (Some(peer), Some(pid)) = (crate::sys::peer_pid(&s).map_err(Unanswered::Unreachable)?, pid) {
+        if peer != pid {
+            return Err(Unanswered::Unreachable(io::Error::other(format!(
+                "{} is served by pid {peer}, not the pid file's {pid}",
+                path.display()
+            ))));
+        }
+    }
+    s.set_read_timeout(Some(timeout)).map_err(Unanswered::Unreachable)?;
+    s.write_all(cmd.request().as_bytes()).map_err(Unanswered::Unreachable)?;
+    let taken = |e: io::Error| {
+        Unanswered::Taken(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::other("timed out"),
+            _ => e,
+        })
+    };
     let mut r = BufReader::new(s);
     let mut first = String::new();
-    r.read_line(&mut first)?;
+    if r.read_line(&mut first).map_err(taken)? == 0 {
+        return Err(Unanswered::Taken(io::Error::other("connection closed without an answer")));
+    }
     let mut rest = String::new();
-    r.read_to_string(&mut rest)?;
-    Reply::decode(&first, rest)
+    r.read_to_string(&mut rest).map_err(taken)?;
+    Reply::decode(&first, rest).map_err(Unanswered::Taken)
 }
 
 fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
