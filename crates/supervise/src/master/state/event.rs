@@ -126,7 +126,7 @@ pub(crate) enum Action {
         waiter: WaiterId,
         reply: Reply,
     },
-    /// Answer `status` from [`State::view`].
+    /// Answer `status`: the I/O shell formats the state as it is when it runs the action.
     ReplyStatus {
         waiter: WaiterId,
     },
