@@ -437,7 +437,11 @@ fn reopen(path: Option<&std::path::Path>) {
         crate::access_log::flush();
         match baton_supervise::log::reopen(p) {
             Ok(()) => tracing::info!("reopened log file {}", p.display()),
-            Err(e) => tracing::error!("cannot reopen log file {}: {e}", p.display()),
+            Err(e) => tracing::error!(
+                "cannot reopen log file {}: {}; still logging to the old file",
+                p.display(),
+                baton_supervise::describe_io(&e)
+            ),
         }
     }
 }
