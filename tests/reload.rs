@@ -368,7 +368,7 @@ fn draining_generations_are_capped_and_further_reloads_wait() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = h.ctl(&["reload"]);
     assert_eq!(code, 0, "{out}");
-    assert!(h.log_text().contains("reload deferred: 1 generations still draining"), "{}", h.log_tail(20));
+    assert!(h.log_text().contains("reload deferred: 1 generation still draining"), "{}", h.log_tail(20));
     assert!(!alive(first), "the queued reload started only after generation 1 finished draining");
     let r = slow.join().unwrap().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));

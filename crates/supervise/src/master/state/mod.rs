@@ -343,7 +343,8 @@ impl State {
         self.reload_requested.get_or_insert(now);
         if self.waits_for_slot() {
             let draining = self.draining_count();
-            tracing::warn!("reload deferred: {draining} generations still draining (--max-draining)");
+            let what = if draining == 1 { "generation" } else { "generations" };
+            tracing::warn!("reload deferred: {draining} {what} still draining (--max-draining)");
             self.queued.get_or_insert_with(Waiters::default).add(waiter);
             self.hurry_oldest(out);
             return;
@@ -539,7 +540,8 @@ impl State {
         let oldest =
             self.gens.iter_mut().filter(|g| matches!(g.state, GenState::Draining { .. })).min_by_key(|g| g.generation);
         if let Some(g) = oldest.filter(|g| !g.hurried) {
-            let open = g.conns.map(|n| format!(" ({n} connections open)")).unwrap_or_default();
+            let open =
+                g.conns.map(|n| format!(" ({n} connection{} open)", if n == 1 { "" } else { "s" })).unwrap_or_default();
             tracing::info!("generation {} (pid {}) holds a draining slot{open}: told to hurry", g.generation, g.pid);
             g.hurried = true;
             out.push(Action::Signal { pid: g.pid, sig: Sig::Usr2 });
