@@ -166,6 +166,11 @@ fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
     }
     wait_until(Duration::from_secs(10), "the stopped worker to be gone", || !alive(stopped));
     assert!(h.log_text().contains("sent no heartbeat for"), "{}", h.log_tail(20));
+    // Its end, said once: why it was killed, then how.
+    wait_until(Duration::from_secs(10), "the kill to be logged", || {
+        h.log_text().contains("died unexpectedly: no heartbeat")
+    });
+    assert!(h.log_text().contains(" (watchdog), killed by SIGKILL"), "{}", h.log_tail(20));
 }
 
 #[test]

@@ -24,7 +24,7 @@ impl State {
             let silent = now.saturating_duration_since(g.heartbeat);
             match g.state {
                 GenState::Starting { deadline } if deadline <= now && g.killed_for.is_none() => {
-                    g.killed_for = Some(format!("not ready within {ready_timeout:?}: killed"));
+                    g.killed_for = Some(format!("not ready within {ready_timeout:?}"));
                     tracing::error!(
                         "worker generation {} (pid {}) not ready within {ready_timeout:?}: killing it",
                         g.generation,
@@ -38,7 +38,7 @@ impl State {
                     // Wedged (a blocked runtime, an endless loop, SIGSTOP): it holds the
                     // listener but accepts nothing. Its exit is handled like a crash.
                     let accepting = if g.accepting { "" } else { ", not accepting" };
-                    g.killed_for = Some(format!("no heartbeat for {:.1}s (watchdog): killed", silent.as_secs_f64()));
+                    g.killed_for = Some(format!("no heartbeat for {:.1}s (watchdog)", silent.as_secs_f64()));
                     tracing::error!(
                         "worker generation {} (pid {}) sent no heartbeat for {silent:?}{accepting}: killing it",
                         g.generation,
