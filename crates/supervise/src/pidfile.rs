@@ -79,13 +79,23 @@ impl PidFile {
 /// with `exit`/`_exit`/`exec`.
 impl Drop for PidFile {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-        if let (Ok(locked), Ok(named)) = (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
-            if same(&locked, &named) {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(locked) = self.file.metadata() {
+            remove_if_still(&self.path, file_id(&locked));
         }
+    }
+}
+
+/// A file's identity (device, inode): whether a path still names the file a process made.
+pub(crate) fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Removes `path` if it still names the file `id`, not one put in its place since (by an
+/// operator, or by another instance after this one's was removed).
+pub(crate) fn remove_if_still(path: &Path, id: (u64, u64)) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| file_id(&m) == id) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -139,15 +149,14 @@ pub(crate) fn control_path(pid: &Path) -> PathBuf {
 /// Whether process `pid` has the file at `path` open: the master holds its pid file open (and
 /// locked) for its whole life, a process whose pid was merely written into the file does not.
 pub(crate) fn held_by(path: &Path, pid: i32) -> std::io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let target = std::fs::metadata(path)?;
+    let target = file_id(&std::fs::metadata(path)?);
     if !Path::new("/proc/self/fd").exists() {
         // No `/proc` (macOS, the BSDs): the file is locked and names `pid`.
         return Ok(matches!(probe(path), Ok(Probe::Running(p)) if p == pid));
     }
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let Ok(m) = std::fs::metadata(entry?.path()) else { continue };
-        if m.dev() == target.dev() && m.ino() == target.ino() {
+        if file_id(&m) == target {
             return Ok(true);
         }
     }

@@ -2,7 +2,6 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -85,7 +84,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener: UnixListener::from(std::os::fd::OwnedFd::from(sock)),
             path: path.to_owned(),
-            file: (file.dev(), file.ino()),
+            file: crate::pidfile::file_id(&file),
             pending: Vec::new(),
         })
     }
@@ -141,8 +140,6 @@ impl ControlServer {
     /// Removes the socket file, unless another took its place (an operator's, or another
     /// instance's after this one's was removed).
     pub(crate) fn remove(self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file) {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        crate::pidfile::remove_if_still(&self.path, self.file);
     }
 }
