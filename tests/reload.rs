@@ -125,9 +125,7 @@ fn a_stop_during_a_reload_start_is_no_error() {
     install_script(&app, "exec sleep 600");
     let reload = {
         let dir = h.dir.path().to_owned();
-        std::thread::spawn(move || {
-            std::process::Command::new(hello_bin()).args(["reload", "-p", "x.pid"]).current_dir(dir).output().unwrap()
-        })
+        std::thread::spawn(move || support::ctl_in(&dir, &["reload"]))
     };
     wait_until(Duration::from_secs(10), "generation 2 to start", || {
         h.log_text().contains("starting worker generation 2")
@@ -141,9 +139,9 @@ fn a_stop_during_a_reload_start_is_no_error() {
         "{log}"
     );
     assert!(!log.contains(" ERROR "), "a stop the master was told to make is no error:\n{log}");
-    let out = reload.join().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
-    assert!(support::text(&out).contains("while the master shuts down"), "{}", support::text(&out));
+    let (code, out) = reload.join().unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("while the master shuts down"), "{out}");
 }
 
 #[test]

@@ -292,10 +292,7 @@ impl Hello {
     /// Runs `hello <args> -p x.pid` in the server's directory; returns (exit code,
     /// stdout+stderr).
     pub fn ctl(&self, args: &[&str]) -> (i32, String) {
-        let out =
-            Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(self.dir.path()).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), text)
+        ctl_in(self.dir.path(), args)
     }
 
     /// Waits until a worker other than `old` answers `/pid`, and returns its pid.
@@ -449,6 +446,14 @@ pub fn install_file(dst: &Path, contents: &[u8], mode: u32) {
     std::fs::write(&staging, contents).unwrap();
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)).unwrap();
     install(&staging, dst);
+}
+
+/// Runs `hello <args> -p x.pid` in `dir` (from another thread than the server's owner, say);
+/// returns (exit code, stdout+stderr).
+pub fn ctl_in(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(hello_bin()).args(args).args(["-p", "x.pid"]).current_dir(dir).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
 }
 
 /// A daemon started by a test: killed (master and workers, by pid) on drop.
