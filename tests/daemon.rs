@@ -84,10 +84,7 @@ struct Masters(Vec<i32>);
 impl Drop for Masters {
     fn drop(&mut self) {
         for &pid in &self.0 {
-            let kids = children(pid);
-            for p in std::iter::once(pid).chain(kids) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
-            }
+            support::kill_tree(pid);
         }
     }
 }

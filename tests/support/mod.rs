@@ -91,6 +91,15 @@ pub fn process_state(pid: i32) -> Option<char> {
     s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
+/// SIGKILL to a master a test started and to its live children (its workers).
+pub fn kill_tree(pid: i32) {
+    let kids = children(pid);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for k in kids {
+        let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+    }
+}
+
 /// Sends SIGSTOP to `pid` and waits until the kernel shows it stopped.
 pub fn stop_process(pid: i32) {
     signal(pid, Signal::SIGSTOP);
@@ -318,10 +327,8 @@ impl Hello {
 
 impl Drop for Hello {
     fn drop(&mut self) {
-        let mut pids = children(self.pid);
-        pids.extend(&self.extra_pids);
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        for p in pids {
+        kill_tree(self.pid);
+        for &p in &self.extra_pids {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
         if let Some(mut c) = self.child.take() {
@@ -509,11 +516,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(s) = std::fs::read_to_string(self.dir.join("x.pid")) {
             if let Ok(pid) = s.trim().parse::<i32>() {
-                let kids = children(pid);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                for k in kids {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(k), Signal::SIGKILL);
-                }
+                kill_tree(pid);
             }
         }
     }
