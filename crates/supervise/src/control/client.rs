@@ -168,7 +168,11 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
 /// The process serving the control socket `ctl` (a master whose pid file is missing): its
 /// pid by `SO_PEERCRED`, or (without it) by its own `status`. `None` when nothing serves it.
 pub(crate) fn served_by(ctl: &Path, timeout: Duration) -> Option<i32> {
-    let s = UnixStream::connect(ctl).ok()?;
+    served_by_peer(UnixStream::connect(ctl).ok()?, ctl, timeout)
+}
+
+/// [`served_by`], given a connection `s` to `ctl` already made.
+pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Option<i32> {
     if let Some(pid) = crate::sys::peer_pid(&s).ok()? {
         return Some(pid);
     }

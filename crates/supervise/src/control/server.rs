@@ -53,8 +53,7 @@ impl ControlServer {
         let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
         match UnixStream::connect(path) {
             Ok(live) => {
-                drop(live);
-                let by = super::client::served_by(path, Duration::from_secs(5))
+                let by = super::client::served_by_peer(live, path, Duration::from_secs(5))
                     .map_or_else(|| "a running process".to_owned(), |pid| format!("running pid {pid}"));
                 return Err(Error::new(
                     ErrorKind::AlreadyRunning,
