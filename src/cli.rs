@@ -127,8 +127,8 @@ pub(crate) struct ServeOpts {
     /// Run workers as this user (the master keeps its privileges to bind and reload).
     #[arg(long, value_name = "USER")]
     pub(crate) user: Option<String>,
-    /// Run workers with this group. Default is the user's primary group.
-    #[arg(long, value_name = "GROUP")]
+    /// Run workers with this group (needs `--user`). Default is the user's primary group.
+    #[arg(long, value_name = "GROUP", requires = "user")]
     pub(crate) group: Option<String>,
     /// How long a shutdown or reload lets in-flight requests finish before cutting them.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -191,11 +191,12 @@ pub(crate) struct ServeOpts {
     /// Most header fields in an HTTP/1 request; more gets 431.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) max_headers: u32,
-    /// Largest request head (request line + headers) in bytes; larger gets 431. Minimum 8192.
-    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    /// Largest request head (request line + headers) in bytes (or with `KiB`, `MiB`); larger
+    /// gets 431. Minimum 8KiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = parse_header_bytes)]
     pub(crate) max_header_bytes: u32,
-    /// Largest request body in bytes; larger gets 413.
-    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024)]
+    /// Largest request body in bytes (or with `KiB`, `MiB`, `GiB`: `10MiB`); larger gets 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024, value_parser = parse_bytes)]
     pub(crate) max_body_bytes: u64,
     /// Set TCP_NODELAY on accepted connections: lower latency for responses streamed in many
     /// small writes (server-sent events), some throughput for small responses. Off by default,
@@ -336,6 +337,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a size (for an app's own flags too, as `value_parser = baton::parse_bytes`): bytes (`65536`), or a whole number with `KiB`, `MiB` or `GiB` (or `K`, `M`,
+/// `G`, as nginx writes them; all powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let expected = "expected bytes, or a whole number with KiB, MiB or GiB (e.g. 512KiB, 10MiB)";
+    let value: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: {expected}"))?;
+    let shift = match unit.trim_start() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        "KB" | "kB" | "MB" | "GB" => {
+            return Err(format!("invalid size {s:?}: {unit:?} is ambiguous (1000 or 1024?): write KiB, MiB or GiB"));
+        }
+        _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} ({expected})")),
+    };
+    value.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// `--max-header-bytes`: a size from 8 KiB (hyper's smallest read buffer) to 4 GiB - 1.
+fn parse_header_bytes(s: &str) -> Result<u32, String> {
+    let n = parse_bytes(s)?;
+    if n < 8192 {
+        return Err(format!("{s:?} is below the minimum, 8KiB (8192)"));
+    }
+    u32::try_from(n).map_err(|_| format!("invalid size {s:?}: at most 4GiB - 1"))
+}
+
 /// baton's subcommands: names an app's own subcommands may not take.
 pub(crate) const SUBCOMMANDS: &[&str] = &["run", "start", "stop", "reload", "status", "reopen-logs", "help"];
 
@@ -370,6 +401,24 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1e99h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_bytes("10M"), Ok(10 << 20));
+        assert_eq!(parse_bytes("10 MiB"), Ok(10 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert!(parse_bytes("10MB").unwrap_err().contains("ambiguous"), "{:?}", parse_bytes("10MB"));
+        assert!(parse_bytes("1X").unwrap_err().contains("unknown unit \"X\""));
+        for bad in ["", "MiB", "-1", "1.5MiB", "99999999999GiB"] {
+            assert!(parse_bytes(bad).unwrap_err().contains("invalid size"), "{bad:?}");
+        }
+        assert_eq!(parse_header_bytes("32KiB"), Ok(32768));
+        assert!(parse_header_bytes("4KiB").unwrap_err().contains("minimum"));
+        assert!(parse_header_bytes("4GiB").unwrap_err().contains("at most"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use app::{App, IntoApp, NoArgs, serve};
-pub use cli::parse_duration;
+pub use cli::{parse_bytes, parse_duration};
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};
 
 /// The directory the app was started from (`run` or `start`), whatever the process's current

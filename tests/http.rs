@@ -191,7 +191,7 @@ fn keepalive_load_across_term_loses_nothing() {
 fn production_defaults() {
     let h = Hello::start(
         &hello_bin(),
-        &["--delay", "0", "--debug-routes", "--max-body-bytes", "1000", "--header-timeout", "1s"],
+        &["--delay", "0", "--debug-routes", "--max-body-bytes", "1KiB", "--header-timeout", "1s"],
     );
     let a = h.addr();
     // A panicking handler is a 500; the server lives on.
@@ -219,6 +219,11 @@ fn production_defaults() {
     let r =
         request(a, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "5"));
+    // `1KiB` is 1,024 bytes: that many pass, one more does not.
+    for (len, status) in [(1024, 200), (1025, 413)] {
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+        assert_eq!(request(a, format!("{head}{}", "x".repeat(len)).as_bytes()).unwrap().status, status, "{len} bytes");
+    }
     // Garbage -> 400 or a clean close.
     match request(a, b"\x16\x03\x01garbage garbage\r\n\r\n") {
         Ok(r) => assert_eq!(r.status, 400),
@@ -501,9 +506,23 @@ fn epoch_secs(y: u64, m: u64, d: u64, hh: u64, mm: u64, ss: u64) -> u64 {
     days * 86_400 + hh * 3600 + mm * 60 + ss
 }
 
+/// Runs hello with `args`, which it must refuse: a server that starts instead is stopped
+/// (still our unreaped child, so its pid is its own) and the test fails.
 fn run_bad(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(hello_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let mut child = std::process::Command::new(hello_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = support::wait_for(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    if !refused {
+        support::kill_tree(child.id() as i32);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(refused, "{args:?} started a server: {err}");
+    (out.status.code().unwrap_or(-1), err)
 }
 
 #[test]
@@ -520,6 +539,18 @@ fn bad_command_lines_name_the_bad_value() {
     let (code, err) = run_bad(&["run", "--listen", "nowhere:1"]);
     assert_eq!(code, 2);
     assert!(err.contains("nowhere:1"), "{err}");
+    // Refused, not ignored or misread.
+    let cases: [(&[&str], &str); 4] = [
+        (&["--group", "nogroup"], "--user <USER>"),
+        (&["--max-body-bytes", "10MB"], "\"MB\" is ambiguous (1000 or 1024?): write KiB, MiB or GiB"),
+        (&["--max-body-bytes", "1X"], "unknown unit \"X\""),
+        (&["--max-header-bytes", "4KiB"], "below the minimum, 8KiB"),
+    ];
+    for (args, reason) in cases {
+        let (code, err) = run_bad(&[&["run", "--listen", "127.0.0.1:0"], args].concat());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
     // Port in use, in both modes: exit 1 naming the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
