@@ -20,9 +20,10 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = baton::parse_duration)]
     delay: Duration,
     /// Also serve `/panic` (a handler that panics), `POST /echo` (returns the body size),
-    /// `/events` (server-sent ticks until shutdown, then `bye`), `/ticks` (server-sent ticks
-    /// through `baton::sse`) and `/ws` (a WebSocket echo through `baton::ws`), for trying the
-    /// production defaults and long-lived connections across reloads.
+    /// `/bytes/N` (N bytes), `/events` (server-sent ticks until shutdown, then `bye`), `/ticks`
+    /// (server-sent ticks through `baton::sse`) and `/ws` (a WebSocket echo through
+    /// `baton::ws`), for trying the production defaults and long-lived connections across
+    /// reloads.
     #[arg(long)]
     debug_routes: bool,
     /// Fail in the app's start-up (to try failed starts and rollbacks).
@@ -105,11 +106,24 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
     let app = app
         .route("/panic", get(|| async { panic_route() }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+        .route("/bytes/{n}", get(bytes))
         .route("/events", get(events))
         .route("/ticks", get(ticks));
     #[cfg(feature = "ws")]
     let app = app.route("/ws", get(ws_handler));
     app
+}
+
+/// `n` bytes of `x` (at most 256 MiB): a response larger than the socket buffers. Built
+/// without `IntoResponse`, whose header insert would be compiled differently for every handler
+/// (the benchmarks time `GET /`).
+async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> axum::response::Response {
+    let mut r = axum::response::Response::new(axum::body::Body::from(vec![b'x'; n.min(256 << 20)]));
+    if n > 256 << 20 {
+        *r.body_mut() = axum::body::Body::from("at most 268435456 bytes\n");
+        *r.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    }
+    r
 }
 
 /// A WebSocket echo (the text `pid` is answered with the worker's pid), written as in axum's

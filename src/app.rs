@@ -225,6 +225,8 @@ impl App {
         idle_timeout => "idle_timeout",
         /// `--body-timeout`: after this long a request body must keep up 1 KiB/s (zero: off).
         body_timeout => "body_timeout",
+        /// `--send-timeout`: a client that accepts no response bytes this long is cut (zero: off).
+        send_timeout => "send_timeout",
     }
 
     number_defaults! {
@@ -501,6 +503,7 @@ impl App {
             header_timeout: opts.header_timeout,
             idle_timeout: Some(opts.idle_timeout).filter(|d| !d.is_zero()),
             body_timeout: Some(opts.body_timeout).filter(|d| !d.is_zero()),
+            send_timeout: Some(opts.send_timeout).filter(|d| !d.is_zero()),
             max_header_bytes: opts.max_header_bytes as usize,
             max_headers: opts.max_headers as usize,
             max_body_bytes: opts.max_body_bytes,

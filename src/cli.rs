@@ -188,6 +188,10 @@ pub(crate) struct ServeOpts {
     /// the app's extractor then fails. `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) body_timeout: Duration,
+    /// Close a connection whose client accepted no response bytes for this long (a client
+    /// that stopped reading: slow read, as nginx's `send_timeout`); `0` disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) send_timeout: Duration,
     /// Most header fields in an HTTP/1 request; more gets 431.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) max_headers: u32,

@@ -307,13 +307,16 @@ where
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // Serving, until the connection ends, the drain starts, it stayed idle (no request in
-    // flight) for the idle timeout (HTTP/1 keep-alive and HTTP/2 alike), or an HTTP/1 request
+    // flight) for the idle timeout (HTTP/1 keep-alive and HTTP/2 alike), an HTTP/1 request
     // head took longer than the header timeout (slowloris; also a connection that never
-    // sends a byte). One timer per connection, set to whichever comes first and checked when
-    // it fires: nothing per request (a clock read only for a head still arriving after a poll).
+    // sends a byte), or its writes waited for the client longer than the send timeout (a
+    // client that stopped reading). One timer per connection, set to whichever comes first and
+    // checked when it fires: nothing per request (a clock read only for a head still arriving
+    // after a poll, or a write that found the client's buffer full).
     let cfg = &shared.cfg;
     let idle_timeout = cfg.idle_timeout;
     let header_ms = Some(cfg.header_timeout.as_millis() as u64).filter(|t| *t > 0);
+    let send_ms = cfg.send_timeout.map(|t| t.as_millis() as u64);
     let drained = shared.drain_notify.notified();
     tokio::pin!(drained);
     let timer = tokio::time::sleep_until(far_future().into());
@@ -336,6 +339,17 @@ where
                 }
                 Some(h) => next = next.min(h + t),
                 // A head may begin any moment: look again a header timeout from now.
+                None => next = next.min(now + t),
+            }
+        }
+        if let Some(t) = send_ms {
+            match conn_state.write_blocked_since() {
+                Some(b) if now.saturating_sub(b) >= t => {
+                    tracing::debug!("connection from {peer:?}: the client read nothing for {t} ms: closed");
+                    return;
+                }
+                Some(b) => next = next.min(b + t),
+                // Writes may block any moment: look again a send timeout from now.
                 None => next = next.min(now + t),
             }
         }
@@ -508,7 +522,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     #[inline]
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.open.conn.wrote(polled.is_pending());
+        polled
     }
 
     #[inline]
@@ -517,7 +533,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.open.conn.wrote(polled.is_pending());
+        polled
     }
 
     #[inline]
@@ -527,12 +545,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
 
     #[inline]
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.open.conn.wrote(polled.is_pending());
+        polled
     }
 
     #[inline]
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.open.conn.wrote(polled.is_pending());
+        polled
     }
 }
 

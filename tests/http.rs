@@ -667,3 +667,48 @@ fn error_lines_name_the_request_with_the_access_log_on_and_off() {
         assert!(log.contains("request timeout on GET /"), "log {format}: {log}");
     }
 }
+
+/// A client that stops reading its response is cut once its connection's writes made no
+/// progress for `--send-timeout`; one that reads slowly but steadily gets the whole response,
+/// however much longer than the timeout that takes.
+#[test]
+fn a_client_that_stops_reading_is_cut_at_the_send_timeout() {
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "0", "--debug-routes", "--send-timeout", "1s"]);
+    // Far more than the socket buffers of both ends hold.
+    const BIG: usize = 64 << 20;
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.write_all(format!("GET /bytes/{BIG} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+    wait_until(Duration::from_secs(30), "the server to cut the stalled client", || {
+        h.log_text().contains("the client read nothing for 1000 ms: closed")
+    });
+    // What the buffers held, then the end of the stream: the response was cut short.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("an orderly end of the stream");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got[..got.len().min(200)]));
+    assert!(got.len() < BIG, "cut short: {} bytes", got.len());
+    // A slow reader: 1 MiB every 100 ms, 1.6 s in all.
+    const SLOW: usize = 16 << 20;
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.write_all(format!("GET /bytes/{SLOW} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0; 1 << 20];
+    loop {
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match s.read(&mut chunk[filled..]).unwrap() {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        got.extend_from_slice(&chunk[..filled]);
+        if filled < chunk.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = support::parse(&got).unwrap();
+    assert_eq!((r.status, r.body.len()), (200, SLOW));
+    assert_eq!(h.log_text().matches("the client read nothing").count(), 1, "{}", h.log_tail(20));
+}

@@ -44,6 +44,9 @@ pub(crate) struct ConnState {
     head_since: AtomicU64,
     /// The header timeout applies: not after the HTTP/2 preface.
     heads_timed: AtomicBool,
+    /// Since when the connection's writes wait for the client to read, on the
+    /// [`Shared::now_ms`] clock plus one (0: they do not).
+    write_blocked_since: AtomicU64,
 }
 
 /// `head_since` for a head that began during the connection's current poll, its time not read
@@ -70,6 +73,7 @@ impl ConnState {
             last_active_ms: AtomicU64::new(now),
             head_since: AtomicU64::new(now + 1),
             heads_timed: AtomicBool::new(true),
+            write_blocked_since: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +124,25 @@ impl ConnState {
             HEAD_BEGUN => Some(now),
             since => since.checked_sub(1),
         }
+    }
+
+    /// A write to the connection returned (`pending`: the client's window or the socket's
+    /// buffer is full). A write that completes costs a load; only a blocked one reads the
+    /// clock, once until a write completes again.
+    #[inline]
+    pub(crate) fn wrote(&self, pending: bool) {
+        if pending {
+            if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
+                self.write_blocked_since.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+            }
+        } else if self.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when the connection's writes have been waiting for the client, if they are.
+    pub(crate) fn write_blocked_since(&self) -> Option<u64> {
+        self.write_blocked_since.load(Ordering::Relaxed).checked_sub(1)
     }
 
     pub(crate) fn is_h2(&self) -> bool {

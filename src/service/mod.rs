@@ -46,6 +46,8 @@ pub(crate) struct HttpConfig {
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) body_timeout: Option<Duration>,
+    /// A connection whose writes made no progress this long is closed.
+    pub(crate) send_timeout: Option<Duration>,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers: usize,
     pub(crate) max_body_bytes: u64,
