@@ -160,17 +160,32 @@ fn start_failures_exit_1_with_the_reason_and_leave_nothing() {
     let taken_addr = taken.local_addr().unwrap().to_string();
     let d = Daemon::new("fail");
     let listen = format!("127.0.0.1:{}", d.port);
+    let long = "d".repeat(110);
+    std::fs::create_dir(d.dir.join(&long)).unwrap();
+    let long_pid = format!("{long}/x.pid");
+    let long_unix = format!("unix:{long}/s.sock");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &taken_addr], "address already in use"),
         (vec!["start", "-p", "x.pid", "-l", "no/such/dir/x.log", "--listen", &listen], "no such file or directory"),
         (vec!["start", "-p", "no/such/dir/x.pid", "-l", "x.log", "--listen", &listen], "no such file or directory"),
         (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--fail-start"], "--fail-start was given"),
+        // Paths too long for a unix socket's address: the control socket next to the pid
+        // file, and a unix listener.
+        (
+            vec!["start", "-p", &long_pid, "-l", "x.log", "--listen", &listen],
+            "longer than the 107 a unix socket's path may have: give -p a shorter path",
+        ),
+        (
+            vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &long_unix],
+            "longer than the 107 a unix socket's path may have",
+        ),
     ];
     for (args, reason) in cases {
         let out = d.hello(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(reason), "{args:?}: {}", text(&out));
         assert!(!d.dir.join("x.pid").exists(), "{args:?}: pid file left behind");
+        assert_eq!(std::fs::read_dir(d.dir.join(&long)).unwrap().count(), 0, "{args:?}: files left behind");
         assert!(port_free(d.addr()), "{args:?}: port still bound");
     }
     // The failed worker's own words reached the log.

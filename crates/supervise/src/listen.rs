@@ -175,6 +175,7 @@ fn bind(spec: &ListenSpec) -> Result<Bound> {
             Ok(Bound { name: spec.name.clone(), fd: sock.into(), unix_path: None })
         }
         ListenAddr::Unix(path) => {
+            unix_path_fits(path).map_err(fail)?;
             remove_stale_socket(path).map_err(fail)?;
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
             let sa = socket2::SockAddr::unix(path).map_err(fail)?;
@@ -194,6 +195,21 @@ fn bind(spec: &ListenSpec) -> Result<Bound> {
             Ok(Bound { name: spec.name.clone(), fd: sock.into(), unix_path: Some(path.clone()) })
         }
     }
+}
+
+/// The longest path a unix socket can be bound or reached at: the kernel's `sun_path`, less
+/// its terminating NUL.
+pub(crate) const UNIX_PATH_MAX: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+/// `Ok` if `path` fits a unix socket's address, else an error that says by how much it does
+/// not (the standard library's says "path must be shorter than SUN_LEN").
+pub(crate) fn unix_path_fits(path: &std::path::Path) -> io::Result<()> {
+    let len = path.as_os_str().len();
+    if len > UNIX_PATH_MAX {
+        let why = format!("the path is {len} bytes, longer than the {UNIX_PATH_MAX} a unix socket's path may have");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    }
+    Ok(())
 }
 
 /// A socket file left by a dead server is removed; a live one (connect succeeds) is

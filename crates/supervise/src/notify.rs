@@ -75,6 +75,7 @@ impl NotifyServer {
         };
         let path = dir.join("notify.sock");
         let bound = (|| {
+            crate::listen::unix_path_fits(&path)?;
             let sock = UnixDatagram::bind(&path)?;
             sock.set_nonblocking(true)?;
             crate::sys::notify_setup(&sock)?;

@@ -51,6 +51,15 @@ impl ControlServer {
     /// socket's owner pid (`SO_PEERCRED`, taken at `listen`) against the pid file.
     pub(crate) fn bind(path: &Path) -> Result<ControlServer> {
         let fail = |e| Error::io(ErrorKind::Io, format!("cannot create control socket {}", path.display()), e);
+        if let Err(e) = crate::listen::unix_path_fits(path) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot create control socket {} (the pid file's path + .ctl): {e}: give -p a shorter path",
+                    path.display()
+                ),
+            ));
+        }
         match UnixStream::connect(path) {
             Ok(live) => {
                 let by = super::client::served_by_peer(live, path, Duration::from_secs(5))

@@ -122,8 +122,10 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     ];
     let (signals, orig_mask) =
         sys::Signals::new(&handled).map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))?;
-    let notify =
-        NotifyServer::bind(log_owner).map_err(|e| Error::io(ErrorKind::Io, "cannot create the notify socket", e))?;
+    let notify = NotifyServer::bind(log_owner).map_err(|e| {
+        let under = std::env::temp_dir();
+        Error::io(ErrorKind::Io, format!("cannot create the notify socket under {} (TMPDIR)", under.display()), e)
+    })?;
 
     let metrics = match crate::metrics::Region::create() {
         Ok((fd, r)) => {
