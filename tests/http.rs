@@ -562,6 +562,19 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(&addr) && err.contains("in use"), "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
+    // Our own listeners in each other's way: named as such, not as another program's port.
+    let port = support::free_port();
+    let (a, wildcard) = (format!("127.0.0.1:{port}"), format!(":{port}"));
+    let cases: [(&[&str], &str); 3] = [
+        (&["--listen", &a, "--listen", &a], "given twice (--listen)"),
+        (&["--listen", &a, "--metrics-listen", &a], "--metrics-listen and --listen name the same address"),
+        (&["--listen", &wildcard, "--listen", &a], "overlaps --listen 0.0.0.0:"),
+    ];
+    for (args, reason) in cases {
+        let (code, err) = run_bad(&[&["run"], args].concat());
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -146,8 +146,12 @@ const BACKLOG: i32 = 1024;
 /// Binds every spec; nothing is left bound if one fails.
 fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
     let mut out: Vec<Bound> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        match bind(spec) {
+    for (i, spec) in specs.iter().enumerate() {
+        let bound = match conflict(spec, &specs[..i]) {
+            Some(why) => Err(Error::new(ErrorKind::Listen, format!("cannot bind {}: {why}", spec.addr))),
+            None => bind(spec),
+        };
+        match bound {
             Ok(b) => out.push(b),
             Err(e) => {
                 for mut b in out {
@@ -158,6 +162,35 @@ fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
         }
     }
     Ok(out)
+}
+
+/// Why `spec` cannot be bound beside `earlier` (the same address, or a TCP address a wildcard
+/// of the same family and port covers), naming the options: the kernel would only say
+/// "address already in use", as if another program held it.
+fn conflict(spec: &ListenSpec, earlier: &[ListenSpec]) -> Option<String> {
+    let flag = |s: &ListenSpec| if s.name == METRICS_LISTENER { "--metrics-listen" } else { "--listen" };
+    earlier.iter().find_map(|e| {
+        let covered = match (&spec.addr, &e.addr) {
+            (ListenAddr::Unix(a), ListenAddr::Unix(b)) => a == b,
+            (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) => {
+                a.port() != 0
+                    && a.port() == b.port()
+                    && a.is_ipv4() == b.is_ipv4()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            }
+            _ => false,
+        };
+        covered.then(|| {
+            let (this, that) = (flag(spec), flag(e));
+            if spec.addr == e.addr && this == that {
+                format!("given twice ({this})")
+            } else if spec.addr == e.addr {
+                format!("{this} and {that} name the same address")
+            } else {
+                format!("{this} overlaps {that} {}, which takes every address of its port", e.addr)
+            }
+        })
+    })
 }
 
 fn bind(spec: &ListenSpec) -> Result<Bound> {
@@ -307,6 +340,32 @@ pub fn take_inherited() -> Result<Option<Vec<Bound>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_that_cannot_be_bound_together_are_named() {
+        let spec = |s: &str| s.parse::<ListenSpec>().unwrap();
+        let metrics = |s: &str| ListenSpec { name: METRICS_LISTENER.to_owned(), ..spec(s) };
+        let why = |a: ListenSpec, earlier: &[ListenSpec]| conflict(&a, earlier);
+        assert_eq!(why(spec("127.0.0.1:80"), &[spec("127.0.0.1:80")]).unwrap(), "given twice (--listen)");
+        assert_eq!(why(spec("unix:/x.sock"), &[spec("unix:/x.sock")]).unwrap(), "given twice (--listen)");
+        assert_eq!(
+            why(metrics("127.0.0.1:80"), &[spec("127.0.0.1:80")]).unwrap(),
+            "--metrics-listen and --listen name the same address"
+        );
+        assert_eq!(
+            why(spec("127.0.0.1:80"), &[spec(":80")]).unwrap(),
+            "--listen overlaps --listen 0.0.0.0:80, which takes every address of its port"
+        );
+        assert!(why(spec(":80"), &[spec("127.0.0.1:80")]).is_some());
+        assert!(why(spec("[::1]:80"), &[spec("[::]:80")]).is_some());
+        // Fine together: IPv4 and IPv6 (`[::]` is IPv6 only), other ports, other addresses,
+        // any port the kernel picks.
+        for (a, b) in [("[::]:80", "0.0.0.0:80"), ("127.0.0.1:80", "127.0.0.1:81"), ("127.0.0.1:80", "127.0.0.2:80")] {
+            assert_eq!(why(spec(a), &[spec(b)]), None, "{a} {b}");
+        }
+        assert_eq!(why(spec("127.0.0.1:0"), &[spec("127.0.0.1:0")]), None);
+        assert_eq!(why(spec("unix:/a.sock"), &[spec("unix:/b.sock")]), None);
+    }
 
     #[test]
     fn parses_addresses() {
