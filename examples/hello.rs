@@ -114,16 +114,40 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
     app
 }
 
-/// `n` bytes of `x` (at most 256 MiB): a response larger than the socket buffers. Built
-/// without `IntoResponse`, whose header insert would be compiled differently for every handler
-/// (the benchmarks time `GET /`).
-async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> axum::response::Response {
-    let mut r = axum::response::Response::new(axum::body::Body::from(vec![b'x'; n.min(256 << 20)]));
-    if n > 256 << 20 {
-        *r.body_mut() = axum::body::Body::from("at most 268435456 bytes\n");
-        *r.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+/// `n` bytes of `x`, streamed in frames of 64 KiB (as a file would be): a response larger than
+/// the socket buffers. Built without `IntoResponse`, whose header insert would be compiled
+/// differently for every handler (the benchmarks time `GET /`).
+async fn bytes(axum::extract::Path(n): axum::extract::Path<u64>) -> axum::response::Response {
+    axum::response::Response::new(axum::body::Body::new(Repeat { left: n }))
+}
+
+/// A body of `left` more bytes of `x`.
+struct Repeat {
+    left: u64,
+}
+
+impl http_body::Body for Repeat {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 64 << 10] = [b'x'; 64 << 10];
+        let n = self.left.min(CHUNK.len() as u64) as usize;
+        self.left -= n as u64;
+        let frame = (n > 0).then(|| Ok(http_body::Frame::data(bytes::Bytes::from_static(&CHUNK[..n]))));
+        std::task::Poll::Ready(frame)
     }
-    r
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// A WebSocket echo (the text `pid` is answered with the worker's pid), written as in axum's

@@ -343,7 +343,7 @@ where
             }
         }
         if let Some(t) = send_ms {
-            match conn_state.write_blocked_since() {
+            match conn_state.send_stalled_since(now) {
                 Some(b) if now.saturating_sub(b) >= t => {
                     tracing::debug!("connection from {peer:?}: the client read nothing for {t} ms: closed");
                     return;

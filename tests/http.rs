@@ -724,4 +724,29 @@ fn a_client_that_stops_reading_is_cut_at_the_send_timeout() {
     let r = support::parse(&got).unwrap();
     assert_eq!((r.status, r.body.len()), (200, SLOW));
     assert_eq!(h.log_text().matches("the client read nothing").count(), 1, "{}", h.log_tail(20));
+    // HTTP/2: a client that reads the connection (its pings are answered) but never lets a
+    // response's stream move (no WINDOW_UPDATE: its body is never polled) is cut too.
+    let rt = support::rt();
+    rt.block_on(async {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(h.addr()).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let uri = format!("http://{}/bytes/{BIG}", h.addr());
+        let req = http::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let log = h.log.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_until(Duration::from_secs(30), "the server to cut the stalled HTTP/2 client", || {
+                std::fs::read_to_string(&log).unwrap().matches("the client read nothing").count() == 2
+            })
+        })
+        .await
+        .unwrap();
+        // Its body ends in an error before its end: the connection was closed under it.
+        let body = tokio::time::timeout(Duration::from_secs(20), http_body_util::BodyExt::collect(resp.into_body()));
+        assert!(body.await.unwrap().is_err(), "the cut response's body ends in an error");
+        tokio::time::timeout(Duration::from_secs(20), conn).await.unwrap().unwrap().ok();
+    });
 }

@@ -47,6 +47,10 @@ pub(crate) struct ConnState {
     /// Since when the connection's writes wait for the client to read, on the
     /// [`Shared::now_ms`] clock plus one (0: they do not).
     write_blocked_since: AtomicU64,
+    /// HTTP/2: response bodies waiting for the client's flow-control window (see
+    /// `TrackedBody`), and since when none of them moved (as `write_blocked_since`).
+    h2_waiting: AtomicU32,
+    h2_stalled_since: AtomicU64,
 }
 
 /// `head_since` for a head that began during the connection's current poll, its time not read
@@ -74,6 +78,8 @@ impl ConnState {
             head_since: AtomicU64::new(now + 1),
             heads_timed: AtomicBool::new(true),
             write_blocked_since: AtomicU64::new(0),
+            h2_waiting: AtomicU32::new(0),
+            h2_stalled_since: AtomicU64::new(0),
         }
     }
 
@@ -140,9 +146,45 @@ impl ConnState {
         }
     }
 
-    /// Since when the connection's writes have been waiting for the client, if they are.
-    pub(crate) fn write_blocked_since(&self) -> Option<u64> {
-        self.write_blocked_since.load(Ordering::Relaxed).checked_sub(1)
+    /// HTTP/2: a response body handed over a frame before its end and waits to be polled again.
+    pub(crate) fn h2_stream_waits(&self) {
+        if self.h2_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.h2_stalled_since.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// HTTP/2: a waiting response body was polled again (`progress`: the client's window let
+    /// it), or dropped.
+    pub(crate) fn h2_stream_moved(&self, progress: bool) {
+        if self.h2_waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.h2_stalled_since.store(0, Ordering::Relaxed);
+        } else if progress {
+            self.h2_stalled_since.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when the connection has been waiting for its client to read, if it is: its
+    /// writes blocked (a full socket buffer), or, on HTTP/2, response bodies waiting for the
+    /// client's flow-control window with none of them moving (as nginx's `send_timeout`, per
+    /// connection: a stream that moves shows the client reads).
+    pub(crate) fn send_stalled_since(&self, now: u64) -> Option<u64> {
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed).checked_sub(1);
+        let stalled = if self.h2_waiting.load(Ordering::Relaxed) > 0 {
+            // Unset by a stream that left as another arrived (threads racing): from now.
+            match self.h2_stalled_since.load(Ordering::Relaxed) {
+                0 => {
+                    self.h2_stalled_since.store(now + 1, Ordering::Relaxed);
+                    Some(now)
+                }
+                since => Some(since - 1),
+            }
+        } else {
+            None
+        };
+        match (blocked, stalled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub(crate) fn is_h2(&self) -> bool {

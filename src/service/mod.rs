@@ -343,7 +343,7 @@ impl Unanswered {
         guard.status = CLIENT_CLOSED;
         // Ended as a response of no bytes: its body's drop logs and counts it (one place
         // that writes the log line, so that it stays inlined there, on the request path).
-        drop(TrackedBody { body: Body::empty(), record, guard });
+        drop(TrackedBody { body: Body::empty(), record, guard, waiting: false });
     }
 }
 
@@ -405,7 +405,7 @@ impl Future for ConnFuture {
         if guard.status == 101 {
             guard.conn_upgraded();
         }
-        Poll::Ready(Ok(resp.map(|body| TrackedBody { body, record, guard })))
+        Poll::Ready(Ok(resp.map(|body| TrackedBody { body, record, guard, waiting: false })))
     }
 }
 
@@ -492,6 +492,9 @@ pub(crate) struct TrackedBody {
     /// The access log's record (boxed: see the module's doc).
     record: Option<Box<Record>>,
     guard: InFlight,
+    /// HTTP/2: it handed hyper a frame before its end, and has not been polled since: hyper
+    /// polls it again once the client's flow-control window has room (the send timeout).
+    waiting: bool,
 }
 
 impl std::fmt::Debug for TrackedBody {
@@ -504,12 +507,19 @@ impl HttpBody for TrackedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
+    #[inline]
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
+        if this.waiting {
+            this.moved();
+        }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(r)) = (&polled, this.record.as_mut()) {
-            if let Some(data) = frame.data_ref() {
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
                 r.bytes += data.len() as u64;
+            }
+            if this.guard.conn().is_h2() && !this.body.is_end_stream() {
+                this.waits();
             }
         }
         polled
@@ -524,8 +534,29 @@ impl HttpBody for TrackedBody {
     }
 }
 
+impl TrackedBody {
+    /// HTTP/2: handed a frame before its end (see `waiting`). Out of line, as `moved`: most
+    /// responses are one frame, and `poll_frame` stays small enough to be inlined into hyper.
+    #[cold]
+    #[inline(never)]
+    fn waits(&mut self) {
+        self.waiting = true;
+        self.guard.conn().h2_stream_waits();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn moved(&mut self) {
+        self.waiting = false;
+        self.guard.conn().h2_stream_moved(true);
+    }
+}
+
 impl Drop for TrackedBody {
     fn drop(&mut self) {
+        if self.waiting {
+            self.guard.conn().h2_stream_moved(false);
+        }
         // The request's one clock read at its end: the access log's time and duration, the
         // metrics' duration, and the connection's idle clock.
         let end = self.guard.shared().elapsed();
