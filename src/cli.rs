@@ -341,8 +341,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parses a size (for an app's own flags too, as `value_parser = baton::parse_bytes`): bytes (`65536`), or a whole number with `KiB`, `MiB` or `GiB` (or `K`, `M`,
-/// `G`, as nginx writes them; all powers of 1024).
+/// Parses a size: bytes (`65536`), or a whole number with `KiB`, `MiB` or `GiB` (or `K`, `M`,
+/// `G`, as nginx writes them; all powers of 1024). `KB`, `MB` and `GB` are refused as
+/// ambiguous. For an app's own flags too: `value_parser = baton::parse_bytes`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -309,10 +309,11 @@ where
     // Serving, until the connection ends, the drain starts, it stayed idle (no request in
     // flight) for the idle timeout (HTTP/1 keep-alive and HTTP/2 alike), an HTTP/1 request
     // head took longer than the header timeout (slowloris; also a connection that never
-    // sends a byte), or its writes waited for the client longer than the send timeout (a
-    // client that stopped reading). One timer per connection, set to whichever comes first and
-    // checked when it fires: nothing per request (a clock read only for a head still arriving
-    // after a poll, or a write that found the client's buffer full).
+    // sends a byte), or nothing moved for the send timeout while it waited for the client (its
+    // writes blocked, or, on HTTP/2, its streams waited for flow-control windows: a client that
+    // stopped reading). One timer per connection, set to whichever comes first and checked when
+    // it fires: nothing per request (a clock read only for a head still arriving after a poll,
+    // a write that found the client's buffer full, or a body of several HTTP/2 frames).
     let cfg = &shared.cfg;
     let idle_timeout = cfg.idle_timeout;
     let header_ms = Some(cfg.header_timeout.as_millis() as u64).filter(|t| *t > 0);
