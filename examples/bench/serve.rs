@@ -521,8 +521,18 @@ pub(crate) type Case = (&'static str, Vec<&'static str>, &'static [(&'static str
 /// switched on at a time (through the `baton-ablation` role, which reads `BENCH_REQUEST_ID`,
 /// `BENCH_CATCH_PANIC` and `BENCH_METRICS`).
 pub(crate) fn ablation_cases() -> Vec<Case> {
-    const OFF: [&str; 8] =
-        ["--access-log", "off", "--request-timeout", "0", "--body-timeout", "0", "--idle-timeout", "0"];
+    const OFF: [&str; 10] = [
+        "--access-log",
+        "off",
+        "--request-timeout",
+        "0",
+        "--body-timeout",
+        "0",
+        "--idle-timeout",
+        "0",
+        "--send-timeout",
+        "0",
+    ];
     let with = |on: &[&'static str]| -> Vec<&'static str> {
         let mut v: Vec<&'static str> = OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
         v.extend_from_slice(on);
@@ -536,7 +546,11 @@ pub(crate) fn ablation_cases() -> Vec<Case> {
         ("+ request timeout 60s", with(&["--request-timeout", "60s"]), &[]),
         ("+ access log combined", with(&["--access-log", "combined", "-l", "access.log"]), &[]),
         ("+ access log json", with(&["--access-log", "json", "-l", "access.log"]), &[]),
-        ("+ idle and body timeouts", with(&["--idle-timeout", "60s", "--body-timeout", "10s"]), &[]),
+        (
+            "+ idle, body and send timeouts",
+            with(&["--idle-timeout", "60s", "--body-timeout", "10s", "--send-timeout", "60s"]),
+            &[],
+        ),
     ]
 }
 
