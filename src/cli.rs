@@ -189,7 +189,8 @@ pub(crate) struct ServeOpts {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) body_timeout: Duration,
     /// Close a connection whose client accepted no response bytes for this long (a client
-    /// that stopped reading: slow read, as nginx's `send_timeout`); `0` disables.
+    /// that stopped reading: slow read, as nginx's `send_timeout`; a WebSocket's `send` fails
+    /// instead); `0` disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) send_timeout: Duration,
     /// Most header fields in an HTTP/1 request; more gets 431.

@@ -303,7 +303,7 @@ where
     };
     let conn_state = Arc::new(ConnState::new(peer, via, internal, shared));
     let svc = ConnService { app, conn: conn_state.clone() };
-    let io = Counted { io, open: Open::new(conn_state.clone(), alive), first: true };
+    let io = Counted { io, open: Open::new(conn_state.clone(), alive), first: true, send_timer: None };
     let conn = ctx.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // Serving, until the connection ends, the drain starts, it stayed idle (no request in
@@ -474,6 +474,40 @@ struct Counted<I> {
     open: Open,
     /// Nothing was read yet.
     first: bool,
+    /// After an upgrade (a WebSocket), when [`serve_conn`]'s loop no longer watches the
+    /// connection: the send timeout's own timer, made when a write first blocks.
+    send_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> Counted<I> {
+    /// A write returned (`pending`: it waits for the client). After an upgrade, a write that
+    /// has waited for the send timeout fails (`TimedOut`): the app's `send` returns an error
+    /// rather than hanging on a client that stopped reading.
+    #[inline]
+    fn wrote(&mut self, pending: bool, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.open.conn.wrote(pending);
+        if pending && self.open.conn.is_upgraded() {
+            return self.upgraded_send_timed_out(cx);
+        }
+        None
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn upgraded_send_timed_out(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let conn = &self.open.conn;
+        let t = conn.shared.cfg.send_timeout?;
+        let since = conn.write_blocked_since()?;
+        let deadline = tokio::time::Instant::from_std(conn.shared.at_ms(since) + t);
+        let timer = self.send_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready().then(|| {
+            tracing::debug!("upgraded connection from {:?}: the client read nothing for {t:?}: send failed", conn.peer);
+            io::Error::new(io::ErrorKind::TimedOut, format!("the client read nothing for {t:?} (--send-timeout)"))
+        })
+    }
 }
 
 /// One open connection in [`Shared::open_conns`], the metrics and the drain's count.
@@ -524,8 +558,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     #[inline]
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        self.open.conn.wrote(polled.is_pending());
-        polled
+        match self.wrote(polled.is_pending(), cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => polled,
+        }
     }
 
     #[inline]
@@ -535,8 +571,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.open.conn.wrote(polled.is_pending());
-        polled
+        match self.wrote(polled.is_pending(), cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => polled,
+        }
     }
 
     #[inline]
@@ -547,15 +585,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     #[inline]
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
-        self.open.conn.wrote(polled.is_pending());
-        polled
+        match self.wrote(polled.is_pending(), cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => polled,
+        }
     }
 
     #[inline]
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
-        self.open.conn.wrote(polled.is_pending());
-        polled
+        match self.wrote(polled.is_pending(), cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => polled,
+        }
     }
 }
 

@@ -382,3 +382,37 @@ asyncio.run(main(sys.argv[1]))
     assert!(rest.contains("closed 1012"), "{first}{rest}");
     assert!(rest.contains(&format!("reconnected {new} hi")), "{first}{rest}");
 }
+
+/// A WebSocket client that stops reading: the server's `send` fails once its write waited for
+/// `--send-timeout` (the connection is the app's after the upgrade, and no longer watched by
+/// the server's connection loop), so the handler ends and runs its clean-up instead of hanging
+/// until the next drain.
+#[test]
+fn a_websocket_send_to_a_client_that_stopped_reading_fails_at_the_send_timeout() {
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "0", "--debug-routes", "--send-timeout", "1s"]);
+    let rt = rt();
+    const MESSAGES: usize = 256;
+    let (ws, _) = rt.block_on(tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr()))).unwrap();
+    let (mut tx, rx) = ws.split();
+    // Sends far more than the socket buffers hold and reads no echo; its own sends block once
+    // the server, stuck on an echo, stops reading.
+    let sender = rt.spawn(async move {
+        let _rx = rx;
+        for _ in 0..MESSAGES {
+            if tx.send(Message::binary(vec![7u8; 256 << 10])).await.is_err() {
+                break;
+            }
+        }
+    });
+    wait_until(Duration::from_secs(30), "the handler's clean-up", || cleanups(&h) == 1);
+    let log = h.log_text();
+    assert!(log.contains("the client read nothing for 1s: send failed"), "{}", h.log_tail(20));
+    let echoed: usize = log
+        .split("websocket clean-up: echoed ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the clean-up line");
+    assert!(echoed < MESSAGES, "echoed {echoed} of {MESSAGES}");
+    sender.abort();
+}

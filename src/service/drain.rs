@@ -146,6 +146,16 @@ impl ConnState {
         }
     }
 
+    /// Since when the connection's writes have been waiting for the client, if they are.
+    pub(crate) fn write_blocked_since(&self) -> Option<u64> {
+        self.write_blocked_since.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// The connection is the app's (a WebSocket), after a 101.
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
     /// HTTP/2: a response body handed over a frame before its end and waits to be polled again.
     pub(crate) fn h2_stream_waits(&self) {
         if self.h2_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
