@@ -227,6 +227,7 @@ impl<A> Run<A> {
             quit: sig(SignalKind::quit())?,
             usr1: sig(SignalKind::user_defined1())?,
             log: log_path,
+            notifier: notifier.clone(),
         };
         let (mut usr2, mut hup) = (sig(SignalKind::user_defined2())?, sig(SignalKind::hangup())?);
 
@@ -396,6 +397,8 @@ struct Signals {
     quit: Signal,
     usr1: Signal,
     log: Option<std::path::PathBuf>,
+    /// The master's notify socket: told when the log was reopened (`reopen-logs` waits for it).
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Signals {
@@ -417,7 +420,13 @@ impl Signals {
     }
 
     fn reopen(&self) {
-        reopen(self.log.as_deref());
+        let failed = reopen(self.log.as_deref());
+        if let Some(n) = &self.notifier {
+            let msg = Message::reopened(failed.as_deref());
+            if let Err(e) = n.send(&msg) {
+                tracing::warn!("cannot notify {msg:?}: {e}");
+            }
+        }
     }
 }
 
@@ -431,17 +440,24 @@ fn now(sig: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn reopen(path: Option<&std::path::Path>) {
-    if let Some(p) = path {
-        // Lines logged before the rotation belong in the old file.
-        crate::access_log::flush();
-        match baton_supervise::log::reopen(p) {
-            Ok(()) => tracing::info!("reopened log file {}", p.display()),
-            Err(e) => tracing::error!(
+/// Reopens the log file, if there is one; why not, if it could not.
+fn reopen(path: Option<&std::path::Path>) -> Option<String> {
+    let p = path?;
+    // Lines logged before the rotation belong in the old file.
+    crate::access_log::flush();
+    match baton_supervise::log::reopen(p) {
+        Ok(()) => {
+            tracing::info!("reopened log file {}", p.display());
+            None
+        }
+        Err(e) => {
+            let why = format!(
                 "cannot reopen log file {}: {}; still logging to the old file",
                 p.display(),
                 baton_supervise::describe_io(&e)
-            ),
+            );
+            tracing::error!("{why}");
+            Some(why)
         }
     }
 }

@@ -274,6 +274,31 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
     assert_eq!(d.hello(&["stop", "-p", "x.pid"]).status.code(), Some(0));
 }
 
+/// `reopen-logs` answers once every worker has reopened, not only the master: a request
+/// made right after it is logged in the new file (it was not, now and then, under a loaded
+/// CI machine: the worker had not handled its USR1 yet).
+#[test]
+fn reopen_logs_answers_once_the_workers_reopened() {
+    let d = Daemon::new("reopen-ack");
+    assert!(d.start(&["--delay", "0"]).status.success());
+    let worker: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
+    let log = d.dir.join("x.log");
+    std::fs::rename(&log, d.dir.join("x.log.1")).unwrap();
+    let out = d.hello(&["reopen-logs", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("(the master and 1 worker)"), "{}", text(&out));
+    // Already in the new file, with no wait: the worker said so before the answer.
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(new.contains(&format!("worker[{worker}] reopened log file")), "{new}");
+    assert_eq!(get(d.addr(), "/version").unwrap().status, 200);
+    wait_until(Duration::from_secs(10), "the request's line", || {
+        std::fs::read_to_string(&log).unwrap().contains("\"GET /version HTTP/1.1\" 200")
+    });
+    let old = std::fs::read_to_string(d.dir.join("x.log.1")).unwrap();
+    assert!(!old.contains("GET /version"), "logged in the rotated file: {old}");
+    assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
+}
+
 #[test]
 fn log_rotation_loses_and_duplicates_nothing() {
     let d = Daemon::new("rotate");

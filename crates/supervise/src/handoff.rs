@@ -14,6 +14,7 @@
 //! | worker → master | `READY=1` | serving: the master switches generations |
 //! | worker → master | `STATUS=<text>` | the worker's last words, shown if it dies before it is ready |
 //! | worker → master | `STATUS=draining` | listeners closed and the drain started: a reload that replaced it is complete |
+//! | worker → master | `BATON_REOPENED=ok` or `=<why not>` | it reopened its log on USR1 (or could not): `reopen-logs` answers once every worker it told did |
 //! | worker → master | `WATCHDOG=1` | heartbeat from inside the serving runtime |
 //! | worker → master | `BATON_INFO=<text>` | with `READY=1`: what it runs (version, configuration), for `status` and `reload` |
 //! | master → worker | TERM / USR2 / QUIT / USR1 | shut down (after `--shutdown-delay`) / replaced, drain now / stop now / reopen the log |
@@ -215,11 +216,20 @@ impl Message {
         format!("BATON_CONNS={n}")
     }
 
+    /// What a worker sends once it reopened its log on USR1: `ok`, or why it could not (one
+    /// line). The master answers `reopen-logs` once every worker it told has.
+    pub fn reopened(error: Option<&str>) -> String {
+        format!("{REOPENED}={}", error.map_or_else(|| "ok".to_owned(), |e| e.replace('\n', " ")))
+    }
+
     /// A worker's last words (one line: newlines would start new assignments).
     pub fn status(text: &str) -> String {
         format!("STATUS={}", text.replace('\n', " "))
     }
 }
+
+/// The notify key of [`Message::reopened`].
+pub const REOPENED: &str = "BATON_REOPENED";
 
 /// Finds `KEY=value` in a notify message (newline-separated assignments).
 pub fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {

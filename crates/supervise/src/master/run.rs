@@ -64,7 +64,30 @@ pub(super) struct Runner {
     exit: Option<(u8, Option<String>)>,
     /// Control clients that asked for `status --json`.
     json_waiters: std::collections::HashSet<WaiterId>,
+    /// `reopen-logs` requests waiting for the workers told to reopen.
+    reopens: Vec<PendingReopen>,
 }
+
+/// A `reopen-logs` request: answered once each worker told to reopen its log has said it did
+/// (or exited), or after [`REOPEN_WAIT`]. Until then a worker may still write to the old file.
+#[derive(Debug)]
+struct PendingReopen {
+    waiter: WaiterId,
+    /// The master's own reopen.
+    master: std::result::Result<String, String>,
+    /// Workers told (USR1) that have not answered.
+    pids: Vec<Pid>,
+    /// How many workers were told.
+    told: usize,
+    /// Why workers could not reopen (or did not say).
+    errors: Vec<String>,
+    deadline: Instant,
+    /// Still taking the pids of the USR1s sent for it (the dispatch of its request).
+    collecting: bool,
+}
+
+/// How long `reopen-logs` waits for the workers to say they reopened.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl Runner {
     pub(super) fn new(io: Io, watchdog: Option<Duration>) -> Runner {
@@ -84,6 +107,7 @@ impl Runner {
             strangers: Strangers::default(),
             json_waiters: Default::default(),
             exit: None,
+            reopens: Vec::new(),
         }
     }
 
@@ -99,11 +123,13 @@ impl Runner {
         let mut state = State::new(limits);
         self.dispatch(&mut state, Event::Start);
         while self.exit.is_none() {
-            self.wait(state.next_deadline());
+            let reopen_deadline = self.reopens.iter().map(|r| r.deadline).min();
+            self.wait(state.next_deadline().into_iter().chain(reopen_deadline).min());
             for event in self.collect_events(&state) {
                 self.dispatch(&mut state, event);
             }
             self.dispatch(&mut state, Event::Tick);
+            self.answer_reopens();
         }
         self.finish()
     }
@@ -146,6 +172,9 @@ impl Runner {
         loop {
             match self.io.notify.recv() {
                 Ok(Some((pid, msg))) if state.gens.iter().any(|g| g.pid.as_raw() == pid) => {
+                    if let Some(how) = handoff::field(&msg, handoff::REOPENED) {
+                        self.reopened(Pid::from_raw(pid), Some(how));
+                    }
                     events.push(Event::Notify { pid: Pid::from_raw(pid), msg })
                 }
                 Ok(Some((pid, _))) => self.strangers.count(pid),
@@ -185,6 +214,8 @@ impl Runner {
                         if let Some((_, r)) = &self.io.metrics {
                             r.free_slot(pid.as_raw() as u32);
                         }
+                        // A worker gone writes to no file.
+                        self.reopened(pid, None);
                         events.push(Event::Exited { pid, how: describe_status(status) });
                     }
                 }
@@ -255,6 +286,12 @@ impl Runner {
                     Sig::Kill => Signal::SIGKILL,
                 };
                 let _ = kill(pid, sig);
+                if sig == Signal::SIGUSR1 {
+                    if let Some(r) = self.reopens.last_mut().filter(|r| r.collecting) {
+                        r.pids.push(pid);
+                        r.told += 1;
+                    }
+                }
             }
             Action::Reply { waiter, reply } => self.reply(waiter, &reply),
             Action::ReplyStatus { waiter } => {
@@ -531,8 +568,54 @@ impl Runner {
             Ok(m) => tracing::info!("{m}"),
             Err(e) => tracing::error!("{e}"),
         }
-        if let Some(w) = waiter {
-            self.reply(w, &result.map_or_else(Reply::Err, Reply::Ok));
+        if let Some(waiter) = waiter {
+            // Answered once the workers told next (the same dispatch) have reopened.
+            self.reopens.push(PendingReopen {
+                waiter,
+                master: result,
+                pids: Vec::new(),
+                told: 0,
+                errors: Vec::new(),
+                deadline: Instant::now() + REOPEN_WAIT,
+                collecting: true,
+            });
+        }
+    }
+
+    /// Worker `pid` reopened its log (`Some("ok")`), could not (`Some(why)`), or exited (`None`).
+    fn reopened(&mut self, pid: Pid, how: Option<&str>) {
+        for r in &mut self.reopens {
+            if let Some(i) = r.pids.iter().position(|p| *p == pid) {
+                r.pids.swap_remove(i);
+                if let Some(why) = how.filter(|h| *h != "ok") {
+                    r.errors.push(format!("worker pid {pid}: {why}"));
+                }
+            }
+        }
+    }
+
+    /// Answers each `reopen-logs` whose workers all answered, or whose wait is over.
+    fn answer_reopens(&mut self) {
+        let now = Instant::now();
+        for r in &mut self.reopens {
+            r.collecting = false;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reopens).into_iter().partition(|r| r.pids.is_empty() || now >= r.deadline);
+        self.reopens = waiting;
+        for mut r in done {
+            for pid in &r.pids {
+                r.errors.push(format!("worker pid {pid} did not say it reopened within {REOPEN_WAIT:?}"));
+            }
+            let reply = match (r.master, r.errors.is_empty()) {
+                (Err(e), _) => Reply::Err(e),
+                (Ok(m), true) => {
+                    let what = if r.told == 1 { "worker" } else { "workers" };
+                    Reply::Ok(format!("{m} (the master and {} {what})", r.told))
+                }
+                (Ok(m), false) => Reply::Err(format!("{m} in the master, but {}", r.errors.join("; "))),
+            };
+            self.reply(r.waiter, &reply);
         }
     }
 
