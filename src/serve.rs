@@ -333,25 +333,15 @@ where
             next = now + (t - idle).as_millis() as u64;
         }
         if let Some(t) = header_ms {
-            match conn_state.head_since(now) {
-                Some(h) if now.saturating_sub(h) >= t => {
-                    tracing::debug!("connection from {peer:?}: no whole request head within {t} ms: closed");
-                    return;
-                }
-                Some(h) => next = next.min(h + t),
-                // A head may begin any moment: look again a header timeout from now.
-                None => next = next.min(now + t),
+            if ran_out(conn_state.head_since(now), now, t, &mut next) {
+                tracing::debug!("connection from {peer:?}: no whole request head within {t} ms: closed");
+                return;
             }
         }
         if let Some(t) = send_ms {
-            match conn_state.send_stalled_since(now) {
-                Some(b) if now.saturating_sub(b) >= t => {
-                    tracing::debug!("connection from {peer:?}: the client read nothing for {t} ms: closed");
-                    return;
-                }
-                Some(b) => next = next.min(b + t),
-                // Writes may block any moment: look again a send timeout from now.
-                None => next = next.min(now + t),
+            if ran_out(conn_state.send_stalled_since(now), now, t, &mut next) {
+                tracing::debug!("connection from {peer:?}: the client read nothing for {t} ms: closed");
+                return;
             }
         }
         let armed = next != u64::MAX;
@@ -394,6 +384,24 @@ where
                     closing = true;
                 }
             }
+        }
+    }
+}
+
+/// A timeout of `t` ms for a wait that began at `since` (`None`: none is under way; times in
+/// [`Shared::now_ms`]): whether it ran out by `now`. If not, `next` is lowered to when it
+/// would, or, with none under way, to a timeout from now (one may begin any moment: a request
+/// head arriving, a write blocking).
+fn ran_out(since: Option<u64>, now: u64, t: u64, next: &mut u64) -> bool {
+    match since {
+        Some(s) if now.saturating_sub(s) >= t => true,
+        Some(s) => {
+            *next = (*next).min(s + t);
+            false
+        }
+        None => {
+            *next = (*next).min(now + t);
+            false
         }
     }
 }
@@ -480,16 +488,18 @@ struct Counted<I> {
 }
 
 impl<I> Counted<I> {
-    /// A write returned (`pending`: it waits for the client). After an upgrade, a write that
-    /// has waited for the send timeout fails (`TimedOut`): the app's `send` returns an error
-    /// rather than hanging on a client that stopped reading.
+    /// A write (or flush, or shutdown) returned `polled` (pending: it waits for the client).
+    /// After an upgrade, one that has waited for the send timeout fails (`TimedOut`): the
+    /// app's `send` returns an error rather than hanging on a client that stopped reading.
     #[inline]
-    fn wrote(&mut self, pending: bool, cx: &mut Context<'_>) -> Option<io::Error> {
-        self.open.conn.wrote(pending);
-        if pending && self.open.conn.is_upgraded() {
-            return self.upgraded_send_timed_out(cx);
+    fn wrote<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        self.open.conn.wrote(polled.is_pending());
+        if polled.is_pending() && self.open.conn.is_upgraded() {
+            if let Some(e) = self.upgraded_send_timed_out(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
-        None
+        polled
     }
 
     #[cold]
@@ -558,10 +568,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     #[inline]
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        match self.wrote(polled.is_pending(), cx) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => polled,
-        }
+        self.wrote(polled, cx)
     }
 
     #[inline]
@@ -571,10 +578,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match self.wrote(polled.is_pending(), cx) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => polled,
-        }
+        self.wrote(polled, cx)
     }
 
     #[inline]
@@ -585,19 +589,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     #[inline]
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
-        match self.wrote(polled.is_pending(), cx) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => polled,
-        }
+        self.wrote(polled, cx)
     }
 
     #[inline]
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
-        match self.wrote(polled.is_pending(), cx) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => polled,
-        }
+        self.wrote(polled, cx)
     }
 }
 

@@ -178,7 +178,7 @@ impl ConnState {
     /// client's flow-control window with none of them moving (as nginx's `send_timeout`, per
     /// connection: a stream that moves shows the client reads).
     pub(crate) fn send_stalled_since(&self, now: u64) -> Option<u64> {
-        let blocked = self.write_blocked_since.load(Ordering::Relaxed).checked_sub(1);
+        let blocked = self.write_blocked_since();
         let stalled = if self.h2_waiting.load(Ordering::Relaxed) > 0 {
             // Unset by a stream that left as another arrived (threads racing): from now.
             match self.h2_stalled_since.load(Ordering::Relaxed) {
