@@ -517,24 +517,29 @@ pub(crate) fn table(rounds: usize, secs: u64) {
 /// environment.
 pub(crate) type Case = (&'static str, Vec<&'static str>, &'static [(&'static str, &'static str)]);
 
+/// The flags of "every default off" (for `serve` and `instructions`): each default a flag
+/// switches, off; the `baton-ablation` role keeps the request id, panic catching and metrics
+/// off unless told.
+pub(crate) const EVERY_DEFAULT_OFF: [&str; 10] = [
+    "--access-log",
+    "off",
+    "--request-timeout",
+    "0",
+    "--body-timeout",
+    "0",
+    "--idle-timeout",
+    "0",
+    "--send-timeout",
+    "0",
+];
+
 /// The breakdown's cases (for `serve` and `instructions` alike): every default off, then one
 /// switched on at a time (through the `baton-ablation` role, which reads `BENCH_REQUEST_ID`,
 /// `BENCH_CATCH_PANIC` and `BENCH_METRICS`).
 pub(crate) fn ablation_cases() -> Vec<Case> {
-    const OFF: [&str; 10] = [
-        "--access-log",
-        "off",
-        "--request-timeout",
-        "0",
-        "--body-timeout",
-        "0",
-        "--idle-timeout",
-        "0",
-        "--send-timeout",
-        "0",
-    ];
     let with = |on: &[&'static str]| -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
+        let mut v: Vec<&'static str> =
+            EVERY_DEFAULT_OFF.chunks(2).filter(|kv| !on.contains(&kv[0])).flatten().copied().collect();
         v.extend_from_slice(on);
         v
     };
