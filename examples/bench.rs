@@ -237,9 +237,9 @@ fn serve_axum_equivalent(log: bool) -> ExitCode {
 }
 
 /// Plain axum with `BENCH_SPIN_NS` of busy user-space work added to every request (a
-/// `map_request` layer): how much kernel time a slower server pays per request (run by hand,
-/// `BENCH_ROLE=axum-spin BENCH_SPIN_NS=600 BENCH_ADDR=127.0.0.1:PORT`, under `perf record`;
-/// see `docs/benchmarks.md`).
+/// `map_request` layer): how much kernel time a slower server pays per request. The control
+/// row of `serve`'s keep-alive table; by hand, `BENCH_ROLE=axum-spin BENCH_SPIN_NS=600
+/// BENCH_ADDR=127.0.0.1:PORT` (under `perf record`, say; see `docs/benchmarks.md`).
 fn serve_axum_spin() -> ExitCode {
     let addr: SocketAddr = std::env::var("BENCH_ADDR").unwrap().parse().unwrap();
     let ns: u64 = std::env::var("BENCH_SPIN_NS").unwrap().parse().unwrap();
@@ -381,7 +381,12 @@ impl Server {
     /// CPU time (user + system) of the server, every process and thread it had, in seconds:
     /// its accounting group's when it has one, else from `/proc` (live processes only).
     fn cpu_secs(&self) -> f64 {
-        self.acct.as_deref().and_then(serve::acct_secs).unwrap_or_else(|| cpu_secs(self.pid()))
+        self.cpu().total()
+    }
+
+    /// [`Server::cpu_secs`], in user space and in the kernel.
+    fn cpu(&self) -> Cpu {
+        self.acct.as_deref().and_then(serve::acct_cpu).unwrap_or_else(|| proc_cpu(self.pid()))
     }
 
     /// sh and taskset exec the server in place, so this is the server's (or master's) pid.
@@ -412,29 +417,54 @@ struct Run {
     cpu_us: f64,
 }
 
-/// CPU time (user + system) of `pid` and its children, in seconds.
-fn cpu_secs(pid: i32) -> f64 {
-    let ticks = |p: i32| -> u64 {
+/// CPU time, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// In user space.
+    user: f64,
+    /// In the kernel (system calls, and the interrupts and soft interrupts that ran in the
+    /// process's time: on loopback, the receiving side of the packets it sends).
+    sys: f64,
+}
+
+impl Cpu {
+    fn total(self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu { user: self.user - o.user, sys: self.sys - o.sys }
+    }
+}
+
+/// CPU time of `pid` and its children (100 Hz ticks).
+fn proc_cpu(pid: i32) -> Cpu {
+    let ticks = |p: i32| -> (u64, u64) {
         std::fs::read_to_string(format!("/proc/{p}/stat"))
             .ok()
             .and_then(|s| {
                 let f: Vec<u64> = s.rsplit_once(')')?.1.split_whitespace().filter_map(|x| x.parse().ok()).collect();
                 // After the state field: ppid(0) ... utime is field 14 overall, index 10 here.
-                Some(f.get(10)? + f.get(11)?)
+                Some((*f.get(10)?, *f.get(11)?))
             })
-            .unwrap_or(0)
+            .unwrap_or((0, 0))
     };
-    let mut total = ticks(pid);
+    let (mut user, mut sys) = ticks(pid);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
             .ok()
             .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<i32>().ok());
         if ppid == Some(pid) {
-            total += ticks(p);
+            let (u, s) = ticks(p);
+            user += u;
+            sys += s;
         }
     }
-    total as f64 / 100.0
+    Cpu { user: user as f64 / 100.0, sys: sys as f64 / 100.0 }
 }
 
 impl Run {

@@ -125,17 +125,22 @@ pub(crate) fn acct_group(name: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// The CPU time of everything that ran in `group`, in seconds.
-pub(crate) fn acct_secs(group: &Path) -> Option<f64> {
+/// The CPU time of everything that ran in `group`, in seconds. The split between user space
+/// and the kernel is the kernel's own (sampled at its ticks), scaled to the exact total.
+pub(crate) fn acct_cpu(group: &Path) -> Option<crate::Cpu> {
     let v2 = acct_root()?.1;
-    if v2 {
+    let (total, user, sys) = if v2 {
         let stat = std::fs::read_to_string(group.join("cpu.stat")).ok()?;
-        let us: f64 = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
-        Some(us / 1e6)
+        let field = |name: &str| -> Option<f64> {
+            stat.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?.trim().parse::<f64>().ok()
+        };
+        (field("usage_usec")? / 1e6, field("user_usec")?, field("system_usec")?)
     } else {
-        let ns: f64 = std::fs::read_to_string(group.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
-        Some(ns / 1e9)
-    }
+        let read = |file: &str| -> Option<f64> { std::fs::read_to_string(group.join(file)).ok()?.trim().parse().ok() };
+        (read("cpuacct.usage")? / 1e9, read("cpuacct.usage_user")?, read("cpuacct.usage_sys")?)
+    };
+    let user_share = if user + sys > 0.0 { user / (user + sys) } else { 0.0 };
+    Some(crate::Cpu { user: total * user_share, sys: total * (1.0 - user_share) })
 }
 
 /// Removes a server's group once its processes are gone (a worker may outlive its master's
@@ -169,6 +174,8 @@ pub(crate) struct WrkRun {
     /// Requests completed (for `h2load`, succeeded).
     pub(crate) requests: f64,
     pub(crate) cpu_us: f64,
+    /// The part of `cpu_us` spent in user space (the rest: in the kernel).
+    pub(crate) user_us: f64,
     pub(crate) p99_us: f64,
     /// `wrk`'s CPU time over the run's wall time: below 1.0 means it waited for the server.
     pub(crate) client_load: f64,
@@ -228,13 +235,14 @@ pub(crate) fn run_under(server: &Server, secs: u64, load: Load, wrap: &[String])
         wrapped.args(args).arg(cmd.get_program()).args(cmd.get_args());
         cmd = wrapped;
     }
-    let (c0, k0, t0) = (server.cpu_secs(), children_cpu(), std::time::Instant::now());
+    let (c0, k0, t0) = (server.cpu(), children_cpu(), std::time::Instant::now());
     let out = cmd.output().expect("run the load client");
-    let (c1, k1, wall) = (server.cpu_secs(), children_cpu(), t0.elapsed().as_secs_f64());
+    let (c1, k1, wall) = (server.cpu(), children_cpu(), t0.elapsed().as_secs_f64());
+    let cpu = c1 - c0;
     let text = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if load == Load::H2c {
-        return (h2load_result(&text, (c1 - c0) * 1e6, (k1 - k0) / wall), stderr);
+        return (h2load_result(&text, cpu, (k1 - k0) / wall), stderr);
     }
     let num = |prefix: &str| -> Option<f64> {
         text.lines().find_map(|l| l.trim().strip_prefix(prefix)).and_then(|r| r.split_whitespace().next()?.parse().ok())
@@ -267,7 +275,8 @@ pub(crate) fn run_under(server: &Server, secs: u64, load: Load, wrap: &[String])
     let run = WrkRun {
         rps: num("Requests/sec:").unwrap_or(0.0),
         requests,
-        cpu_us: (c1 - c0) * 1e6 / requests.max(1.0),
+        cpu_us: cpu.total() * 1e6 / requests.max(1.0),
+        user_us: cpu.user * 1e6 / requests.max(1.0),
         p99_us: p99.unwrap_or(f64::NAN),
         client_load: (k1 - k0) / wall,
         errors,
@@ -278,7 +287,7 @@ pub(crate) fn run_under(server: &Server, secs: u64, load: Load, wrap: &[String])
 /// `h2load`'s summary: `finished in 5.00s, 81234.00 req/s, ...`, `requests: N total, N
 /// started, N done, N succeeded, N failed, ...`, and the request time line
 /// `time for request:  min  max  mean  sd  +/- sd`.
-fn h2load_result(text: &str, cpu_us: f64, client_load: f64) -> WrkRun {
+fn h2load_result(text: &str, cpu: crate::Cpu, client_load: f64) -> WrkRun {
     let field = |line: &str, name: &str| -> Option<f64> {
         line.split(',')
             .find_map(|p| p.trim().strip_suffix(name))
@@ -295,7 +304,8 @@ fn h2load_result(text: &str, cpu_us: f64, client_load: f64) -> WrkRun {
     WrkRun {
         rps,
         requests: succeeded,
-        cpu_us: cpu_us / succeeded.max(1.0),
+        cpu_us: cpu.total() * 1e6 / succeeded.max(1.0),
+        user_us: cpu.user * 1e6 / succeeded.max(1.0),
         p99_us: f64::NAN,
         client_load,
         errors: failed as u64,
@@ -352,9 +362,10 @@ pub(crate) fn serve_axum_tls() -> std::process::ExitCode {
 
 fn print(name: &str, r: &WrkRun) {
     println!(
-        "  {name:<46} {:>9.0} req/s  server CPU {:>6.2}us/req  p99 {:>8.0}us  wrk CPU {:>3.0}%  errors {}",
+        "  {name:<46} {:>9.0} req/s  server CPU {:>6.2}us/req (user {:.2})  p99 {:>8.0}us  wrk CPU {:>3.0}%  errors {}",
         r.rps,
         r.cpu_us,
+        r.user_us,
         r.p99_us,
         r.client_load * 100.0,
         r.errors
@@ -368,7 +379,7 @@ fn print(name: &str, r: &WrkRun) {
 /// between them (in reverse order every other round), so each round's runs are seconds apart
 /// and the machine's drift (neighbours, frequency) reaches both sides of a ratio alike; the
 /// figure is the median of the per-round ratios, with their quartiles to show how well this
-/// machine resolves it.
+/// machine resolves it, and the same median for user-space and for kernel time alone.
 ///
 /// `BENCH_LOADS` (a comma-separated subset of `keep-alive,close,h2c,tls`) picks the loads;
 /// `BENCH_AGAINST` (the path of another build of this bench) adds, for each load, that build's
@@ -386,6 +397,10 @@ pub(crate) fn table(rounds: usize, secs: u64) {
         // defaults would cost an app without baton.
         ("  axum + tower-http equivalents, no log", "axum-equivalent", vec![], http),
         ("  axum + tower-http equivalents + TraceLayer log", "axum-equivalent-log", vec![], http),
+        // A control: plain axum made slower in user space alone (`axum-spin`: a busy loop per
+        // request, about what baton's defaults add), to tell the kernel time that being
+        // slower costs by itself from what a server asks of the kernel.
+        (SPIN_ROW, "axum-spin", vec![], http),
         ("plain axum::serve (Connection: close)", "axum", vec![], close),
         ("baton, defaults (Connection: close)", "baton", vec!["-l", "access.log"], close),
         // `#[tokio::main]` runs the accept loop on the main thread, outside the runtime's
@@ -445,6 +460,7 @@ pub(crate) fn table(rounds: usize, secs: u64) {
     }
     let start = |role: &str, flags: &[&str]| match (role, &against) {
         ("baton-against", Some(path)) => Server::start_from(path, "baton", flags, &[]),
+        ("axum-spin", _) => Server::start_with_env(role, flags, &[("BENCH_SPIN_NS", SPIN_NS)]),
         _ => Server::start(role, flags),
     };
     let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
@@ -490,28 +506,41 @@ pub(crate) fn table(rounds: usize, secs: u64) {
             let versus = if k == 0 {
                 String::new()
             } else {
-                let mut ratio: Vec<f64> = (0..rounds).map(|r| runs[k][r].cpu_us / runs[base][r].cpu_us).collect();
+                let per_round = |f: fn(&WrkRun) -> f64| -> Vec<f64> {
+                    (0..rounds).map(|r| f(&runs[k][r]) / f(&runs[base][r])).collect()
+                };
+                let mut ratio = per_round(|r| r.cpu_us);
                 let listed: Vec<f64> = ratio.iter().map(|x| (x * 1000.0).round() / 1000.0).collect();
                 ratio.sort_by(f64::total_cmp);
                 let q = |p: f64| ratio[((ratio.len() - 1) as f64 * p).round() as usize];
+                // Where the difference lies: the same ratio for user-space time and for
+                // kernel time alone.
                 format!(
-                    " CPU/req vs {} {:.3} (quartiles {:.3}-{:.3}; rounds {listed:?})",
+                    " CPU/req vs {} {:.3} (quartiles {:.3}-{:.3}; user space {:.3}, kernel {:.3}; rounds {listed:?})",
                     if base == 0 { "axum" } else { "this build" },
                     median(ratio.clone()),
                     q(0.25),
-                    q(0.75)
+                    q(0.75),
+                    median(per_round(|r| r.user_us)),
+                    median(per_round(|r| r.cpu_us - r.user_us)),
                 )
             };
             println!(
-                "  {:<46} {:>7.0} req/s  CPU {:>6.2}us/req  p99 {:>6.0}us  client CPU <= {client:.0}%  errors {errors}{versus}",
+                "  {:<46} {:>7.0} req/s  CPU {:>6.2}us/req (user {:.2})  p99 {:>6.0}us  client CPU <= {client:.0}%  errors {errors}{versus}",
                 configs[i].0,
                 med(|r| r.rps),
                 med(|r| r.cpu_us),
+                med(|r| r.user_us),
                 med(|r| r.p99_us),
             );
         }
     }
 }
+
+/// The control row's busy work per request, in nanoseconds (about the user-space time
+/// baton's defaults add on this machine), and the row's name, which says it.
+const SPIN_NS: &str = "700";
+const SPIN_ROW: &str = "  control: plain axum + 700 ns busy loop";
 
 /// One case of the breakdown: its name, baton's flags and the `baton-ablation` role's
 /// environment.
