@@ -167,8 +167,11 @@ pub(crate) struct ServeOpts {
     /// rejects it) fails, so the reload is rolled back with the reason. Off by default.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// One process, no master: no reload, graceful shutdown only.
-    #[arg(long)]
+    /// One process, no master: no reload, graceful shutdown only. Refused with the master's
+    /// own options (`-p`, `--ready-timeout`, `--max-draining`, `--probation`, `--watchdog`).
+    // Refused rather than ignored: `-p` ignored left no pid file, so `status -p` and `stop -p`
+    // answered "not running" while the process served.
+    #[arg(long, conflicts_with_all = ["pid", "ready_timeout", "max_draining", "probation", "watchdog"])]
     pub(crate) no_master: bool,
     /// Access log format: `combined`, `json` or `off`.
     #[arg(long, value_name = "FORMAT", default_value = "combined")]

@@ -540,11 +540,14 @@ fn bad_command_lines_name_the_bad_value() {
     assert_eq!(code, 2);
     assert!(err.contains("nowhere:1"), "{err}");
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--group", "nogroup"], "--user <USER>"),
         (&["--max-body-bytes", "10MB"], "\"MB\" is ambiguous (1000 or 1024?): write KiB, MiB or GiB"),
         (&["--max-body-bytes", "1X"], "unknown unit \"X\""),
         (&["--max-header-bytes", "4KiB"], "below the minimum, 8KiB"),
+        // A pid file no one writes: `status -p` and `stop -p` said "not running" while it served.
+        (&["--no-master", "-p", "one.pid"], "'--no-master' cannot be used with '--pid <FILE>'"),
+        (&["--no-master", "--probation", "1s"], "'--no-master' cannot be used with '--probation <DURATION>'"),
     ];
     for (args, reason) in cases {
         let (code, err) = run_bad(&[&["run", "--listen", "127.0.0.1:0"], args].concat());
