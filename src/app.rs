@@ -494,6 +494,14 @@ impl App {
         if opts.tls_cert.is_some() {
             return Err(Error::usage("--tls-cert: this build has no TLS support (cargo feature `tls`)"));
         }
+        // Unix sockets stay plain: TLS with no TCP listener would serve nothing over TLS.
+        if opts.tls_cert.is_some()
+            && listen.effective().iter().all(|l| matches!(l.addr, baton_supervise::listen::ListenAddr::Unix(_)))
+        {
+            return Err(Error::usage(
+                "--tls-cert: every listener is a unix socket, which stays plain: TLS needs a TCP one",
+            ));
+        }
         let http = service::HttpConfig {
             access_log: opts.access_log,
             request_id: self.request_id,
