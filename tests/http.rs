@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{Hello, get, hello_bin, load, request, signal, wait_until};
+use support::{Hello, get, hello_bin, load, refused, request, signal, wait_until};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -506,37 +506,18 @@ fn epoch_secs(y: u64, m: u64, d: u64, hh: u64, mm: u64, ss: u64) -> u64 {
     days * 86_400 + hh * 3600 + mm * 60 + ss
 }
 
-/// Runs hello with `args`, which it must refuse: a server that starts instead is stopped
-/// (still our unreaped child, so its pid is its own) and the test fails.
-fn run_bad(args: &[&str]) -> (i32, String) {
-    let mut child = std::process::Command::new(hello_bin())
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let refused = support::wait_for(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
-    if !refused {
-        support::kill_tree(child.id() as i32);
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(refused, "{args:?} started a server: {err}");
-    (out.status.code().unwrap_or(-1), err)
-}
-
 #[test]
 fn bad_command_lines_name_the_bad_value() {
-    let (code, err) = run_bad(&["run", "--bogus"]);
+    let (code, err) = refused(&["run", "--bogus"]);
     assert_eq!(code, 2);
     assert!(err.contains("--bogus"), "{err}");
-    let (code, err) = run_bad(&["run", "--drain-timeout", "5x"]);
+    let (code, err) = refused(&["run", "--drain-timeout", "5x"]);
     assert_eq!(code, 2);
     assert!(err.contains("5x"), "{err}");
-    let (code, err) = run_bad(&["run", "--delay", "soon"]);
+    let (code, err) = refused(&["run", "--delay", "soon"]);
     assert_eq!(code, 2);
     assert!(err.contains("soon"), "{err}");
-    let (code, err) = run_bad(&["run", "--listen", "nowhere:1"]);
+    let (code, err) = refused(&["run", "--listen", "nowhere:1"]);
     assert_eq!(code, 2);
     assert!(err.contains("nowhere:1"), "{err}");
     // Refused, not ignored or misread.
@@ -550,7 +531,7 @@ fn bad_command_lines_name_the_bad_value() {
         (&["--no-master", "--probation", "1s"], "'--no-master' cannot be used with '--probation <DURATION>'"),
     ];
     for (args, reason) in cases {
-        let (code, err) = run_bad(&[&["run", "--listen", "127.0.0.1:0"], args].concat());
+        let (code, err) = refused(&[&["run", "--listen", "127.0.0.1:0"], args].concat());
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(reason), "{args:?}: {err}");
     }
@@ -560,7 +541,7 @@ fn bad_command_lines_name_the_bad_value() {
     for extra in [None, Some("--no-master")] {
         let mut args = vec!["run", "--listen", &addr];
         args.extend(extra);
-        let (code, err) = run_bad(&args);
+        let (code, err) = refused(&args);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(&addr) && err.contains("in use"), "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -574,7 +555,7 @@ fn bad_command_lines_name_the_bad_value() {
         (&["--listen", &wildcard, "--listen", &a], "overlaps --listen 0.0.0.0:"),
     ];
     for (args, reason) in cases {
-        let (code, err) = run_bad(&[&["run"], args].concat());
+        let (code, err) = refused(&[&["run"], args].concat());
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains(reason), "{args:?}: {err}");
     }

@@ -28,6 +28,20 @@ pub fn hello_next_bin() -> PathBuf {
     examples_dir().join("hello_next")
 }
 
+/// Runs hello with `args`, which it must refuse: a server that starts instead is stopped
+/// (still our unreaped child, so its pid is its own) and the test fails.
+pub fn refused(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(hello_bin()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let exited = wait_for(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    if !exited {
+        kill_tree(child.id() as i32);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(exited, "{args:?} started a server: {err}");
+    (out.status.code().unwrap_or(-1), err)
+}
+
 /// A runtime for the load client.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
