@@ -494,14 +494,7 @@ impl App {
         if opts.tls_cert.is_some() {
             return Err(Error::usage("--tls-cert: this build has no TLS support (cargo feature `tls`)"));
         }
-        // Unix sockets stay plain: TLS with no TCP listener would serve nothing over TLS.
-        if opts.tls_cert.is_some()
-            && listen.effective().iter().all(|l| matches!(l.addr, baton_supervise::listen::ListenAddr::Unix(_)))
-        {
-            return Err(Error::usage(
-                "--tls-cert: every listener is a unix socket, which stays plain: TLS needs a TCP one",
-            ));
-        }
+        refuse_tls_without_tcp(opts.tls_cert.as_deref(), &self.option_defaults, &listen.effective())?;
         let http = service::HttpConfig {
             access_log: opts.access_log,
             request_id: self.request_id,
@@ -538,6 +531,22 @@ impl App {
     }
 }
 
+/// `--tls-cert` given (not set in code, [`App::tls`]) with no TCP listener would serve nothing
+/// over TLS: unix sockets stay plain. TLS set in code with an operator's unix-only `--listen` is
+/// served plain, as documented.
+fn refuse_tls_without_tcp(
+    cert: Option<&std::path::Path>,
+    option_defaults: &[(&'static str, String)],
+    listen: &[baton_supervise::listen::ListenSpec],
+) -> Result<()> {
+    let Some(cert) = cert else { return Ok(()) };
+    let from_app = option_defaults.iter().any(|(arg, v)| *arg == "tls_cert" && cert == std::path::Path::new(v));
+    if from_app || listen.iter().any(|l| matches!(l.addr, baton_supervise::listen::ListenAddr::Tcp(_))) {
+        return Ok(());
+    }
+    Err(Error::usage("--tls-cert: every listener is a unix socket, which stays plain: TLS needs a TCP one"))
+}
+
 /// Runs an app with [`App::new`]'s defaults: see [`App::serve`].
 pub fn serve<A, F, Fut, T>(factory: F) -> ExitCode
 where
@@ -562,6 +571,22 @@ mod tests {
         assert_eq!(app.errors.len(), 1, "{:?}", app.errors);
         assert!(app.errors[0].contains("nowhere"), "{:?}", app.errors);
         assert_eq!(App::new().default_listen(" , ").errors.len(), 1);
+    }
+
+    #[test]
+    fn tls_given_with_only_unix_listeners_is_refused_unless_set_in_code() {
+        let spec = |s: &str| s.parse::<baton_supervise::listen::ListenSpec>().unwrap();
+        let (unix, tcp) = (vec![spec("unix:/run/x.sock")], vec![spec("unix:/run/x.sock"), spec("127.0.0.1:1")]);
+        let cert = Some(std::path::Path::new("c.pem"));
+        let err = refuse_tls_without_tcp(cert, &[], &unix).unwrap_err();
+        assert!(err.to_string().contains("every listener is a unix socket"), "{err}");
+        assert!(refuse_tls_without_tcp(cert, &[], &tcp).is_ok());
+        assert!(refuse_tls_without_tcp(None, &[], &unix).is_ok());
+        // `App::tls("c.pem", ..)`: served plain on the unix socket, as documented.
+        assert!(refuse_tls_without_tcp(cert, &[("tls_cert", "c.pem".to_owned())], &unix).is_ok());
+        // A different file given on the command line is the operator's.
+        let other = Some(std::path::Path::new("other.pem"));
+        assert!(refuse_tls_without_tcp(other, &[("tls_cert", "c.pem".to_owned())], &unix).is_err());
     }
 
     #[test]

@@ -256,7 +256,11 @@ impl<A> Run<A> {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
         #[cfg(feature = "tls")]
-        let tls_note = if http.tls.is_some() { " (TLS on TCP listeners)" } else { "" };
+        let tls_note = if http.tls.is_some() && listeners.iter().any(|l| matches!(l, Listener::Tcp(_))) {
+            " (TLS on TCP listeners)"
+        } else {
+            ""
+        };
         #[cfg(not(feature = "tls"))]
         let tls_note = "";
         let shared = Arc::new(Shared::new(http, metrics));
