@@ -10,7 +10,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::body::Body;
 use http::Response;
@@ -32,7 +32,8 @@ pin_project_lite::pin_project! {
         catch_panic: bool,
         // Entered around every poll; `None` when disabled (the usual case).
         span: Option<tracing::Span>,
-        deadline: Option<Instant>,
+        // On the request's clock ([`super::Shared::elapsed`]).
+        deadline: Option<Duration>,
         // Created the first time the app's future is pending (most answer at once).
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     }
@@ -41,16 +42,14 @@ pin_project_lite::pin_project! {
 impl Handle {
     // Inlined: see `AppService::call`.
     #[inline(always)]
-    pub(crate) fn new(fut: AppFuture, catch_panic: bool, span: tracing::Span, deadline: Option<Instant>) -> Handle {
+    pub(crate) fn new(fut: AppFuture, catch_panic: bool, span: tracing::Span, deadline: Option<Duration>) -> Handle {
         let span = (!span.is_disabled()).then_some(span);
         Handle { fut, catch_panic, span, deadline, sleep: None }
     }
-}
 
-impl Future for Handle {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    /// Polls the app's future; `shared` turns the deadline into an `Instant` the first time
+    /// the future is pending.
+    pub(crate) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, shared: &super::Shared) -> Poll<Outcome> {
         let this = self.project();
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         let fut = this.fut;
@@ -66,7 +65,8 @@ impl Future for Handle {
             return Poll::Ready(Outcome::Done(resp));
         }
         if let Some(at) = *this.deadline {
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+            let sleep =
+                this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(shared.instant_at(at).into())));
             if sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Outcome::TimedOut);
             }

@@ -31,8 +31,13 @@ pub(crate) fn bad_host(version: Version, n: usize) -> Option<Response<Body>> {
 }
 
 /// The request with its body limited to `max` bytes and to a minimum pace after `slow` (an
-/// ended body replaced by an empty one).
-pub(crate) fn limit<B>(req: Request<B>, max: u64, slow: Option<Duration>, start: Instant) -> Request<Body>
+/// ended body replaced by an empty one); `start`: when the request began.
+pub(crate) fn limit<B>(
+    req: Request<B>,
+    max: u64,
+    slow: Option<Duration>,
+    start: impl FnOnce() -> Instant,
+) -> Request<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -43,7 +48,7 @@ where
         _ if b.is_end_stream() => Body::empty(),
         Some(grace) => {
             // Limited outermost: the app's extractor recognises its error (413).
-            let paced = Paced { inner: Box::pin(b), start, grace, bytes: 0, timer: None };
+            let paced = Paced { inner: Box::pin(b), start: start(), grace, bytes: 0, timer: None };
             Body::new(http_body_util::Limited::new(paced, max))
         }
         _ => Body::new(http_body_util::Limited::new(b, max)),
