@@ -665,6 +665,19 @@ fn error_lines_name_the_request_with_the_access_log_on_and_off() {
     }
 }
 
+/// The request timeout runs from each request's own start, not from the worker's: a request
+/// that comes in once the worker is older than the timeout still gets the whole timeout.
+#[test]
+fn the_request_timeout_counts_from_each_requests_start() {
+    let h = Hello::start(&hello_bin(), &["--delay", "2s", "--request-timeout", "1s"]);
+    // The first one times out, so the worker is more than a second old after it.
+    assert_eq!(get(h.addr(), "/").unwrap().status, 503);
+    let t = std::time::Instant::now();
+    assert_eq!(get(h.addr(), "/").unwrap().status, 503);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(990), "the request timeout fired after {took:?}, not after its 1 s");
+}
+
 /// A client that stops reading its response is cut once its connection's writes made no
 /// progress for `--send-timeout`; one that reads slowly but steadily gets the whole response,
 /// however much longer than the timeout that takes.
