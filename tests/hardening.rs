@@ -368,6 +368,26 @@ fn a_request_body_trickling_a_byte_at_a_time_is_cut() {
     let _ = trickle.join();
 }
 
+/// The body timeout's grace runs from each request's own start: a body that pauses within
+/// it is read whole, also by a worker older than the grace.
+#[test]
+fn a_request_body_that_pauses_within_the_grace_is_read_whole() {
+    use std::io::{Read, Write};
+    let args = ["--delay", "1200ms", "--debug-routes", "--body-timeout", "1s"];
+    let h = Hello::start(&hello_bin(), &args);
+    // Answered after 1.2 s: the worker is older than the grace after it.
+    assert_eq!(get(h.addr(), "/").unwrap().status, 200);
+    let mut s = std::net::TcpStream::connect(h.addr()).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 10\r\n\r\n12345").unwrap();
+    // The rest after a pause, well within the grace.
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"67890").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\n10"), "{answer}");
+}
+
 #[test]
 fn host_header_and_header_count_edges() {
     let h = Hello::start(&hello_bin(), &["--delay", "0"]);
