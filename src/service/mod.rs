@@ -599,7 +599,7 @@ mod tests {
         let (i0, n0) = (Instant::now(), mono_ns());
         std::thread::sleep(Duration::from_millis(20));
         let (n1, i1) = (mono_ns(), Instant::now());
-        let (raw, std) = (Duration::from_nanos(n1 - n0), i1 - i0);
-        assert!(raw >= Duration::from_millis(20) && raw <= std, "{raw:?} within {std:?}");
+        let (raw, around) = (Duration::from_nanos(n1 - n0), i1 - i0);
+        assert!(raw >= Duration::from_millis(20) && raw <= around, "{raw:?} within {around:?}");
     }
 }
