@@ -291,27 +291,42 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
 }
 
 /// `micros` as a decimal number of seconds (`FRAC` = 6) or milliseconds (`FRAC` = 3): written
-/// right to left into one buffer and appended at once (the divisions by constants compile to
-/// multiplications; two `itoa` calls and three appends cost more than twice as much).
+/// right to left into one buffer, two digits at a time from a table, and appended at once
+/// (the divisions by constants compile to multiplications; two `itoa` calls and three appends
+/// cost more than twice as much, and a digit at a time 32 instructions more: callgrind).
 fn push_fixed<const FRAC: usize>(out: &mut Vec<u8>, micros: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     // u64::MAX has 20 digits; plus the point.
     let mut buf = [0u8; 21];
     let mut at = buf.len();
     let mut n = micros;
-    for _ in 0..FRAC {
+    // The last two digits of `n` before `at`.
+    let pair = |buf: &mut [u8; 21], n: &mut u64, at: &mut usize| {
+        let d = (*n % 100) as usize * 2;
+        *n /= 100;
+        *at -= 2;
+        buf[*at..*at + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    };
+    for _ in 0..FRAC / 2 {
+        pair(&mut buf, &mut n, &mut at);
+    }
+    if FRAC % 2 == 1 {
         at -= 1;
         buf[at] = b'0' + (n % 10) as u8;
         n /= 10;
     }
     at -= 1;
     buf[at] = b'.';
-    loop {
+    while n >= 10 {
+        pair(&mut buf, &mut n, &mut at);
+    }
+    if n > 0 || buf[at] == b'.' {
         at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[at] = b'0' + n as u8;
     }
     out.extend_from_slice(&buf[at..]);
 }
@@ -630,6 +645,11 @@ mod tests {
         assert_eq!(fixed(1_000, 3), "x1.000");
         assert_eq!(fixed(u64::MAX, 6), "x18446744073709.551615");
         assert_eq!(fixed(u64::MAX, 3), "x18446744073709551.615");
+        let values = (0..200_000u64).chain((0..64).map(|b| 1u64 << b)).chain((1..20).map(|e| 10u64.pow(e)));
+        for m in values.flat_map(|m| [m, m.saturating_sub(1), m.saturating_add(1)]) {
+            assert_eq!(fixed(m, 6), format!("x{}.{:06}", m / 1_000_000, m % 1_000_000));
+            assert_eq!(fixed(m, 3), format!("x{}.{:03}", m / 1_000, m % 1_000));
+        }
         let remote =
             |peer: Option<&str>| String::from_utf8(Remote::new(peer.map(|p| p.parse().unwrap())).as_bytes().to_vec());
         assert_eq!(remote(Some("10.0.0.255:1")).unwrap(), "10.0.0.255");
