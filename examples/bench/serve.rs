@@ -538,9 +538,15 @@ pub(crate) fn table(rounds: usize, secs: u64) {
 }
 
 /// The control row's busy work per request, in nanoseconds (about the user-space time
-/// baton's defaults add on this machine), and the row's name, which says it.
-const SPIN_NS: &str = "700";
-const SPIN_ROW: &str = "  control: plain axum + 700 ns busy loop";
+/// baton's defaults add on this machine): one literal for the role's setting and the row's
+/// name, which says it.
+macro_rules! spin_ns {
+    () => {
+        "700"
+    };
+}
+const SPIN_NS: &str = spin_ns!();
+const SPIN_ROW: &str = concat!("  control: plain axum + ", spin_ns!(), " ns busy loop");
 
 /// One case of the breakdown: its name, baton's flags and the `baton-ablation` role's
 /// environment.
