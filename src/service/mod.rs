@@ -382,7 +382,7 @@ impl Future for ConnFuture {
         let mut resp = match this.stage.project() {
             StageProj::Early { resp } => resp.take().expect("polled after completion"),
             StageProj::App { handle, line } => {
-                let Some(done) = this.done.done.as_ref() else { panic!("polled after completion") };
+                let done = this.done.done.as_ref().expect("polled after completion");
                 this.done.polling = true;
                 let outcome = handle.poll(cx, done.guard.shared());
                 this.done.polling = false;
