@@ -77,6 +77,24 @@ fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     assert_eq!(get(d.addr(), "/").unwrap().status, 200);
 }
 
+#[test]
+fn a_pid_file_without_a_pid_is_reported_as_such_and_taken_over() {
+    let d = Daemon::new("garbage");
+    std::fs::write(d.dir.join("x.pid"), "not a pid\n").unwrap();
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("stale pid file") && text(&out).contains("which holds no pid"), "{}", text(&out));
+    let out = d.hello(&["reload", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("which holds no pid"), "{}", text(&out));
+    let out = d.start(&["--delay", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(d.addr(), "/pid").unwrap().status, 200);
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(&format!("pid: {}", d.pid())), "{}", text(&out));
+}
+
 /// Kills the masters a test started (and their workers) when the test ends, also when their
 /// pid file is gone, so `Daemon`'s own clean-up cannot find them.
 struct Masters(Vec<i32>);

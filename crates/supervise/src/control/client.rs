@@ -65,8 +65,10 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             };
         }
         Probe::Stale(pid) => {
-            let what =
-                format!("not running (stale pid file {shown}, pid {})", pid.map_or("?".into(), |p| p.to_string()));
+            let what = match pid {
+                Some(pid) => format!("not running (stale pid file {shown}, pid {pid})"),
+                None => format!("not running (stale pid file {shown}, which holds no pid)"),
+            };
             return match cmd {
                 Command::Status => {
                     crate::outln!("dead: {what}");
