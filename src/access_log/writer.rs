@@ -5,8 +5,10 @@
 //! whole lines: to a regular file (opened `O_APPEND`, where a write is atomic) in one piece; to
 //! a pipe in pieces of at most `PIPE_BUF` bytes cut after a newline. So lines never interleave
 //! with other processes' lines. fd 2 is what USR1 re-points, so buffered lines follow a
-//! reopen; [`flush`] runs before a worker exits. Lines still buffered when a process is killed
-//! outright (at most 100 ms worth) are lost.
+//! reopen; [`flush`] runs before a worker exits (and before a reopen), and waits for a batch
+//! the writer thread is writing, so that none is cut off by the exit or lands after the
+//! flushed lines. Lines still buffered when a process is killed outright (at most 100 ms
+//! worth) are lost.
 
 use std::sync::{Condvar, Mutex, OnceLock};
 
@@ -17,18 +19,31 @@ const FLUSH_AT: usize = 1024 * 1024;
 struct Sink {
     buf: Mutex<Vec<u8>>,
     ready: Condvar,
+    /// Held while a batch is taken from `buf` and written (locked before `buf`): the lines
+    /// reach fd 2 in the order they were queued.
+    writing: Mutex<()>,
     /// No writer thread could be started: `push` writes at once.
     direct: std::sync::atomic::AtomicBool,
+    /// [`write_lines`] (another function in tests).
+    write: fn(&[u8]),
+}
+
+impl Sink {
+    fn new(write: fn(&[u8])) -> Sink {
+        Sink {
+            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
+            ready: Condvar::new(),
+            writing: Mutex::new(()),
+            direct: false.into(),
+            write,
+        }
+    }
 }
 
 fn sink() -> &'static Sink {
     static SINK: OnceLock<&'static Sink> = OnceLock::new();
     SINK.get_or_init(|| {
-        let sink: &'static Sink = Box::leak(Box::new(Sink {
-            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
-            ready: Condvar::new(),
-            direct: false.into(),
-        }));
+        let sink: &'static Sink = Box::leak(Box::new(Sink::new(write_lines)));
         let spawned = std::thread::Builder::new().name("baton-access-log".into()).spawn(move || sink.run());
         if spawned.is_err() {
             sink.direct.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -40,7 +55,7 @@ fn sink() -> &'static Sink {
 impl Sink {
     fn push(&self, line: &[u8]) {
         if self.direct.load(std::sync::atomic::Ordering::Relaxed) {
-            return write_lines(line);
+            return (self.write)(line);
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let before = buf.len();
@@ -56,21 +71,28 @@ impl Sink {
         let mut out = Vec::with_capacity(64 * 1024);
         loop {
             {
-                let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+                let buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
                 // Filled past the mark while the last batch was written: its wake-up is gone.
                 if buf.len() < FLUSH_AT {
-                    buf = self.ready.wait_timeout(buf, FLUSH_EVERY).unwrap_or_else(|e| e.into_inner()).0;
+                    drop(self.ready.wait_timeout(buf, FLUSH_EVERY).unwrap_or_else(|e| e.into_inner()));
                 }
-                std::mem::swap(&mut *buf, &mut out);
             }
-            write_lines(&out);
+            let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()), &mut out);
+            if !out.is_empty() {
+                (self.write)(&out);
+            }
             out.clear();
         }
     }
 
+    /// Writes out what is queued, after the batch the writer thread may be writing.
     fn flush(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let taken = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
-        write_lines(&taken);
+        if !taken.is_empty() {
+            (self.write)(&taken);
+        }
     }
 }
 
@@ -117,7 +139,50 @@ pub(crate) fn flush() {
 
 #[cfg(test)]
 mod tests {
-    use super::{PIPE_BUF, chunk_len};
+    use std::sync::{Mutex, mpsc};
+    use std::time::Duration;
+
+    use super::{PIPE_BUF, Sink, chunk_len};
+
+    static WRITTEN: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    static ENTERED: Mutex<Option<mpsc::Sender<()>>> = Mutex::new(None);
+    static RELEASE: Mutex<Option<mpsc::Receiver<()>>> = Mutex::new(None);
+
+    /// Records each write; the batch `first` waits for the test's release (a slow write).
+    fn recording_write(data: &[u8]) {
+        if data == b"first\n" {
+            ENTERED.lock().unwrap().as_ref().unwrap().send(()).unwrap();
+            RELEASE.lock().unwrap().as_ref().unwrap().recv().unwrap();
+        }
+        WRITTEN.lock().unwrap().push(data.to_vec());
+    }
+
+    #[test]
+    fn flush_waits_for_the_batch_being_written_and_keeps_the_order() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        *ENTERED.lock().unwrap() = Some(entered_tx);
+        *RELEASE.lock().unwrap() = Some(release_rx);
+        let sink: &'static Sink = Box::leak(Box::new(Sink::new(recording_write)));
+        std::thread::spawn(move || sink.run());
+        sink.push(b"first\n");
+        entered.recv_timeout(Duration::from_secs(10)).expect("the writer thread takes the first batch");
+        sink.push(b"second\n");
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            sink.flush();
+            done_tx.send(()).unwrap();
+        });
+        // Before the fix, `flush` wrote `second` at once: a worker exiting right after it cut
+        // off the batch the writer thread was writing, or a reopen put it in the new file.
+        assert!(
+            done.recv_timeout(Duration::from_millis(500)).is_err(),
+            "flush returned while the writer thread was still writing the batch before"
+        );
+        release.send(()).unwrap();
+        done.recv_timeout(Duration::from_secs(10)).expect("flush returns once the batch is written");
+        assert_eq!(*WRITTEN.lock().unwrap(), [b"first\n".to_vec(), b"second\n".to_vec()]);
+    }
 
     #[test]
     fn chunks_end_at_line_boundaries() {
