@@ -8,13 +8,18 @@
 //! reopen; [`flush`] runs before a worker exits (and before a reopen), and waits for a batch
 //! the writer thread is writing, so that none is cut off by the exit or lands after the
 //! flushed lines. Lines still buffered when a process is killed outright (at most 100 ms
-//! worth) are lost.
+//! worth) are lost. So are lines that find [`MAX_QUEUED`] bytes already waiting (a log that
+//! stalls, a pipe nobody reads): they are counted, and the log says how many once it takes
+//! lines again, rather than the worker's memory growing without bound.
 
 use std::sync::{Condvar, Mutex, OnceLock};
 
 const PIPE_BUF: usize = 4096;
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 const FLUSH_AT: usize = 1024 * 1024;
+/// At most this much waits for the writer (about 200,000 lines, a second or two of a busy
+/// worker's): past it, lines are dropped and counted.
+const MAX_QUEUED: usize = 32 * 1024 * 1024;
 
 struct Sink {
     buf: Mutex<Vec<u8>>,
@@ -26,16 +31,22 @@ struct Sink {
     direct: std::sync::atomic::AtomicBool,
     /// [`write_lines`] (another function in tests).
     write: fn(&[u8]),
+    /// [`MAX_QUEUED`] (less in tests).
+    max_queued: usize,
+    /// [`baton_supervise::log::count_lost`] (another function in tests).
+    lost: fn(u64),
 }
 
 impl Sink {
-    fn new(write: fn(&[u8])) -> Sink {
+    fn new(write: fn(&[u8]), max_queued: usize, lost: fn(u64)) -> Sink {
         Sink {
             buf: Mutex::new(Vec::with_capacity(64 * 1024)),
             ready: Condvar::new(),
             writing: Mutex::new(()),
             direct: false.into(),
             write,
+            max_queued,
+            lost,
         }
     }
 }
@@ -43,7 +54,8 @@ impl Sink {
 fn sink() -> &'static Sink {
     static SINK: OnceLock<&'static Sink> = OnceLock::new();
     SINK.get_or_init(|| {
-        let sink: &'static Sink = Box::leak(Box::new(Sink::new(write_lines)));
+        let sink: &'static Sink =
+            Box::leak(Box::new(Sink::new(write_lines, MAX_QUEUED, baton_supervise::log::count_lost)));
         let spawned = std::thread::Builder::new().name("baton-access-log".into()).spawn(move || sink.run());
         if spawned.is_err() {
             sink.direct.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -59,6 +71,10 @@ impl Sink {
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let before = buf.len();
+        if before + line.len() > self.max_queued {
+            drop(buf);
+            return (self.lost)(1);
+        }
         buf.extend_from_slice(line);
         let crossed = before < FLUSH_AT && buf.len() >= FLUSH_AT;
         drop(buf);
@@ -83,6 +99,10 @@ impl Sink {
                 (self.write)(&out);
             }
             out.clear();
+            // Grown by a stall: not kept once the log takes lines again (both buffers pass here).
+            if out.capacity() > 2 * FLUSH_AT {
+                out = Vec::with_capacity(64 * 1024);
+            }
         }
     }
 
@@ -163,7 +183,7 @@ mod tests {
         let (release, release_rx) = mpsc::channel();
         *ENTERED.lock().unwrap() = Some(entered_tx);
         *RELEASE.lock().unwrap() = Some(release_rx);
-        let sink: &'static Sink = Box::leak(Box::new(Sink::new(recording_write)));
+        let sink: &'static Sink = Box::leak(Box::new(Sink::new(recording_write, super::MAX_QUEUED, |_| {})));
         std::thread::spawn(move || sink.run());
         sink.push(b"first\n");
         entered.recv_timeout(Duration::from_secs(10)).expect("the writer thread takes the first batch");
@@ -182,6 +202,25 @@ mod tests {
         release.send(()).unwrap();
         done.recv_timeout(Duration::from_secs(10)).expect("flush returns once the batch is written");
         assert_eq!(*WRITTEN.lock().unwrap(), [b"first\n".to_vec(), b"second\n".to_vec()]);
+    }
+
+    static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[test]
+    fn lines_past_the_queue_limit_are_counted_lost_not_queued() {
+        // No writer thread: a log that does not take lines.
+        let sink = Sink::new(
+            |_| unreachable!("nothing is written"),
+            30,
+            |n| {
+                LOST.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            },
+        );
+        for _ in 0..5 {
+            sink.push(b"0123456789\n");
+        }
+        assert_eq!(sink.buf.lock().unwrap().len(), 22, "two lines of 11 bytes fit in 30");
+        assert_eq!(LOST.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]

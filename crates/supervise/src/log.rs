@@ -105,6 +105,12 @@ pub fn write_or_count(buf: &[u8]) {
     LOST.write(&mut io::stderr().lock(), buf, now_rfc3339);
 }
 
+/// Counts `lines` dropped before they reached a write (a buffer of lines waiting for a log that
+/// does not keep up was full): reported as [`write_or_count`]'s failures are.
+pub fn count_lost(lines: u64) {
+    LOST.lines.fetch_add(lines, Ordering::Relaxed);
+}
+
 impl Losses {
     /// Writes `buf` (whole lines) to `w`, after a note of what was lost if anything was. A
     /// line a failed write cut short is ended first, so that no line runs into the next.
@@ -112,7 +118,10 @@ impl Losses {
         let lost = self.lines.load(Ordering::Relaxed);
         if lost > 0 {
             let end_cut = if self.cut.load(Ordering::Relaxed) { "\n" } else { "" };
-            let note = format!("{end_cut}{} WARN  log: {lost} log lines lost: the log could not be written\n", now());
+            let note = format!(
+                "{end_cut}{} WARN  log: {lost} log lines lost: the log could not be written, or not as fast as they came\n",
+                now()
+            );
             if let Err(done) = write_whole(w, note.as_bytes()) {
                 self.failed(note.as_bytes(), done, false);
                 self.failed(buf, 0, true);
@@ -270,14 +279,20 @@ mod tests {
         disk.room = 1000;
         losses.write(&mut disk, b"line five\n", now);
         let text = String::from_utf8(disk.data.clone()).unwrap();
-        assert_eq!(text, "line one\nline t\nT WARN  log: 3 log lines lost: the log could not be written\nline five\n");
+        assert_eq!(
+            text,
+            "line one\nline t\nT WARN  log: 3 log lines lost: the log could not be written, or not as fast as they came\nline five\n"
+        );
         assert_eq!(losses.lines.load(Ordering::Relaxed), 0);
         // A disk full from the start of a write cuts nothing: no extra line end.
         let mut disk = Disk { data: Vec::new(), room: 0 };
         losses.write(&mut disk, b"a\n", now);
         disk.room = 1000;
         losses.write(&mut disk, b"b\n", now);
-        assert_eq!(disk.data, b"T WARN  log: 1 log lines lost: the log could not be written\nb\n");
+        assert_eq!(
+            disk.data,
+            b"T WARN  log: 1 log lines lost: the log could not be written, or not as fast as they came\nb\n"
+        );
     }
 
     #[test]
