@@ -425,17 +425,22 @@ fn is_plain(b: u8, quote: u8) -> bool {
 }
 
 /// Writes bytes so that a log line stays one line and one field: `\` and `quote` are escaped,
-/// control and non-ASCII bytes become `\xHH` (`\u00HH` in JSON). Runs of plain bytes are
-/// copied whole; a byte is looked up in a table, not compared three times.
+/// control and non-ASCII bytes become `\xHH` (as nginx writes them). In JSON, which is UTF-8,
+/// a valid UTF-8 character is written as it is (a user agent's `é` reads as `é`, not as two
+/// Latin-1 characters), but for those some tools take as line ends (U+0080 to U+009F, U+2028,
+/// U+2029), written `\uXXXX`; a control byte becomes `\u00HH`, and so does a byte that is not
+/// part of valid UTF-8. Runs of plain bytes are copied whole; a byte is looked up in a table,
+/// not compared three times.
 fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
     // A short field (a path such as `/`) byte by byte: cheaper than the scan's two copies
     // (`memcpy` calls: about 100 instructions for `/`, callgrind).
     if bytes.len() < 8 {
-        for &b in bytes {
+        while let Some((&b, rest)) = bytes.split_first() {
             if is_plain(b, quote) {
                 out.push(b);
+                bytes = rest;
             } else {
-                escape_byte(out, b, quote, json);
+                bytes = &bytes[escape_first(out, bytes, quote, json)..];
             }
         }
         return;
@@ -447,9 +452,41 @@ fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
             return;
         }
         out.extend_from_slice(&bytes[..i]);
-        escape_byte(out, bytes[i], quote, json);
-        bytes = &bytes[i + 1..];
+        bytes = &bytes[i..];
+        bytes = &bytes[escape_first(out, bytes, quote, json)..];
     }
+}
+
+/// Writes `bytes[0]`, a byte not written as it is (in JSON, with the rest of the UTF-8
+/// character it begins, if it begins one); returns how many bytes it wrote.
+fn escape_first(out: &mut Vec<u8>, bytes: &[u8], quote: u8, json: bool) -> usize {
+    let b = bytes[0];
+    if json && b >= 0x80 {
+        let len = match b {
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 0,
+        };
+        let c = bytes.get(..len).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.chars().next());
+        if let Some(c) = c {
+            if matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}') {
+                write_u(out, c as u32);
+            } else {
+                out.extend_from_slice(&bytes[..len]);
+            }
+            return len;
+        }
+    }
+    escape_byte(out, b, quote, json);
+    1
+}
+
+/// `\uXXXX` for `c` (at most U+FFFF).
+fn write_u(out: &mut Vec<u8>, c: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hex = |shift: u32| HEX[((c >> shift) & 0xf) as usize];
+    out.extend_from_slice(&[b'\\', b'u', hex(12), hex(8), hex(4), hex(0)]);
 }
 
 /// One byte that is not written as it is.
@@ -458,9 +495,7 @@ fn escape_byte(out: &mut Vec<u8>, b: u8, quote: u8, json: bool) {
     match b {
         b'\\' => out.extend_from_slice(b"\\\\"),
         _ if b == quote => out.extend_from_slice(&[b'\\', b]),
-        _ if json => {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-        }
+        _ if json => write_u(out, u32::from(b)),
         _ => out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]),
     }
 }
@@ -509,6 +544,43 @@ mod tests {
                         escape_into(&mut out, &field, quote, json);
                         assert_eq!(out, reference(&field, quote, json), "{field:?} quote {quote} json {json}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_keeps_utf8_and_escapes_what_is_not() {
+        let json = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            escape_into(&mut out, bytes, b'"', true);
+            String::from_utf8(out).expect("JSON text is UTF-8")
+        };
+        // Before the fix, every byte from 0x80 up was written `\u00HH`: `é` read as `Ã©`.
+        assert_eq!(json("é".as_bytes()), "é");
+        assert_eq!(json("Mozilla/5.0 (Linux; café €) 🦀".as_bytes()), "Mozilla/5.0 (Linux; café €) 🦀");
+        // What line-oriented tools may take as a line end, as escapes of the same character.
+        assert_eq!(json("a\u{85}b\u{2028}c\u{2029}".as_bytes()), "a\\u0085b\\u2028c\\u2029");
+        // Bytes that are not UTF-8: an overlong `/`, a surrogate, a truncated `€`, a lone
+        // continuation byte, 0xff.
+        assert_eq!(json(b"\xc0\xaf"), "\\u00c0\\u00af");
+        assert_eq!(json(b"\xed\xa0\x80"), "\\u00ed\\u00a0\\u0080");
+        assert_eq!(json(b"x\xe2\x82"), "x\\u00e2\\u0082");
+        assert_eq!(json(b"\x80\xff"), "\\u0080\\u00ff");
+        // The combined format writes every non-ASCII byte as `\xHH`, as nginx does.
+        let mut out = Vec::new();
+        escape_into(&mut out, "é".as_bytes(), b'"', false);
+        assert_eq!(out, b"\\xc3\\xa9");
+        // Short fields and long ones, every place: a JSON reader gets the text back exactly
+        // when it is valid UTF-8, and the line has no raw control byte or line separator.
+        for ch in ["é", "€", "🦀", "\u{85}", "\u{2028}", "\"", "\\", "\n"] {
+            for len in 0..=20 {
+                for at in 0..=len {
+                    let text = format!("{}{ch}{}", "a".repeat(at), "b".repeat(len - at));
+                    let out = json(text.as_bytes());
+                    assert!(!out.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'), "{out:?}");
+                    let back: String = serde_json::from_str(&format!("\"{out}\"")).expect("valid JSON");
+                    assert_eq!(back, text);
                 }
             }
         }
