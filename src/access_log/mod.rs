@@ -462,14 +462,10 @@ fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8], quote: u8, json: bool) {
 fn escape_first(out: &mut Vec<u8>, bytes: &[u8], quote: u8, json: bool) -> usize {
     let b = bytes[0];
     if json && b >= 0x80 {
-        let len = match b {
-            0xc2..=0xdf => 2,
-            0xe0..=0xef => 3,
-            0xf0..=0xf4 => 4,
-            _ => 0,
-        };
-        let c = bytes.get(..len).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.chars().next());
+        // std's decoder: the valid UTF-8 at the start of at most one character's bytes.
+        let c = bytes[..bytes.len().min(4)].utf8_chunks().next().and_then(|c| c.valid().chars().next());
         if let Some(c) = c {
+            let len = c.len_utf8();
             if matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}') {
                 write_u(out, c as u32);
             } else {
