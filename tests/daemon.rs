@@ -292,6 +292,35 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
     assert_eq!(d.hello(&["stop", "-p", "x.pid"]).status.code(), Some(0));
 }
 
+/// `stop` while a stop is under way joins it: a second `stop`, run while the first waits
+/// for the drain, also waits, and the request in flight is answered, not cut. (It was cut:
+/// the master took the second `stop` as "now", and both commands still said "stopped".)
+#[test]
+fn a_second_stop_waits_for_the_same_drain() {
+    let d = Daemon::new("stop-twice");
+    let out = d.start_with(&["--delay", "2s"], &[("RUST_LOG", support::TRACE_REQUESTS)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid();
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&d.dir.join("x.log"), "/");
+    let first = std::thread::scope(|s| {
+        let first = s.spawn(|| d.hello(&["stop", "-p", "x.pid"]));
+        wait_until(Duration::from_secs(10), "the first stop taken", || d.log().contains("graceful shutdown"));
+        let second = d.hello(&["stop", "-p", "x.pid"]);
+        assert!(second.status.success(), "{}", text(&second));
+        assert!(text(&second).contains(&format!("stopped (pid {pid})")), "{}", text(&second));
+        first.join().unwrap()
+    });
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(!alive(pid));
+    let r = slow.join().unwrap().expect("the request in flight is answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    let log = d.log();
+    assert!(log.contains("stop requested: already stopping"), "{log}");
+    assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
+}
+
 /// `reopen-logs` answers once every worker has reopened, not only the master: a request
 /// made right after it is logged in the new file (it was not, now and then, under a loaded
 /// CI machine: the worker had not handled its USR1 yet).

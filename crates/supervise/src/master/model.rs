@@ -109,6 +109,8 @@ struct Model {
     /// Workers that stopped accepting while serving, on a signal sent to them rather than to
     /// the master: draining, but not in a slot the master's reloads handed out.
     stopped_itself: BTreeSet<Pid>,
+    /// QUIT signals sent to workers ("exit now").
+    quits: u64,
 }
 
 impl Model {
@@ -143,6 +145,7 @@ impl Model {
             owe_usr1: BTreeSet::new(),
             replaced: BTreeSet::new(),
             stopped_itself: BTreeSet::new(),
+            quits: 0,
         };
         m.feed(Event::Start).unwrap();
         m
@@ -229,7 +232,19 @@ impl Model {
         if matches!(event, Event::Shutdown { .. }) {
             self.shutdown_requested = true;
         }
-        self.feed(event)
+        // `stop` during a stop joins it: a graceful one stays graceful, nothing is told to
+        // exit now.
+        let joining = matches!(op, Op::Stop) && self.stopping();
+        let (phase, quits) = (self.state.phase.clone(), self.quits);
+        self.feed(event)?;
+        if joining {
+            let hurried = match (&phase, &self.state.phase) {
+                (Phase::Stopping { how: a, .. }, Phase::Stopping { how: b, .. }) => a != b,
+                _ => false,
+            };
+            prop_assert!(!hurried && self.quits == quits, "stop hurried a stop under way: {phase:?}");
+        }
+        Ok(())
     }
 
     fn exit(&mut self, pid: Pid) -> Result<(), TestCaseError> {
@@ -309,6 +324,9 @@ impl Model {
                 }
                 Action::Signal { pid, sig } => {
                     prop_assert!(self.live.contains_key(&pid), "{sig:?} to unknown pid {pid}");
+                    if sig == Sig::Quit {
+                        self.quits += 1;
+                    }
                     if matches!(sig, Sig::Kill | Sig::Term | Sig::Quit) {
                         self.doomed.insert(pid);
                     }
@@ -532,6 +550,9 @@ fn model_known_scenarios() {
             Some(2),
         ),
         ("stop with a reload queued", vec![Ready(0), ctl, Deploy, ctl, Stop], None),
+        // Was a bug: a second `stop` (or `stop` after TERM) cut the requests in flight.
+        ("stop after TERM joins the graceful stop", vec![Ready(0), Term, Stop, Stop], None),
+        ("stop while draining after a reload", vec![Ready(0), ctl, Ready(1), Stop, Stop, Advance(1_000)], None),
         // Was a bug: the reload's client was never answered (found by the model).
         ("reload folded into the first start, then TERM, then ready", vec![ctl, Term, Ready(0)], None),
         ("fork fails on reload", vec![Ready(0), FailNextSpawn, ctl], Some(1)),

@@ -90,7 +90,8 @@ impl Cause {
 pub(crate) enum Event {
     /// The master is set up: start the first worker.
     Start,
-    /// TERM or INT (graceful), QUIT (fast), or `stop` (graceful, answered "stopping").
+    /// TERM or INT (graceful; a second one: fast), QUIT (fast), or `stop` (graceful,
+    /// answered "stopping"; during a stop it joins that stop and hurries nothing).
     Shutdown { how: Stopping, waiter: Option<WaiterId> },
     /// USR2, HUP or `reload` (`reload --wait-probation` waits for the end of the probation);
     /// `on_disk` identifies the binary on disk now (`None`: unreadable).

@@ -148,10 +148,21 @@ impl State {
                 self.spawn(&mut out, Cause::Start, Waiters::default());
             }
             Event::Shutdown { how, waiter } => {
+                // `stop` asks for a graceful stop and waits for it: one already under way is
+                // joined, not hurried into cutting the requests it lets finish (a second TERM
+                // or INT, or QUIT, is what means "now").
+                let join = waiter.is_some()
+                    && how == Stopping::Graceful
+                    && matches!(self.phase, Phase::Stopping { .. } | Phase::Exited);
                 if let Some(w) = waiter {
-                    out.push(Action::Reply { waiter: w, reply: Reply::Ok("stopping".into()) });
+                    let text = if join { "already stopping" } else { "stopping" };
+                    out.push(Action::Reply { waiter: w, reply: Reply::Ok(text.into()) });
                 }
-                self.stop(now, &mut out, how);
+                if join {
+                    tracing::info!("stop requested: already stopping");
+                } else {
+                    self.stop(now, &mut out, how);
+                }
             }
             Event::Reload { waiter, on_disk } => self.reload(now, &mut out, waiter, on_disk),
             Event::ReopenLogs { waiter } => {
