@@ -293,7 +293,8 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
 }
 
 /// `stop` while a stop is under way joins it: a second `stop`, run while the first waits
-/// for the drain, also waits, and the request in flight is answered, not cut. (It was cut:
+/// for the drain, also waits, and the request in flight is answered, not cut; `status` says
+/// the worker is draining (it said "serving ..., not accepting"). (It was cut:
 /// the master took the second `stop` as "now", and both commands still said "stopped".)
 #[test]
 fn a_second_stop_waits_for_the_same_drain() {
@@ -307,6 +308,13 @@ fn a_second_stop_waits_for_the_same_drain() {
     let first = std::thread::scope(|s| {
         let first = s.spawn(|| d.hello(&["stop", "-p", "x.pid"]));
         wait_until(Duration::from_secs(10), "the first stop taken", || d.log().contains("graceful shutdown"));
+        // `status` meanwhile: the worker the stop told is draining, with its open connection.
+        wait_until(Duration::from_secs(10), "status to show the drain", || {
+            let s = text(&d.hello(&["status", "-p", "x.pid"]));
+            s.contains("state: stopping")
+                && s.contains(" generation 1 draining for ")
+                && s.contains("1 connection open")
+        });
         let second = d.hello(&["stop", "-p", "x.pid"]);
         assert!(second.status.success(), "{}", text(&second));
         assert!(text(&second).contains(&format!("stopped (pid {pid})")), "{}", text(&second));

@@ -418,7 +418,7 @@ impl Runner {
         let _ = writeln!(s, "generation: {}", state.active().map_or(0, |g| g.generation));
         let _ = writeln!(s, "binary: {}", self.io.exe.display());
         for g in &state.gens {
-            let mut word = g.state.word().to_owned();
+            let mut word = state.gen_word(g).to_owned();
             if let GenState::Probation { until } = g.state {
                 let _ = write!(word, " (ends in {:.1}s)", until.saturating_duration_since(now).as_secs_f64());
             }
@@ -484,7 +484,7 @@ impl Runner {
             let mut o = Object::default()
                 .num("pid", g.pid)
                 .num("generation", g.generation)
-                .str("state", g.state.word())
+                .str("state", state.gen_word(g))
                 .str("cause", g.cause.word())
                 .bool("accepting", g.accepting)
                 .num("binary_size", g.binary.size)

@@ -246,6 +246,12 @@ impl State {
         matches!(self.phase, Phase::Stopping { .. } | Phase::Exited)
     }
 
+    /// `g`'s state in one word, for `status`: a serving generation told to stop by a shutdown
+    /// is draining, though no newer generation replaced it.
+    pub(crate) fn gen_word(&self, g: &Gen) -> &'static str {
+        if self.stopping() && g.state.serving() { "draining" } else { g.state.word() }
+    }
+
     fn draining_count(&self) -> usize {
         self.gens.iter().filter(|g| matches!(g.state, GenState::Draining { .. })).count()
     }
@@ -383,6 +389,7 @@ impl State {
     }
 
     fn on_notify(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid, msg: &str) {
+        let stopping = self.stopping();
         let Some(g) = self.gens.iter_mut().find(|g| g.pid == pid) else {
             tracing::warn!("ignoring notify message from pid {pid}, not a worker: {msg:?}");
             return;
@@ -396,6 +403,10 @@ impl State {
         let stopped_itself = m.draining && g.state.serving();
         if m.draining {
             g.accepting = false;
+            if stopping {
+                // Told by the stop: `status` shows how long it has drained, and what is open.
+                g.draining_since.get_or_insert(now);
+            }
         }
         if m.status.is_some() {
             g.status = m.status;
