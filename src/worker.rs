@@ -71,6 +71,14 @@ pub(crate) fn main<A>(
         }));
     }
     let result = serve(role, opts, http, args, factory, hooks, notifier.clone());
+    if let Some(n) = &notifier {
+        // Lines this worker could not write (a full disk) and has not said so yet: its master
+        // says so for it, in its own note, once it can write again.
+        let lost = baton_supervise::log::take_unreported();
+        if lost > 0 && n.send(&Message::log_lost(lost)).is_err() {
+            baton_supervise::log::count_lost(lost);
+        }
+    }
     if let (Err(e), Some(n)) = (&result, &notifier) {
         // The master (or systemd) shows this with the exit status: `start` and `reload` then
         // print the reason itself, not just "exited with status 1".

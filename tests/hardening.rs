@@ -25,6 +25,66 @@ fn failing_log_writes_do_not_kill_the_master_dev_full() {
     assert!(alive(h.pid), "the master survives its log");
 }
 
+/// Reads what is in the FIFO `f` into `text` until `done(text)`, or (`to_end`) until no
+/// writer has it open, within 30 s. Without `to_end`, no writer yet is no data yet.
+fn read_fifo_until(f: &mut std::fs::File, text: &mut String, what: &str, to_end: bool, done: impl Fn(&str) -> bool) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 65536];
+    while !done(text) {
+        match f.read(&mut buf) {
+            Ok(0) if to_end => break,
+            Ok(0) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}; read so far:\n{text}");
+    }
+}
+
+/// Lines a worker could not write (its log, a FIFO, had lost its reader) are still reported
+/// once the worker has exited: it hands their count to the master, whose next line that can
+/// be written is preceded by a note that includes them. (A generation replaced by a reload
+/// took its count with it: 20 access log lines gone without a word.)
+#[test]
+fn log_lines_lost_by_a_worker_that_exits_are_reported_by_the_master() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = support::TempDir::new("lost-lines");
+    let fifo = dir.join("log.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader first: opening a FIFO to write waits for one.
+    let open_reader = || std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let mut reader = open_reader();
+    let h = Hello::spawn(&hello_bin(), &["--delay", "0", "-l", fifo.to_str().unwrap()]);
+    let mut text = String::new();
+    read_fifo_until(&mut reader, &mut text, "the master's serving line", false, |t| t.contains(") serving (version"));
+    let old = h.worker_pid();
+    // No reader: every write fails (EPIPE) and is counted.
+    drop(reader);
+    for _ in 0..20 {
+        assert_eq!(get(h.addr(), "/").unwrap().status, 200);
+    }
+    signal(h.pid, Signal::SIGUSR2);
+    h.wait_replaced(old);
+    wait_until(Duration::from_secs(30), "the old worker reaped", || {
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+    });
+    let mut reader = open_reader();
+    signal(h.pid, Signal::SIGTERM);
+    let mut text = String::new();
+    read_fifo_until(&mut reader, &mut text, "the end of the log", true, |_| false);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| l.contains(&format!("master[{}] graceful shutdown", h.pid))).expect(&text);
+    let lost: u64 = at
+        .checked_sub(1)
+        .and_then(|i| lines[i].split("WARN  log: ").nth(1))
+        .and_then(|n| n.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no note before the master's line:\n{text}"));
+    // The old worker's 20 access log lines, at least (and the lines the master lost itself).
+    assert!(lost >= 20, "{lost} lost lines reported:\n{text}");
+}
+
 #[test]
 fn listen_fds_naming_fds_that_were_not_passed_is_a_clear_error() {
     let port = free_port();

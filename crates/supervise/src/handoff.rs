@@ -222,6 +222,12 @@ impl Message {
         format!("{REOPENED}={}", error.map_or_else(|| "ok".to_owned(), |e| e.replace('\n', " ")))
     }
 
+    /// What a worker sends as it exits owing a note of `lines` log lines it could not write
+    /// (the log's disk was full): the master counts them in its own note.
+    pub fn log_lost(lines: u64) -> String {
+        format!("{LOG_LOST}={lines}")
+    }
+
     /// A worker's last words (one line: newlines would start new assignments).
     pub fn status(text: &str) -> String {
         format!("STATUS={}", text.replace('\n', " "))
@@ -230,6 +236,9 @@ impl Message {
 
 /// The notify key of [`Message::reopened`].
 pub const REOPENED: &str = "BATON_REOPENED";
+
+/// The notify key of [`Message::log_lost`].
+pub const LOG_LOST: &str = "BATON_LOG_LOST";
 
 /// Finds `KEY=value` in a notify message (newline-separated assignments).
 pub fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {

@@ -111,6 +111,12 @@ pub fn count_lost(lines: u64) {
     LOST.lines.fetch_add(lines, Ordering::Relaxed);
 }
 
+/// Takes the count of lost lines no note has reported yet: for a process about to exit, which
+/// hands it to one that goes on ([`count_lost`]).
+pub fn take_unreported() -> u64 {
+    LOST.lines.swap(0, Ordering::Relaxed)
+}
+
 impl Losses {
     /// Writes `buf` (whole lines) to `w`, after a note of what was lost if anything was. A
     /// line a failed write cut short is ended first, so that no line runs into the next.

@@ -156,7 +156,10 @@ impl Runner {
     }
 
     /// Everything that happened since the last call, in the order signals, notify messages,
-    /// control requests, reaped children.
+    /// control requests, reaped children. Children are reaped before the notify socket is
+    /// read: a worker's last datagram (its last words, the log lines it could not write) is
+    /// queued before it exits, so it is read in the same round as its exit, and handled while
+    /// the worker is still known.
     fn collect_events(&mut self, state: &State) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
@@ -169,11 +172,35 @@ impl Runner {
                 }
             }
         }
+        let mut exited = Vec::new();
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        if let Some((_, r)) = &self.io.metrics {
+                            r.free_slot(pid.as_raw() as u32);
+                        }
+                        exited.push((pid, describe_status(status)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    break;
+                }
+            }
+        }
         loop {
             match self.io.notify.recv() {
                 Ok(Some((pid, msg))) if state.gens.iter().any(|g| g.pid.as_raw() == pid) => {
                     if let Some(how) = handoff::field(&msg, handoff::REOPENED) {
                         self.reopened(Pid::from_raw(pid), Some(how));
+                    }
+                    if let Some(n) = handoff::field(&msg, handoff::LOG_LOST).and_then(|n| n.parse::<u64>().ok()) {
+                        // Counted first: the note (before the line below, or before a later
+                        // one if this cannot be written either) includes them.
+                        crate::log::count_lost(n);
+                        tracing::warn!("worker pid {pid} exited without writing {n} of its log lines (counted above)");
                     }
                     events.push(Event::Notify { pid: Pid::from_raw(pid), msg })
                 }
@@ -206,24 +233,10 @@ impl Runner {
                 }
             });
         }
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
-                Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        if let Some((_, r)) = &self.io.metrics {
-                            r.free_slot(pid.as_raw() as u32);
-                        }
-                        // A worker gone writes to no file.
-                        self.reopened(pid, None);
-                        events.push(Event::Exited { pid, how: describe_status(status) });
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("waitpid: {e}");
-                    break;
-                }
-            }
+        for (pid, how) in exited {
+            // A worker gone writes to no file.
+            self.reopened(pid, None);
+            events.push(Event::Exited { pid, how });
         }
         events
     }
