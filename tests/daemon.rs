@@ -299,7 +299,7 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
 #[test]
 fn a_second_stop_waits_for_the_same_drain() {
     let d = Daemon::new("stop-twice");
-    let out = d.start_with(&["--delay", "2s"], &[("RUST_LOG", support::TRACE_REQUESTS)]);
+    let out = d.start_with(&["--delay", "3s"], &[("RUST_LOG", support::TRACE_REQUESTS)]);
     assert!(out.status.success(), "{}", text(&out));
     let pid = d.pid();
     let addr = d.addr();
