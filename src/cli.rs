@@ -326,6 +326,9 @@ fn parse_metrics_listen(s: &str) -> std::result::Result<baton_supervise::listen:
 /// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err(format!("invalid duration {s:?}: cannot be negative"));
+    }
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"))?;
@@ -350,6 +353,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// ambiguous. For an app's own flags too: `value_parser = baton::parse_bytes`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("invalid size {s:?}: cannot be negative"));
+    }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let expected = "expected bytes, or a whole number with KiB, MiB or GiB (e.g. 512KiB, 10MiB)";
@@ -408,7 +414,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5x").unwrap_err().contains("5x"));
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("cannot be negative"));
         assert!(parse_duration("1e99h").is_err());
     }
 
@@ -419,6 +425,7 @@ mod tests {
         assert_eq!(parse_bytes("512KiB"), Ok(512 * 1024));
         assert_eq!(parse_bytes("10M"), Ok(10 << 20));
         assert_eq!(parse_bytes("10 MiB"), Ok(10 << 20));
+        assert!(parse_bytes("-1").unwrap_err().contains("cannot be negative"));
         assert_eq!(parse_bytes("2g"), Ok(2 << 30));
         assert!(parse_bytes("10MB").unwrap_err().contains("ambiguous"), "{:?}", parse_bytes("10MB"));
         assert!(parse_bytes("1X").unwrap_err().contains("unknown unit \"X\""));

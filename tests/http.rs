@@ -557,8 +557,14 @@ fn bad_command_lines_name_the_bad_value() {
     assert_eq!(code, 2);
     assert!(err.contains("nowhere:1"), "{err}");
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["--group", "nogroup"], "--user <USER>"),
+        // A negative value is named as such (`--flag -1s` reads as a flag `-1`, whose error
+        // clap gives; a value left out before the next flag keeps clap's "a value is required").
+        (&["--drain-timeout=-1s"], "invalid duration \"-1s\": cannot be negative"),
+        (&["--delay=-5s"], "invalid duration \"-5s\": cannot be negative"),
+        (&["--max-body-bytes=-1"], "invalid size \"-1\": cannot be negative"),
+        (&["--request-timeout", "--no-master"], "a value is required for '--request-timeout <DURATION>'"),
         (&["--max-body-bytes", "10MB"], "\"MB\" is ambiguous (1000 or 1024?): write KiB, MiB or GiB"),
         (&["--max-body-bytes", "1X"], "unknown unit \"X\""),
         (&["--max-header-bytes", "4KiB"], "below the minimum, 8KiB"),
