@@ -60,6 +60,35 @@ fn start_returns_when_serving_and_detaches() {
 }
 
 #[test]
+fn an_interrupted_start_says_the_server_goes_on_starting_and_which() {
+    let d = Daemon::new("interrupted");
+    let mut launcher = d.spawn_start(&["--delay", "0"], &[("HELLO_SLOW_START", "5m")]);
+    wait_until(Duration::from_secs(20), "the slow start to begin", || d.log().contains("starting slowly: 300s"));
+    let pid = d.pid();
+    // Ctrl-C at the terminal: SIGINT to `start`, the foreground process (the daemon is in a
+    // session of its own).
+    signal(launcher.id() as i32, Signal::SIGINT);
+    let mut status = None;
+    wait_until(Duration::from_secs(10), "start to exit", || {
+        status = launcher.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
+    // Before, it died of the signal and said nothing.
+    assert_eq!(status.unwrap().code(), Some(130), "{err}");
+    let said = format!("start interrupted by SIGINT: the server (pid {pid}) goes on starting without this command");
+    assert!(err.contains(&said), "{err}");
+    // As it says: still starting, and `stop` stops it.
+    assert!(alive(pid));
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert!(text(&out).contains("state: starting"), "{}", text(&out));
+    let out = d.hello(&["stop", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid));
+}
+
+#[test]
 fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     let d = Daemon::new("twice");
     // A stale pid file (nobody holds its lock) is taken over.

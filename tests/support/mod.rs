@@ -525,6 +525,17 @@ impl Daemon {
         self.start_with(extra, &[])
     }
 
+    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `env` added, running:
+    /// its stdout and stderr piped.
+    pub fn spawn_start(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
     pub fn pid(&self) -> i32 {
         std::fs::read_to_string(self.dir.join("x.pid")).unwrap().trim().parse().unwrap()
     }

@@ -1,10 +1,12 @@
 //! The daemon step of `start`: fork, setsid, fork again, `chdir /`, umask 027, stdin from
 //! /dev/null. The launching process waits on a status pipe and exits 0 once the first worker
-//! is ready, or 1 with the reason.
+//! is ready, or 1 with the reason. Interrupted (Ctrl-C, TERM, a closed terminal), it says that
+//! the daemon goes on starting without it, and which, before it exits (128 + the signal): the
+//! daemon is in its own session, so the terminal's signals do not reach it.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::stat::{Mode, umask};
 
@@ -48,18 +50,50 @@ pub(crate) fn daemonize() -> Result<StatusPipe> {
     if sys::fork_single_threaded().map_err(|e| fail("fork", e))?.is_some() {
         sys::exit_now(0);
     }
+    let mut w = File::from(w);
+    // Which process the launcher waits for, should it be interrupted.
+    let _ = writeln!(w, "pid {}", std::process::id());
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))?;
     umask(Mode::from_bits_truncate(0o027));
     sys::stdin_from_devnull().map_err(|e| fail("stdin", e))?;
-    Ok(StatusPipe { file: File::from(w) })
+    Ok(StatusPipe { file: w })
 }
 
 /// The launching process: reaps the first child, waits for the daemon's word.
 fn launcher(mut pipe: File, child: libc::pid_t) -> i32 {
+    use nix::sys::signal::Signal;
+    let interruptible = sys::interrupt_on(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]).is_ok();
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-    let mut s = String::new();
-    let _ = pipe.read_to_string(&mut s);
-    let line = s.lines().next().unwrap_or("");
+    let mut s = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(sig) = interruptible.then(sys::interrupted).flatten() {
+            let text = String::from_utf8_lossy(&s);
+            let which = text.lines().find_map(|l| l.strip_prefix("pid ")).map(|p| format!(" (pid {p})"));
+            crate::errln!(
+                "start interrupted by {}: the server{} goes on starting without this command; `status` tells whether it serves, `stop` stops it",
+                sig.as_str(),
+                which.unwrap_or_default()
+            );
+            return 128 + sig as i32;
+        }
+        // A signal that lands between the check above and a blocking `read` would not
+        // interrupt it: the wait is cut into slices of 100 ms, after each of which it checks.
+        let mut fds = [nix::poll::PollFd::new(pipe.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => s.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let s = String::from_utf8_lossy(&s);
+    let line = s.lines().find(|l| !l.starts_with("pid ")).unwrap_or("");
     if let Some(pid) = line.strip_prefix("ok ") {
         crate::outln!("started (pid {pid})");
         0

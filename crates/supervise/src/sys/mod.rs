@@ -176,6 +176,35 @@ pub(crate) fn fork_single_threaded() -> io::Result<Option<libc::pid_t>> {
     }
 }
 
+/// The last of [`interrupt_on`]'s signals received (0: none).
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_interrupt(sig: libc::c_int) {
+    INTERRUPTED.store(sig, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// From now on each of `signals` is noted, not fatal, and interrupts a blocking call (no
+/// `SA_RESTART`: a `read` returns `Interrupted`); [`interrupted`] tells which came. For a
+/// process that must say something before it goes (`start`'s launcher on Ctrl-C).
+pub(crate) fn interrupt_on(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let action = SigAction::new(SigHandler::Handler(note_interrupt), SaFlags::empty(), SigSet::empty());
+    for &sig in signals {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the
+        // process it is installed in (the launcher) runs no other code that handles signals.
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// The signal [`interrupt_on`] noted, if one came.
+pub(crate) fn interrupted() -> Option<nix::sys::signal::Signal> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => nix::sys::signal::Signal::try_from(n).ok(),
+    }
+}
+
 /// Exits at once without running destructors or atexit handlers (a forked child must not
 /// flush buffers it shares with its parent).
 pub(crate) fn exit_now(code: i32) -> ! {
