@@ -67,16 +67,9 @@ fn an_interrupted_start_says_the_server_goes_on_starting_and_which() {
     let pid = d.pid();
     // Ctrl-C at the terminal: SIGINT to `start`, the foreground process (the daemon is in a
     // session of its own).
-    signal(launcher.id() as i32, Signal::SIGINT);
-    let mut status = None;
-    wait_until(Duration::from_secs(10), "start to exit", || {
-        status = launcher.try_wait().unwrap();
-        status.is_some()
-    });
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
+    let (code, err) = Daemon::interrupt(&mut launcher, Signal::SIGINT);
     // Before, it died of the signal and said nothing.
-    assert_eq!(status.unwrap().code(), Some(130), "{err}");
+    assert_eq!(code, Some(130), "{err}");
     let said = format!("start interrupted by SIGINT: the server (pid {pid}) goes on starting without this command");
     assert!(err.contains(&said), "{err}");
     // As it says: still starting, and `stop` stops it.
@@ -86,6 +79,41 @@ fn an_interrupted_start_says_the_server_goes_on_starting_and_which() {
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!alive(pid));
+}
+
+#[test]
+fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
+    let d = Daemon::new("interrupted-ctl");
+    // Each worker takes 2 s to start: a reload waits that long for its answer.
+    let env = [("HELLO_SLOW_START", "2s"), ("RUST_LOG", support::TRACE_REQUESTS)];
+    let out = d.start_with(&["--delay", "3s"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid();
+    let mut reload = d.spawn_with(&["reload", "-p", "x.pid"], &[]);
+    wait_until(Duration::from_secs(10), "generation 2 to start", || d.log().contains("starting worker generation 2"));
+    let (code, err) = Daemon::interrupt(&mut reload, Signal::SIGTERM);
+    // Before, it died of the signal and said nothing.
+    assert_eq!(code, Some(143), "{err}");
+    assert!(err.contains(&format!("reload interrupted by SIGTERM: pid {pid} goes on with it")), "{err}");
+    wait_until(Duration::from_secs(20), "the reload to complete without its command", || {
+        let s = text(&d.hello(&["status", "-p", "x.pid"]));
+        s.contains("state: serving") && s.contains("generation: 2")
+    });
+    // A stop interrupted while a request holds the drain.
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&d.dir.join("x.log"), "/");
+    let mut stop = d.spawn_with(&["stop", "-p", "x.pid"], &[]);
+    wait_until(Duration::from_secs(10), "the stop taken", || d.log().contains("graceful shutdown"));
+    let (code, err) = Daemon::interrupt(&mut stop, Signal::SIGINT);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains(&format!("stop interrupted by SIGINT: pid {pid} goes on stopping")), "{err}");
+    // As it says: the request in flight is answered, and the master exits, unhurried.
+    let r = slow.join().unwrap().expect("the request in flight is answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    wait_until(Duration::from_secs(20), "the master to exit", || !alive(pid));
+    let log = d.log();
+    assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
 }
 
 #[test]

@@ -531,9 +531,29 @@ impl Daemon {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
         args.extend_from_slice(extra);
-        let mut cmd = self.command(&args);
+        self.spawn_with(&args, env)
+    }
+
+    /// `hello <args>` in the test directory, with `env` added, running: its stdout and
+    /// stderr piped.
+    pub fn spawn_with(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut cmd = self.command(args);
         cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.spawn().unwrap()
+    }
+
+    /// Sends `sig` to `child` (a command of this test's) and waits up to 10 s for it to
+    /// exit: its exit code (`None`: killed by a signal) and its stderr.
+    pub fn interrupt(child: &mut Child, sig: nix::sys::signal::Signal) -> (Option<i32>, String) {
+        signal(child.id() as i32, sig);
+        let mut status = None;
+        wait_until(Duration::from_secs(10), "the command to exit", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.unwrap().code(), err)
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,7 +1,7 @@
 //! The control commands' end: `stop`, `reload`, `status`, `reopen-logs` against the instance
 //! a pid file names, over its control socket, or with plain signals when there is none.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -89,8 +89,14 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
     let deadline = Instant::now() + timeout;
     // Taken before asking, so that "gone" means this very process exited.
     let exited = Exited::watch(pid);
+    // Ctrl-C (or TERM, or a closed terminal) while a stop or a reload is under way does not
+    // undo it: the master carries it out. Rather than die silently, the command says so.
+    if matches!(cmd, Command::Stop | Command::Reload | Command::ReloadWaitProbation) {
+        let _ = crate::sys::interrupt_on(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
+    }
     let reply = match ask(&ctl, cmd, timeout, Some(pid)) {
         Ok(r) => r,
+        Err(Unanswered::Interrupted(sig)) => return Ok(interrupted(cmd, pid, sig)),
         // The master took the request and did not answer: busy or hung (stopped, say). A
         // signal now would repeat a request it may still carry out, and "serving" would be
         // a guess: say so instead.
@@ -148,7 +154,9 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         )),
         Reply::Ok(t) => {
             if cmd == Command::Stop {
-                exited.wait(deadline)?;
+                if let Waited::Interrupted(sig) = exited.wait(deadline)? {
+                    return Ok(interrupted(cmd, pid, sig));
+                }
                 crate::outln!("stopped (pid {pid})");
             } else {
                 crate::outln!("{t}");
@@ -185,6 +193,18 @@ pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Op
     }
 }
 
+/// Says that `cmd`, sent to `pid`, goes on without this command, which `sig` interrupted
+/// while it waited; the exit code is the shell's for a signal, 128 + its number.
+fn interrupted(cmd: Command, pid: i32, sig: Signal) -> ExitCode {
+    let what = match cmd {
+        Command::Stop => format!("pid {pid} goes on stopping, its drain not hurried; `status` tells when it is gone"),
+        _ => format!("pid {pid} goes on with it; `status` tells how it went"),
+    };
+    let word = if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() };
+    crate::errln!("{word} interrupted by {}: {what}", sig.as_str());
+    ExitCode::from(128 + sig as u8)
+}
+
 /// Why [`ask`] has no answer.
 #[derive(Debug)]
 enum Unanswered {
@@ -192,12 +212,16 @@ enum Unanswered {
     Unreachable(io::Error),
     /// The request went out, and no answer came back (in time, or at all).
     Taken(io::Error),
+    /// This command was interrupted by the signal while it waited (see
+    /// [`crate::sys::interrupt_on`]): the master still carries the request out.
+    Interrupted(Signal),
 }
 
 impl std::fmt::Display for Unanswered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unanswered::Unreachable(e) | Unanswered::Taken(e) => e.fmt(f),
+            Unanswered::Interrupted(sig) => write!(f, "interrupted by {}", sig.as_str()),
         }
     }
 }
@@ -215,23 +239,46 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
             ))));
         }
     }
-    s.set_read_timeout(Some(timeout)).map_err(Unanswered::Unreachable)?;
+    // Read in slices, so that an interruption (a signal that lands just before a blocking
+    // read included) is seen within one.
+    s.set_read_timeout(Some(timeout.clamp(Duration::from_millis(1), WAIT_SLICE))).map_err(Unanswered::Unreachable)?;
     s.write_all(cmd.request().as_bytes()).map_err(Unanswered::Unreachable)?;
-    let taken = |e: io::Error| {
-        Unanswered::Taken(match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::other("timed out"),
-            _ => e,
-        })
-    };
-    let mut r = BufReader::new(s);
-    let mut first = String::new();
-    if r.read_line(&mut first).map_err(taken)? == 0 {
+    let deadline = Instant::now() + timeout;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(sig) = crate::sys::interrupted() {
+            return Err(Unanswered::Interrupted(sig));
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(Unanswered::Taken(io::Error::other("timed out")));
+                }
+            }
+            Err(e) => return Err(Unanswered::Taken(e)),
+        }
+    }
+    if answer.is_empty() {
         return Err(Unanswered::Taken(io::Error::other("connection closed without an answer")));
     }
-    let mut rest = String::new();
-    r.read_to_string(&mut rest).map_err(taken)?;
-    Reply::decode(&first, rest).map_err(Unanswered::Taken)
+    let answer = String::from_utf8(answer)
+        .map_err(|_| Unanswered::Taken(io::Error::new(io::ErrorKind::InvalidData, "an answer that is not UTF-8")))?;
+    // The first line (with its newline) and the rest, as the protocol has them.
+    let split = answer.find('\n').map_or(answer.len(), |i| i + 1);
+    let (first, rest) = answer.split_at(split);
+    Reply::decode(first, rest.to_owned()).map_err(Unanswered::Taken)
 }
+
+/// How long a control command blocks at most before it checks whether it was interrupted.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
     let send = |sig| {
@@ -241,7 +288,9 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
     match cmd {
         Command::Stop => {
             send(Signal::SIGTERM)?;
-            exited.wait(deadline)?;
+            if let Waited::Interrupted(sig) = exited.wait(deadline)? {
+                return Ok(interrupted(cmd, pid, sig));
+            }
             crate::outln!("stopped (pid {pid})");
         }
         Command::Reload | Command::ReloadWaitProbation => {
@@ -258,6 +307,13 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
     Ok(ExitCode::SUCCESS)
 }
 
+/// How [`Exited::wait`] ended.
+enum Waited {
+    Gone,
+    /// This command was interrupted: the master goes on.
+    Interrupted(Signal),
+}
+
 /// Waits for the master to exit: `stop` returns only once the process is gone (its pid file
 /// disappears a moment earlier, while it still finishes its log).
 struct Exited {
@@ -271,14 +327,18 @@ impl Exited {
         Exited { pid, pidfd: crate::sys::pidfd_open(pid).ok() }
     }
 
-    fn wait(&self, deadline: Instant) -> Result<()> {
+    fn wait(&self, deadline: Instant) -> Result<Waited> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         loop {
+            if let Some(sig) = crate::sys::interrupted() {
+                return Ok(Waited::Interrupted(sig));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let gone = match &self.pidfd {
                 Some(fd) => {
                     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                    let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(PollTimeout::MAX);
+                    let slice = left.min(WAIT_SLICE).as_millis() as i32;
+                    let ms = PollTimeout::try_from(slice).unwrap_or(PollTimeout::MAX);
                     matches!(poll(&mut fds, ms), Ok(n) if n > 0)
                 }
                 None => {
@@ -287,7 +347,7 @@ impl Exited {
                 }
             };
             if gone {
-                return Ok(());
+                return Ok(Waited::Gone);
             }
             if Instant::now() >= deadline {
                 return Err(Error::new(
