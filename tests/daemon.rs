@@ -89,7 +89,7 @@ fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
     let out = d.start_with(&["--delay", "3s"], &env);
     assert!(out.status.success(), "{}", text(&out));
     let pid = d.pid();
-    let mut reload = d.spawn_with(&["reload", "-p", "x.pid"], &[]);
+    let mut reload = d.spawn(&["reload", "-p", "x.pid"]);
     wait_until(Duration::from_secs(10), "generation 2 to start", || d.log().contains("starting worker generation 2"));
     let (code, err) = Daemon::interrupt(&mut reload, Signal::SIGTERM);
     // Before, it died of the signal and said nothing.
@@ -103,7 +103,7 @@ fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
     let addr = d.addr();
     let slow = std::thread::spawn(move || get(addr, "/"));
     support::wait_request_started(&d.dir.join("x.log"), "/");
-    let mut stop = d.spawn_with(&["stop", "-p", "x.pid"], &[]);
+    let mut stop = d.spawn(&["stop", "-p", "x.pid"]);
     wait_until(Duration::from_secs(10), "the stop taken", || d.log().contains("graceful shutdown"));
     let (code, err) = Daemon::interrupt(&mut stop, Signal::SIGINT);
     assert_eq!(code, Some(130), "{err}");

@@ -512,34 +512,36 @@ impl Daemon {
     }
 
     /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `env` added.
-    pub fn start_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    fn start_command(&self, extra: &[&str], env: &[(&str, &str)]) -> Command {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
         args.extend_from_slice(extra);
         let mut cmd = self.command(&args);
         cmd.envs(env.iter().copied());
-        cmd.output().unwrap()
+        cmd
+    }
+
+    /// [`Daemon::start_command`], run to its end.
+    pub fn start_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.start_command(extra, env).output().unwrap()
     }
 
     pub fn start(&self, extra: &[&str]) -> Output {
         self.start_with(extra, &[])
     }
 
-    /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `env` added, running:
-    /// its stdout and stderr piped.
+    /// [`Daemon::start_command`], running: its stdout and stderr piped.
     pub fn spawn_start(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec!["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen];
-        args.extend_from_slice(extra);
-        self.spawn_with(&args, env)
+        Self::spawn_piped(self.start_command(extra, env))
     }
 
-    /// `hello <args>` in the test directory, with `env` added, running: its stdout and
-    /// stderr piped.
-    pub fn spawn_with(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
-        let mut cmd = self.command(args);
-        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.spawn().unwrap()
+    /// `hello <args>` in the test directory, running: its stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Self::spawn_piped(self.command(args))
+    }
+
+    fn spawn_piped(mut cmd: Command) -> Child {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     /// Sends `sig` to `child` (a command of this test's) and waits up to 10 s for it to

@@ -62,12 +62,13 @@ pub(crate) fn daemonize() -> Result<StatusPipe> {
 /// The launching process: reaps the first child, waits for the daemon's word.
 fn launcher(mut pipe: File, child: libc::pid_t) -> i32 {
     use nix::sys::signal::Signal;
-    let interruptible = sys::interrupt_on(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]).is_ok();
+    // Failed, the signals keep their default action: the launcher dies of them, as before.
+    let _ = sys::interrupt_on(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
     let mut s = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        if let Some(sig) = interruptible.then(sys::interrupted).flatten() {
+        if let Some(sig) = sys::interrupted() {
             let text = String::from_utf8_lossy(&s);
             let which = text.lines().find_map(|l| l.strip_prefix("pid ")).map(|p| format!(" (pid {p})"));
             crate::errln!(
@@ -77,10 +78,10 @@ fn launcher(mut pipe: File, child: libc::pid_t) -> i32 {
             );
             return 128 + sig as i32;
         }
-        // A signal that lands between the check above and a blocking `read` would not
-        // interrupt it: the wait is cut into slices of 100 ms, after each of which it checks.
+        // Waits for the pipe a slice at a time (see `interrupt_on`).
         let mut fds = [nix::poll::PollFd::new(pipe.as_fd(), nix::poll::PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8)) {
+        let slice = nix::poll::PollTimeout::try_from(sys::INTERRUPT_CHECK_EVERY).unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, slice) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(_) => break,

@@ -239,9 +239,9 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
             ))));
         }
     }
-    // Read in slices, so that an interruption (a signal that lands just before a blocking
-    // read included) is seen within one.
-    s.set_read_timeout(Some(timeout.clamp(Duration::from_millis(1), WAIT_SLICE))).map_err(Unanswered::Unreachable)?;
+    // Read a slice at a time, so that an interruption is seen (see `sys::interrupt_on`).
+    let slice = timeout.clamp(Duration::from_millis(1), crate::sys::INTERRUPT_CHECK_EVERY);
+    s.set_read_timeout(Some(slice)).map_err(Unanswered::Unreachable)?;
     s.write_all(cmd.request().as_bytes()).map_err(Unanswered::Unreachable)?;
     let deadline = Instant::now() + timeout;
     let mut answer = Vec::new();
@@ -276,9 +276,6 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
     let (first, rest) = answer.split_at(split);
     Reply::decode(first, rest.to_owned()).map_err(Unanswered::Taken)
 }
-
-/// How long a control command blocks at most before it checks whether it was interrupted.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
     let send = |sig| {
@@ -337,7 +334,7 @@ impl Exited {
             let gone = match &self.pidfd {
                 Some(fd) => {
                     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                    let slice = left.min(WAIT_SLICE).as_millis() as i32;
+                    let slice = left.min(crate::sys::INTERRUPT_CHECK_EVERY).as_millis() as i32;
                     let ms = PollTimeout::try_from(slice).unwrap_or(PollTimeout::MAX);
                     matches!(poll(&mut fds, ms), Ok(n) if n > 0)
                 }

@@ -185,17 +185,22 @@ extern "C" fn note_interrupt(sig: libc::c_int) {
 
 /// From now on each of `signals` is noted, not fatal, and interrupts a blocking call (no
 /// `SA_RESTART`: a `read` returns `Interrupted`); [`interrupted`] tells which came. For a
-/// process that must say something before it goes (`start`'s launcher on Ctrl-C).
+/// command that must say something before it goes (`start`'s launcher, `stop` and `reload`
+/// on Ctrl-C). A signal that lands just before a blocking call does not interrupt it: such a
+/// command blocks at most [`INTERRUPT_CHECK_EVERY`] at a time, then checks.
 pub(crate) fn interrupt_on(signals: &[nix::sys::signal::Signal]) -> io::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
     let action = SigAction::new(SigHandler::Handler(note_interrupt), SaFlags::empty(), SigSet::empty());
     for &sig in signals {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the
-        // process it is installed in (the launcher) runs no other code that handles signals.
+        // commands it is installed in (see above) handle no signals otherwise.
         unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
     }
     Ok(())
 }
+
+/// How long a command that [`interrupt_on`] made interruptible blocks at most at a time.
+pub(crate) const INTERRUPT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The signal [`interrupt_on`] noted, if one came.
 pub(crate) fn interrupted() -> Option<nix::sys::signal::Signal> {
