@@ -529,6 +529,49 @@ fn access_log_lines_record_the_request_as_served() {
     }
 }
 
+/// Regression: a target in absolute form (`GET http://host/x`) was logged as its path alone and
+/// one in authority form (`CONNECT host:443`) as `/`, so the log showed a request other than
+/// the one sent (open-proxy probes looked like requests for the site's own pages).
+#[test]
+fn proxy_form_targets_are_logged_as_sent() {
+    for format in ["combined", "json"] {
+        let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--access-log", format]);
+        let sent = [
+            ("GET", "http://example.com/pid?q=1", "HTTP/1.1", 200),
+            ("CONNECT", "example.com:443", "HTTP/1.1", 404),
+            ("CONNECT", "[::1]:8443", "HTTP/1.0", 404),
+            ("GET", "/pid?q=2", "HTTP/1.1", 200),
+            ("GET", "http://example.com/panic?token=secret", "HTTP/1.1", 500),
+        ];
+        let mut ids = Vec::new();
+        for (method, target, version, status) in sent {
+            let raw = format!("{method} {target} {version}\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+            let r = request(h.addr(), raw.as_bytes()).unwrap();
+            assert_eq!(r.status, status, "{raw}");
+            ids.push(r.header("x-request-id").expect("a request id").to_owned());
+        }
+        let line_of = |log: &str, id: &str| log.lines().find(|l| l.contains(id)).map(str::to_owned);
+        wait_until(Duration::from_secs(5), "the access log lines", || {
+            let log = h.log_text();
+            ids.iter().all(|id| line_of(&log, id).is_some())
+        });
+        let log = h.log_text();
+        for ((method, target, version, status), id) in sent.iter().zip(&ids) {
+            let line = line_of(&log, id).unwrap();
+            if format == "combined" {
+                assert!(line.contains(&format!("] \"{method} {target} {version}\" {status} ")), "{line}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!((v["method"].as_str(), v["uri"].as_str()), (Some(*method), Some(*target)), "{line}");
+                assert_eq!(v["status"].as_u64(), Some(u64::from(*status)), "{line}");
+            }
+        }
+        // The error line names the target as sent too, without its query.
+        let error = log.lines().find(|l| l.contains("handler panicked on")).expect("the panic's error line");
+        assert!(error.contains(" on GET http://example.com/panic: ") && !error.contains("secret"), "{error}");
+    }
+}
+
 /// Seconds since the Unix epoch of a UTC date and time (days from the civil calendar, as in
 /// Howard Hinnant's `days_from_civil`).
 fn epoch_secs(y: u64, m: u64, d: u64, hh: u64, mm: u64, ss: u64) -> u64 {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, StatusCode, Version};
+use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 use baton_supervise::log::{clf_time, rfc3339};
 
@@ -25,13 +25,66 @@ pub(crate) enum Format {
     Off,
 }
 
+/// A request's target as the log and the error lines write it: its path and query for an
+/// origin-form target (`GET /x?y HTTP/1.1`) and for every HTTP/2 request (whose URI hyper
+/// builds from the pseudo-headers; nginx logs these so too), and the whole target as sent for
+/// HTTP/1's absolute form (`GET http://host/x`, as sent to a proxy) and authority form
+/// (`CONNECT host:443`), since their path alone would name a request other than the one sent
+/// (these are mostly probes for an open proxy).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    path: Option<PathAndQuery>,
+    /// The whole target of an absolute- or authority-form request: boxed, as it is rare and
+    /// the common case then costs one word.
+    whole: Option<Box<Uri>>,
+}
+
+impl Target {
+    #[inline(always)]
+    pub(crate) fn of(uri: &Uri, version: Version) -> Target {
+        let whole =
+            if uri.authority().is_some() && matches!(version, Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11) {
+                Some(Box::new(uri.clone()))
+            } else {
+                None
+            };
+        Target { path: uri.path_and_query().cloned(), whole }
+    }
+
+    /// Writes the target into a log line, escaped for `json` or the combined format.
+    #[inline(always)]
+    fn escape_into(&self, out: &mut Vec<u8>, json: bool) {
+        match &self.whole {
+            None => escape_into(out, self.path.as_ref().map_or("/", PathAndQuery::as_str).as_bytes(), b'"', json),
+            Some(uri) => Self::escape_whole_into(uri, out, json),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn escape_whole_into(uri: &Uri, out: &mut Vec<u8>, json: bool) {
+        escape_into(out, uri.to_string().as_bytes(), b'"', json);
+    }
+
+    /// Without the query, which may hold what an error line should not (tokens, personal data).
+    pub(crate) fn without_query(&self) -> String {
+        let path = self.path.as_ref().map_or("", PathAndQuery::path);
+        match self.whole.as_deref() {
+            None => path.to_owned(),
+            Some(uri) => match (uri.scheme(), uri.authority()) {
+                (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{path}"),
+                (_, authority) => authority.map_or(path, |a| a.as_str()).to_owned(),
+            },
+        }
+    }
+}
+
 /// One access log entry, filled in as the request goes.
 #[derive(Debug)]
 pub(crate) struct Record {
     format: Format,
     method: Method,
-    /// The request target's path and query (the rest of the URI is not logged).
-    path: Option<PathAndQuery>,
+    target: Target,
     version: Version,
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
@@ -105,7 +158,7 @@ impl Record {
         Record {
             format,
             method: req.method().clone(),
-            path: req.uri().path_and_query().cloned(),
+            target: Target::of(req.uri(), req.version()),
             version: req.version(),
             user_agent,
             referer,
@@ -137,12 +190,8 @@ impl Record {
         &self.method
     }
 
-    pub(crate) fn path_and_query(&self) -> Option<&PathAndQuery> {
-        self.path.as_ref()
-    }
-
-    fn path(&self) -> &[u8] {
-        self.path.as_ref().map_or("/", |p| p.as_str()).as_bytes()
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     fn combined(&self, out: &mut Vec<u8>, remote: &Remote, took: Duration, wall: Duration) {
@@ -152,7 +201,7 @@ impl Record {
         out.extend_from_slice(b"] \"");
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
-        escape_into(out, self.path(), b'"', false);
+        self.target.escape_into(out, false);
         out.push(b' ');
         out.extend_from_slice(version(self.version));
         out.extend_from_slice(b"\" ");
@@ -181,7 +230,7 @@ impl Record {
         out.extend_from_slice(b"\",\"method\":\"");
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.extend_from_slice(b"\",\"uri\":\"");
-        escape_into(out, self.path(), b'"', true);
+        self.target.escape_into(out, true);
         out.extend_from_slice(b"\",\"version\":\"");
         out.extend_from_slice(version(self.version));
         out.extend_from_slice(b"\",\"status\":");
@@ -500,6 +549,36 @@ fn escape_byte(out: &mut Vec<u8>, b: u8, quote: u8, json: bool) {
 mod tests {
     use super::*;
     use http::header::USER_AGENT;
+
+    #[test]
+    fn targets_are_written_as_sent_and_error_lines_drop_the_query() {
+        let cases = [
+            // (target, version, as logged, for an error line)
+            ("/a/b?x=1", Version::HTTP_11, "/a/b?x=1", "/a/b"),
+            ("*", Version::HTTP_11, "*", "*"),
+            (
+                "http://example.com/{\"p\"}?q=1",
+                Version::HTTP_11,
+                "http://example.com/{\\\"p\\\"}?q=1",
+                "http://example.com/{\"p\"}",
+            ),
+            ("http://example.com", Version::HTTP_10, "http://example.com/", "http://example.com/"),
+            ("example.com:443", Version::HTTP_11, "example.com:443", "example.com:443"),
+            ("[::1]:8443", Version::HTTP_10, "[::1]:8443", "[::1]:8443"),
+            // HTTP/2: hyper's URI always has the `:scheme` and `:authority`; the path is logged.
+            ("https://example.com/h2?x", Version::HTTP_2, "/h2?x", "/h2"),
+        ];
+        for (sent, version, logged, error) in cases {
+            let target = Target::of(&sent.parse::<Uri>().unwrap(), version);
+            let mut out = Vec::new();
+            target.escape_into(&mut out, false);
+            assert_eq!(
+                (String::from_utf8(out).unwrap().as_str(), target.without_query().as_str()),
+                (logged, error),
+                "{sent}"
+            );
+        }
+    }
 
     #[test]
     fn escapes_log_fields() {

@@ -32,7 +32,7 @@ pub(crate) use drain::ConnState;
 use drain::InFlight;
 
 use crate::AppService;
-use crate::access_log::{self, Record};
+use crate::access_log::{self, Record, Target};
 
 /// Settings of the HTTP layer (from the command line and the [`App`](crate::App) builder).
 #[derive(Debug, Clone)]
@@ -233,7 +233,7 @@ where
             // The request line for the error lines, unless the log's record has it
             // (cheap clones: an enum, reference-counted bytes; held inline, as a box would
             // cost more than the copies of its 64 bytes: callgrind, 150 instructions).
-            let line = record.is_none().then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
+            let line = record.is_none().then(|| (req.method().clone(), Target::of(req.uri(), req.version())));
             // The app's own events carry the request id when this span is enabled
             // (`RUST_LOG=...,baton=debug`); disabled, it costs a level check.
             let span = match &rid {
@@ -304,7 +304,7 @@ pin_project_lite::pin_project! {
         Early { resp: Option<Response<Body>> },
         /// The app's answer, with the request line for the error lines when no access log
         /// record holds it.
-        App { #[pin] handle: handle::Handle, line: Option<(http::Method, Option<http::uri::PathAndQuery>)> },
+        App { #[pin] handle: handle::Handle, line: Option<(http::Method, Target)> },
     }
 }
 
@@ -389,12 +389,12 @@ impl Future for ConnFuture {
                 let outcome = std::task::ready!(outcome);
                 let request_line = || {
                     let record = this.done.done.as_ref().and_then(|d| d.record.as_ref());
-                    let (method, path) = match (record, &*line) {
-                        (Some(r), _) => (r.method(), r.path_and_query()),
-                        (None, Some((method, path))) => (method, path.as_ref()),
+                    let (method, target) = match (record, &*line) {
+                        (Some(r), _) => (r.method(), r.target()),
+                        (None, Some((method, target))) => (method, target),
                         (None, None) => return "?".to_owned(),
                     };
-                    format!("{method} {}", path.map_or("", http::uri::PathAndQuery::path))
+                    format!("{method} {}", target.without_query())
                 };
                 match outcome {
                     handle::Outcome::Done(r) => r,
