@@ -599,6 +599,16 @@ fn bad_command_lines_name_the_bad_value() {
     let (code, err) = refused(&["run", "--listen", "nowhere:1"]);
     assert_eq!(code, 2);
     assert!(err.contains("nowhere:1"), "{err}");
+    // A host name, a port out of range, an IPv6 address without brackets: each named as such.
+    for (listen, reason) in [
+        ("localhost:8080", "\"localhost\" is not an IP address; host names are not resolved"),
+        ("127.0.0.1:99999", "port 99999 is out of range"),
+        ("::1:8080", "an IPv6 address is written in brackets: [::1]:8080"),
+    ] {
+        let (code, err) = refused(&["run", "--listen", listen]);
+        assert_eq!(code, 2, "{listen}: {err}");
+        assert!(err.contains(reason), "{listen}: {err}");
+    }
     // Refused, not ignored or misread.
     let cases: [(&[&str], &str); 10] = [
         (&["--group", "nogroup"], "--user <USER>"),

@@ -63,23 +63,56 @@ impl FromStr for ListenSpec {
             }
             None => (DEFAULT_NAME.to_owned(), s),
         };
-        let addr =
-            if let Some(path) = addr.strip_prefix("unix:") {
-                if path.is_empty() {
-                    return Err(format!("invalid address {s:?}: unix: needs a path"));
-                }
-                let path = std::path::absolute(path).map_err(|e| format!("invalid address {s:?}: {e}"))?;
-                ListenAddr::Unix(path)
-            } else if let Some(port) = addr.strip_prefix(':') {
-                let port: u16 = port.parse().map_err(|_| format!("invalid address {s:?}: bad port"))?;
-                ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
-            } else {
-                ListenAddr::Tcp(addr.parse().map_err(|_| {
-                    format!("invalid address {s:?}: expected IP:PORT, [IPv6]:PORT, :PORT or unix:/path")
-                })?)
-            };
+        let addr = if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("invalid address {s:?}: unix: needs a path"));
+            }
+            let path = std::path::absolute(path).map_err(|e| format!("invalid address {s:?}: {e}"))?;
+            ListenAddr::Unix(path)
+        } else if let Some(port) = addr.strip_prefix(':').filter(|p| !p.contains(':')) {
+            let port = parse_port(port).map_err(|why| format!("invalid address {s:?}: {why}"))?;
+            ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
+        } else {
+            ListenAddr::Tcp(addr.parse().map_err(|_| format!("invalid address {s:?}: {}", why_not_tcp(addr)))?)
+        };
         Ok(ListenSpec { name, addr })
     }
+}
+
+fn parse_port(port: &str) -> Result<u16, String> {
+    port.parse().map_err(|_| {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            format!("port {port} is out of range (0-65535)")
+        } else {
+            format!("bad port {port:?}")
+        }
+    })
+}
+
+/// Why `addr` is not an `IP:PORT`, as precisely as can be told.
+fn why_not_tcp(addr: &str) -> String {
+    const EXPECTED: &str = "expected IP:PORT, [IPv6]:PORT, :PORT or unix:/path";
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) {
+            format!("no host (for every address, write :{addr})")
+        } else {
+            format!("no port ({EXPECTED})")
+        };
+    };
+    if let Err(why) = parse_port(port) {
+        return why;
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("an IPv6 address is written in brackets: [{host}]:{port}");
+    }
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if bracketed.is_none() && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return format!(
+            "{host:?} is not an IP address; host names are not resolved (127.0.0.1:{port} or [::1]:{port} for \
+             this machine only, :{port} for every IPv4 address)"
+        );
+    }
+    EXPECTED.to_owned()
 }
 
 impl fmt::Display for ListenSpec {
@@ -382,6 +415,25 @@ mod tests {
         for bad in ["localhost", "1.2.3.4", "1.2.3.4:99999", "unix:", "=1.2.3.4:1", "a:b=1.2.3.4:1"] {
             let e = bad.parse::<ListenSpec>().unwrap_err();
             assert!(e.contains(bad.split('=').next_back().unwrap()) || e.contains(bad), "{e}");
+        }
+        // Each mistake named as precisely as it can be.
+        for (bad, why) in [
+            (
+                "localhost:8080",
+                "\"localhost\" is not an IP address; host names are not resolved (127.0.0.1:8080 or [::1]:8080",
+            ),
+            ("8080", "no host (for every address, write :8080)"),
+            ("127.0.0.1:99999", "port 99999 is out of range (0-65535)"),
+            (":70000", "port 70000 is out of range (0-65535)"),
+            (":http", "bad port \"http\""),
+            ("127.0.0.1:", "bad port \"\""),
+            ("::1:8080", "an IPv6 address is written in brackets: [::1]:8080"),
+            ("[::1%x]:80", "expected IP:PORT"),
+            ("1.2.3.4", "no port (expected IP:PORT"),
+            ("1.2.3:80", "\"1.2.3\" is not an IP address"),
+        ] {
+            let e = bad.parse::<ListenSpec>().unwrap_err();
+            assert!(e.starts_with(&format!("invalid address {bad:?}: {why}")), "{bad}: {e}");
         }
     }
 
