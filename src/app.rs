@@ -64,7 +64,7 @@ macro_rules! duration_defaults {
             $(#[$doc])*
             /// The command line overrides it.
             pub fn $name(self, d: Duration) -> Self {
-                self.option_default($arg, format!("{}ms", d.as_millis()))
+                self.option_default($arg, crate::cli::format_duration(d))
             }
         )*
     };

@@ -323,29 +323,63 @@ fn parse_metrics_listen(s: &str) -> std::result::Result<baton_supervise::listen:
     Ok(spec)
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included).
+/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included), with up to
+/// nine decimals (`1.5s`, `0.25ms`), exactly: in decimal, not through a float.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const NS: u128 = 1_000_000_000;
     let s = s.trim();
     if s.starts_with('-') {
         return Err(format!("invalid duration {s:?}: cannot be negative"));
     }
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err(format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"));
+    }
+    let unit_ns: u128 = match unit {
+        "" | "s" => NS,
+        "ms" => NS / 1000,
+        "m" => 60 * NS,
+        "h" => 3600 * NS,
         _ => {
             return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"));
         }
     };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 365.0 * 86400.0 {
-        return Err(format!("invalid duration {s:?}: too large"));
+    if frac.len() > 9 {
+        return Err(format!("invalid duration {s:?}: at most 9 decimals"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let too_large = || format!("invalid duration {s:?}: too large (at most a year)");
+    // Digits only (checked above): a parse fails only by overflowing.
+    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_large())? };
+    let frac: u128 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| too_large())? };
+    // The value times 10^9, in the unit; then in nanoseconds.
+    let scaled = int.checked_mul(NS).and_then(|i| i.checked_add(frac)).ok_or_else(too_large)?;
+    let ns = scaled.checked_mul(unit_ns).ok_or_else(too_large)? / NS;
+    if ns > 365 * 86400 * NS {
+        return Err(too_large());
+    }
+    if ns == 0 && scaled > 0 {
+        // Zero turns a timeout off: a small value must not.
+        return Err(format!("invalid duration {s:?}: under a nanosecond"));
+    }
+    Ok(Duration::from_nanos(ns as u64))
+}
+
+/// A duration as [`parse_duration`] reads it, in the largest unit that writes it exactly
+/// (`7s`, not `7000ms`; `1500ms`; below a millisecond, `0.25ms`): for defaults shown in `--help`.
+pub(crate) fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
+    for (unit, per) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000)] {
+        if ns % per == 0 {
+            return format!("{}{unit}", ns / per);
+        }
+    }
+    let frac = format!("{:06}", ns % 1_000_000);
+    format!("{}.{}ms", ns / 1_000_000, frac.trim_end_matches('0'))
 }
 
 /// Parses a size: bytes (`65536`), or a whole number with `KiB`, `MiB` or `GiB` (or `K`, `M`,
@@ -416,6 +450,45 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").unwrap_err().contains("cannot be negative"));
         assert!(parse_duration("1e99h").is_err());
+        // Exact, in decimal.
+        assert_eq!(parse_duration("0.25ms"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1.000000001s"), Ok(Duration::new(1, 1)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("365d").unwrap_err(), "invalid duration \"365d\": unknown unit \"d\" (ms, s, m, h)");
+        for (bad, why) in [
+            (".", "expected e.g. 500ms"),
+            ("1.2.3s", "expected e.g. 500ms"),
+            ("s", "expected e.g. 500ms"),
+            ("1.0000000001s", "at most 9 decimals"),
+            ("0.0000001ms", "under a nanosecond"),
+            ("8761h", "too large"),
+            ("99999999999999999999999999999999999999999s", "too large"),
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid duration {bad:?}: {why}")), "{bad}: {e}");
+        }
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86400)));
+    }
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(7), "7s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_micros(250), "0.25ms"),
+            (Duration::from_nanos(1), "0.000001ms"),
+            (Duration::new(1, 1), "1000.000001ms"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
     }
 
     #[test]

@@ -172,7 +172,7 @@ fn help_and_version_are_the_apps() {
 #[test]
 fn the_app_sets_serving_defaults_and_the_command_line_overrides_them() {
     let out = Command::new(realistic_bin()).args(["run", "--help"]).output().unwrap();
-    assert!(text(&out).contains("[default: 7000ms]"), "the app's --drain-timeout default: {}", text(&out));
+    assert!(text(&out).contains("[default: 7s]"), "the app's --drain-timeout default: {}", text(&out));
     let app = App::new("app-defaults");
     let out = app.start(&[]);
     assert!(out.status.success(), "{}", text(&out));
