@@ -593,5 +593,12 @@ mod tests {
     fn option_defaults_replace_each_other() {
         let app = App::new().drain_timeout(Duration::from_secs(1)).drain_timeout(Duration::from_millis(1500));
         assert_eq!(app.option_defaults, vec![("drain_timeout", "1500ms".to_owned())]);
+        // Regression: written as whole milliseconds, a default under one was `0ms`, which
+        // turns a timeout off.
+        let app = App::new().request_timeout(Duration::from_micros(250)).drain_timeout(Duration::from_secs(7));
+        assert_eq!(
+            app.option_defaults,
+            vec![("request_timeout", "0.25ms".to_owned()), ("drain_timeout", "7s".to_owned())]
+        );
     }
 }
