@@ -116,6 +116,51 @@ fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
     assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
 }
 
+/// Regression: a reload that outlasted `--timeout` (a slow start) was reported as "took the
+/// request but gave no answer: busy or hung?", and a stop as "still running after the
+/// timeout", while the master went on with either as it should.
+#[test]
+fn a_reload_or_stop_past_its_timeout_says_the_master_goes_on_with_it() {
+    let d = Daemon::new("past-timeout");
+    // Each worker takes 2 s to start: longer than the reload's --timeout.
+    let env = [("HELLO_SLOW_START", "2s"), ("RUST_LOG", support::TRACE_REQUESTS)];
+    let out = d.start_with(&["--delay", "3s"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid();
+    let out = d.hello(&["reload", "-p", "x.pid", "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "reload: no outcome within 500ms (--timeout); pid {pid} answers and goes on with it (newest worker: pid "
+        )) && text(&out).contains(" generation 2 starting): `status` tells how it went"),
+        "{}",
+        text(&out)
+    );
+    wait_until(Duration::from_secs(20), "the reload to complete without its command", || {
+        let s = text(&d.hello(&["status", "-p", "x.pid"]));
+        s.contains("state: serving") && s.contains("generation: 2")
+    });
+    // A stop whose drain a request holds past the stop's --timeout.
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&d.dir.join("x.log"), "/");
+    let out = d.hello(&["stop", "-p", "x.pid", "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "stop: pid {pid} has not exited within 500ms (--timeout): it goes on stopping, its drain not hurried"
+        )),
+        "{}",
+        text(&out)
+    );
+    // As it says: the request in flight is answered, and the master exits, unhurried.
+    let r = slow.join().unwrap().expect("the request in flight is answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    wait_until(Duration::from_secs(20), "the master to exit", || !alive(pid));
+    let log = d.log();
+    assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
+}
+
 #[test]
 fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     let d = Daemon::new("twice");

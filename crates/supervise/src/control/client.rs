@@ -13,6 +13,10 @@ use nix::unistd::Pid;
 
 use super::protocol::{Command, Reply};
 use crate::error::{Error, ErrorKind, Result};
+
+/// After `--timeout` passed with no outcome, how long the master gets to answer `status`, which
+/// tells a master that goes on (a slow reload) from one that does not answer at all.
+const STILL_ANSWERS_WITHIN: Duration = Duration::from_secs(1);
 use crate::pidfile::{self, Probe};
 
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
@@ -101,6 +105,24 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         // signal now would repeat a request it may still carry out, and "serving" would be
         // a guess: say so instead.
         Err(Unanswered::Taken(e)) => {
+            // A reload (a slow start, a long `--ready-timeout`) or a stop may outlast
+            // `--timeout` while the master is well: if it still answers `status`, say that
+            // it goes on, not that it may hang.
+            if e.kind() == io::ErrorKind::TimedOut && !matches!(cmd, Command::Status | Command::StatusJson) {
+                if let Ok(Reply::Ok(t)) = ask(&ctl, Command::Status, STILL_ANSWERS_WITHIN, Some(pid)) {
+                    // The newest worker ("pid 12 generation 2 starting"), which a reload is about.
+                    let newest = t.lines().filter_map(|l| l.strip_prefix("worker: ")).next_back();
+                    let newest = newest.map_or("none".into(), |w| w.split(" (").next().unwrap_or(w).to_owned());
+                    let word = if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() };
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "{word}: no outcome within {timeout:?} (--timeout); pid {pid} answers and goes on with \
+                             it (newest worker: {newest}): `status` tells how it went"
+                        ),
+                    ));
+                }
+            }
             let why = format!("pid {pid} took the request but gave no answer within {timeout:?} ({e}): busy or hung?");
             return match cmd {
                 Command::Status => {
@@ -140,7 +162,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 }
             }
             crate::errln!("{name}: control socket unavailable ({e}); using signals");
-            return signal_fallback(cmd, pid, exited, deadline);
+            return signal_fallback(cmd, pid, exited, deadline, timeout);
         }
     };
     match reply {
@@ -154,7 +176,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         )),
         Reply::Ok(t) => {
             if cmd == Command::Stop {
-                if let Waited::Interrupted(sig) = exited.wait(deadline)? {
+                if let Waited::Interrupted(sig) = exited.wait(deadline, timeout)? {
                     return Ok(interrupted(cmd, pid, sig));
                 }
                 crate::outln!("stopped (pid {pid})");
@@ -260,7 +282,7 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
                 ) =>
             {
                 if Instant::now() >= deadline {
-                    return Err(Unanswered::Taken(io::Error::other("timed out")));
+                    return Err(Unanswered::Taken(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
                 }
             }
             Err(e) => return Err(Unanswered::Taken(e)),
@@ -277,7 +299,7 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
     Reply::decode(first, rest.to_owned()).map_err(Unanswered::Taken)
 }
 
-fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) -> Result<ExitCode> {
+fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant, timeout: Duration) -> Result<ExitCode> {
     let send = |sig| {
         kill(Pid::from_raw(pid), sig)
             .map_err(|e| Error::io(ErrorKind::Io, format!("cannot signal pid {pid}"), e.into()))
@@ -285,7 +307,7 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant) ->
     match cmd {
         Command::Stop => {
             send(Signal::SIGTERM)?;
-            if let Waited::Interrupted(sig) = exited.wait(deadline)? {
+            if let Waited::Interrupted(sig) = exited.wait(deadline, timeout)? {
                 return Ok(interrupted(cmd, pid, sig));
             }
             crate::outln!("stopped (pid {pid})");
@@ -324,7 +346,8 @@ impl Exited {
         Exited { pid, pidfd: crate::sys::pidfd_open(pid).ok() }
     }
 
-    fn wait(&self, deadline: Instant) -> Result<Waited> {
+    /// Until `deadline`, which `--timeout` (`timeout`) set.
+    fn wait(&self, deadline: Instant, timeout: Duration) -> Result<Waited> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         loop {
             if let Some(sig) = crate::sys::interrupted() {
@@ -349,7 +372,11 @@ impl Exited {
             if Instant::now() >= deadline {
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("pid {} still running after the timeout", self.pid),
+                    format!(
+                        "stop: pid {} has not exited within {timeout:?} (--timeout): it goes on stopping, its \
+                         drain not hurried; `status` tells when it is gone",
+                        self.pid
+                    ),
                 ));
             }
         }
