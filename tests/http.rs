@@ -535,7 +535,7 @@ fn access_log_lines_record_the_request_as_served() {
 #[test]
 fn proxy_form_targets_are_logged_as_sent() {
     for format in ["combined", "json"] {
-        let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--access-log", format]);
+        let h = Hello::start_traced(&hello_bin(), &["--delay", "0", "--debug-routes", "--access-log", format]);
         let sent = [
             ("GET", "http://example.com/pid?q=1", "HTTP/1.1", 200),
             ("CONNECT", "example.com:443", "HTTP/1.1", 404),
@@ -569,6 +569,10 @@ fn proxy_form_targets_are_logged_as_sent() {
         // The error line names the target as sent too, without its query.
         let error = log.lines().find(|l| l.contains("handler panicked on")).expect("the panic's error line");
         assert!(error.contains(" on GET http://example.com/panic: ") && !error.contains("secret"), "{error}");
+        // So does the debug line that a handler began (`RUST_LOG=baton=debug`).
+        for started in ["GET http://example.com/pid", "CONNECT example.com:443", "CONNECT [::1]:8443", "GET /pid"] {
+            assert!(log.lines().any(|l| l.ends_with(&format!("request started: {started}"))), "{started}: {log}");
+        }
     }
 }
 

@@ -229,7 +229,11 @@ where
             let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, || shared.instant_at(start));
             // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
             // has begun, which the access log (written at the end) cannot.
-            tracing::debug!("request started: {} {}", req.method(), req.uri().path());
+            tracing::debug!(
+                "request started: {} {}",
+                req.method(),
+                Target::of(req.uri(), req.version()).without_query()
+            );
             // The request line for the error lines, unless the log's record has it
             // (cheap clones: an enum, reference-counted bytes; held inline, as a box would
             // cost more than the copies of its 64 bytes: callgrind, 150 instructions).
