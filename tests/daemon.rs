@@ -81,34 +81,32 @@ fn an_interrupted_start_says_the_server_goes_on_starting_and_which() {
     assert!(!alive(pid));
 }
 
-#[test]
-fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
-    let d = Daemon::new("interrupted-ctl");
-    // Each worker takes 2 s to start: a reload waits that long for its answer.
+/// A daemon whose workers each take 2 s to start (a reload waits that long for its answer)
+/// and whose `GET /` takes 3 s (to hold a drain), with handlers' starts logged; and its pid.
+fn slow_daemon(name: &str) -> (Daemon, i32) {
+    let d = Daemon::new(name);
     let env = [("HELLO_SLOW_START", "2s"), ("RUST_LOG", support::TRACE_REQUESTS)];
     let out = d.start_with(&["--delay", "3s"], &env);
     assert!(out.status.success(), "{}", text(&out));
     let pid = d.pid();
-    let mut reload = d.spawn(&["reload", "-p", "x.pid"]);
-    wait_until(Duration::from_secs(10), "generation 2 to start", || d.log().contains("starting worker generation 2"));
-    let (code, err) = Daemon::interrupt(&mut reload, Signal::SIGTERM);
-    // Before, it died of the signal and said nothing.
-    assert_eq!(code, Some(143), "{err}");
-    assert!(err.contains(&format!("reload interrupted by SIGTERM: pid {pid} goes on with it")), "{err}");
+    (d, pid)
+}
+
+/// Waits for the reload to generation 2 to complete (without its command), then starts a
+/// `GET /` that holds a drain for 3 s.
+fn reloaded_then_a_request_held(d: &Daemon) -> std::thread::JoinHandle<std::io::Result<support::Resp>> {
     wait_until(Duration::from_secs(20), "the reload to complete without its command", || {
         let s = text(&d.hello(&["status", "-p", "x.pid"]));
         s.contains("state: serving") && s.contains("generation: 2")
     });
-    // A stop interrupted while a request holds the drain.
     let addr = d.addr();
     let slow = std::thread::spawn(move || get(addr, "/"));
     support::wait_request_started(&d.dir.join("x.log"), "/");
-    let mut stop = d.spawn(&["stop", "-p", "x.pid"]);
-    wait_until(Duration::from_secs(10), "the stop taken", || d.log().contains("graceful shutdown"));
-    let (code, err) = Daemon::interrupt(&mut stop, Signal::SIGINT);
-    assert_eq!(code, Some(130), "{err}");
-    assert!(err.contains(&format!("stop interrupted by SIGINT: pid {pid} goes on stopping")), "{err}");
-    // As it says: the request in flight is answered, and the master exits, unhurried.
+    slow
+}
+
+/// The request `slow` held the drain of a stop is answered, and master `pid` exits unhurried.
+fn stopped_unhurried(d: &Daemon, pid: i32, slow: std::thread::JoinHandle<std::io::Result<support::Resp>>) {
     let r = slow.join().unwrap().expect("the request in flight is answered");
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
     wait_until(Duration::from_secs(20), "the master to exit", || !alive(pid));
@@ -116,17 +114,32 @@ fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
     assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
 }
 
+#[test]
+fn an_interrupted_reload_or_stop_says_the_master_goes_on_with_it() {
+    let (d, pid) = slow_daemon("interrupted-ctl");
+    let mut reload = d.spawn(&["reload", "-p", "x.pid"]);
+    wait_until(Duration::from_secs(10), "generation 2 to start", || d.log().contains("starting worker generation 2"));
+    let (code, err) = Daemon::interrupt(&mut reload, Signal::SIGTERM);
+    // Before, it died of the signal and said nothing.
+    assert_eq!(code, Some(143), "{err}");
+    assert!(err.contains(&format!("reload interrupted by SIGTERM: pid {pid} goes on with it")), "{err}");
+    // A stop interrupted while a request holds the drain.
+    let slow = reloaded_then_a_request_held(&d);
+    let mut stop = d.spawn(&["stop", "-p", "x.pid"]);
+    wait_until(Duration::from_secs(10), "the stop taken", || d.log().contains("graceful shutdown"));
+    let (code, err) = Daemon::interrupt(&mut stop, Signal::SIGINT);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains(&format!("stop interrupted by SIGINT: pid {pid} goes on stopping")), "{err}");
+    // As it says: the request in flight is answered, and the master exits, unhurried.
+    stopped_unhurried(&d, pid, slow);
+}
+
 /// Regression: a reload that outlasted `--timeout` (a slow start) was reported as "took the
 /// request but gave no answer: busy or hung?", and a stop as "still running after the
 /// timeout", while the master went on with either as it should.
 #[test]
 fn a_reload_or_stop_past_its_timeout_says_the_master_goes_on_with_it() {
-    let d = Daemon::new("past-timeout");
-    // Each worker takes 2 s to start: longer than the reload's --timeout.
-    let env = [("HELLO_SLOW_START", "2s"), ("RUST_LOG", support::TRACE_REQUESTS)];
-    let out = d.start_with(&["--delay", "3s"], &env);
-    assert!(out.status.success(), "{}", text(&out));
-    let pid = d.pid();
+    let (d, pid) = slow_daemon("past-timeout");
     let out = d.hello(&["reload", "-p", "x.pid", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -136,14 +149,8 @@ fn a_reload_or_stop_past_its_timeout_says_the_master_goes_on_with_it() {
         "{}",
         text(&out)
     );
-    wait_until(Duration::from_secs(20), "the reload to complete without its command", || {
-        let s = text(&d.hello(&["status", "-p", "x.pid"]));
-        s.contains("state: serving") && s.contains("generation: 2")
-    });
     // A stop whose drain a request holds past the stop's --timeout.
-    let addr = d.addr();
-    let slow = std::thread::spawn(move || get(addr, "/"));
-    support::wait_request_started(&d.dir.join("x.log"), "/");
+    let slow = reloaded_then_a_request_held(&d);
     let out = d.hello(&["stop", "-p", "x.pid", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -154,11 +161,7 @@ fn a_reload_or_stop_past_its_timeout_says_the_master_goes_on_with_it() {
         text(&out)
     );
     // As it says: the request in flight is answered, and the master exits, unhurried.
-    let r = slow.join().unwrap().expect("the request in flight is answered");
-    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
-    wait_until(Duration::from_secs(20), "the master to exit", || !alive(pid));
-    let log = d.log();
-    assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
+    stopped_unhurried(&d, pid, slow);
 }
 
 #[test]
