@@ -240,6 +240,7 @@ impl<A> Run<A> {
         let mut sigs = Signals {
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
+            int_stops: !under_master,
             quit: sig(SignalKind::quit())?,
             usr1: sig(SignalKind::user_defined1())?,
             log: log_path,
@@ -314,7 +315,7 @@ impl<A> Run<A> {
         let stop = loop {
             tokio::select! {
                 _ = sigs.term.recv() => break Stop::Graceful,
-                _ = sigs.int.recv() => break Stop::Graceful,
+                _ = sigs.int.recv(), if sigs.int_stops => break Stop::Graceful,
                 _ = sigs.quit.recv() => break Stop::Fast,
                 _ = sigs.usr1.recv() => sigs.reopen(),
                 _ = usr2.recv() => {
@@ -390,7 +391,7 @@ impl<A> Run<A> {
                     crate::shutdown::hurry();
                 }
                 _ = sigs.term.recv() => return Ok(now("TERM")),
-                _ = sigs.int.recv() => return Ok(now("INT")),
+                _ = sigs.int.recv(), if sigs.int_stops => return Ok(now("INT")),
                 _ = sigs.quit.recv() => return Ok(now("QUIT")),
                 // A long drain (WebSockets, slow requests) follows log rotation too.
                 _ = sigs.usr1.recv() => sigs.reopen(),
@@ -409,11 +410,18 @@ impl<A> Run<A> {
     }
 }
 
-/// The signals every phase of a worker's life answers: TERM, INT and QUIT end it, USR1
-/// reopens the log file (`log`).
+/// The signals every phase of a worker's life answers: TERM, INT (without a master) and QUIT
+/// end it, USR1 reopens the log file (`log`).
 struct Signals {
     term: Signal,
+    /// Handled always (its default would end the process), acted on only when `int_stops`.
     int: Signal,
+    /// False under a master. A terminal's Ctrl-C sends INT to its whole process group, the
+    /// master and its workers alike; the master, which gets it too, stops each worker with
+    /// TERM (QUIT at a second Ctrl-C). Were the worker to act on the INT as well, the
+    /// master's TERM would be its second stop request, "exit now", and cut the requests in
+    /// flight that a graceful stop lets finish. (Puma's cluster workers ignore INT so too.)
+    int_stops: bool,
     quit: Signal,
     usr1: Signal,
     log: Option<std::path::PathBuf>,
@@ -432,7 +440,7 @@ impl Signals {
             tokio::select! {
                 done = &mut work => return Ok(done),
                 _ = self.term.recv() => return Err("TERM"),
-                _ = self.int.recv() => return Err("INT"),
+                _ = self.int.recv(), if self.int_stops => return Err("INT"),
                 _ = self.quit.recv() => return Err("QUIT"),
                 _ = self.usr1.recv() => self.reopen(),
             }

@@ -71,6 +71,30 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
     }
 }
 
+/// Regression: a terminal's Ctrl-C (SIGINT to its whole foreground process group: the master
+/// and its workers) cut the requests in flight. The worker took the INT as a stop, and the
+/// master's TERM right after it as a second one, "exit now".
+#[test]
+fn ctrl_c_to_the_process_group_lets_requests_in_flight_finish() {
+    use std::os::unix::process::CommandExt as _;
+    let (mut cmd, port) = Hello::command(&hello_bin(), &["--delay", "3s"]);
+    // A process group of its own, as a shell gives a job: the master and the workers it forks.
+    cmd.env("RUST_LOG", support::TRACE_REQUESTS).process_group(0);
+    let mut h = Hello::launch(cmd, port);
+    h.wait_ready();
+    let addr = h.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&h.log, "/");
+    // As the terminal sends it: to the group, whose id is the master's pid.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(h.pid), Signal::SIGINT).unwrap();
+    let r = slow.join().unwrap().expect("the request in flight is answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    let st = h.wait_exit(Duration::from_secs(30));
+    let log = h.log_text();
+    assert!(st.success(), "exit status {st}; log:\n{log}");
+    assert!(log.contains("graceful shutdown") && !log.contains("exiting now"), "{log}");
+}
+
 /// A request still in flight at the drain timeout is cut by the worker, not left by its
 /// client: it is not logged as a 499 ("client closed request"); the worker's log says it cut
 /// what was left.

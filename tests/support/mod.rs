@@ -208,7 +208,9 @@ impl Hello {
         h
     }
 
-    fn command(bin: &Path, args: &[&str]) -> (Command, u16) {
+    /// The command that serves `args` on a free port of 127.0.0.1, and the port (for
+    /// [`Hello::launch`]).
+    pub fn command(bin: &Path, args: &[&str]) -> (Command, u16) {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec!["run", "--listen", &listen];
