@@ -240,7 +240,7 @@ impl<A> Run<A> {
         let mut sigs = Signals {
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
-            int_stops: !under_master,
+            alone: !under_master,
             quit: sig(SignalKind::quit())?,
             usr1: sig(SignalKind::user_defined1())?,
             log: log_path,
@@ -315,7 +315,7 @@ impl<A> Run<A> {
         let stop = loop {
             tokio::select! {
                 _ = sigs.term.recv() => break Stop::Graceful,
-                _ = sigs.int.recv(), if sigs.int_stops => break Stop::Graceful,
+                _ = sigs.int.recv(), if sigs.alone => break Stop::Graceful,
                 _ = sigs.quit.recv() => break Stop::Fast,
                 _ = sigs.usr1.recv() => sigs.reopen(),
                 _ = usr2.recv() => {
@@ -336,7 +336,7 @@ impl<A> Run<A> {
         let delay = if matches!(stop, Stop::Replaced) { Duration::ZERO } else { shared.cfg.shutdown_delay };
         if !delay.is_zero() {
             tracing::info!("shutting down: health route reports 503, serving {delay:?} more");
-            if let Err(sig) = sigs.unless_stopped(tokio::time::sleep(delay)).await {
+            if let Err(sig) = sigs.unless_hurried(tokio::time::sleep(delay)).await {
                 return Ok(now(sig));
             }
         }
@@ -390,8 +390,8 @@ impl<A> Run<A> {
                     tracing::info!("a reload waits for this generation: closing long-lived connections now ({open} open)");
                     crate::shutdown::hurry();
                 }
-                _ = sigs.term.recv() => return Ok(now("TERM")),
-                _ = sigs.int.recv(), if sigs.int_stops => return Ok(now("INT")),
+                _ = sigs.term.recv(), if sigs.alone => return Ok(now("TERM")),
+                _ = sigs.int.recv(), if sigs.alone => return Ok(now("INT")),
                 _ = sigs.quit.recv() => return Ok(now("QUIT")),
                 // A long drain (WebSockets, slow requests) follows log rotation too.
                 _ = sigs.usr1.recv() => sigs.reopen(),
@@ -399,7 +399,7 @@ impl<A> Run<A> {
         }
         if let Some(hook) = on_shutdown {
             // A second shutdown request ("stop now") does not wait for the hook either.
-            match sigs.unless_stopped(tokio::time::timeout(timeout, hook())).await {
+            match sigs.unless_hurried(tokio::time::timeout(timeout, hook())).await {
                 Ok(Ok(Ok(()))) => tracing::info!("shutdown hook done"),
                 Ok(Ok(Err(e))) => tracing::error!("shutdown hook failed: {e}"),
                 Ok(Err(_)) => tracing::warn!("shutdown hook still running after {timeout:?}: abandoned"),
@@ -410,18 +410,24 @@ impl<A> Run<A> {
     }
 }
 
-/// The signals every phase of a worker's life answers: TERM, INT (without a master) and QUIT
-/// end it, USR1 reopens the log file (`log`).
+/// The signals every phase of a worker's life answers: TERM and INT (INT only without a
+/// master) stop it, and once it stops, QUIT (and without a master, TERM and INT again) ends
+/// it now; USR1 reopens the log file (`log`).
 struct Signals {
     term: Signal,
-    /// Handled always (its default would end the process), acted on only when `int_stops`.
+    /// Handled always (its default would end the process), acted on only when `alone`.
     int: Signal,
-    /// False under a master. A terminal's Ctrl-C sends INT to its whole process group, the
-    /// master and its workers alike; the master, which gets it too, stops each worker with
-    /// TERM (QUIT at a second Ctrl-C). Were the worker to act on the INT as well, the
-    /// master's TERM would be its second stop request, "exit now", and cut the requests in
-    /// flight that a graceful stop lets finish. (Puma's cluster workers ignore INT so too.)
-    int_stops: bool,
+    /// No master (`--no-master`): this process takes its signals from the operator alone.
+    ///
+    /// Under a master, the master stops a worker with TERM and hurries it with QUIT (at its
+    /// own second stop request), and the same signal often reaches the worker directly too:
+    /// a terminal's Ctrl-C sends INT to the whole process group; `killall`, `pkill`,
+    /// systemd's default `KillMode=control-group` and supervisord's `stopasgroup` send TERM
+    /// to every process. Were the worker to act on those as well, one of the two would be
+    /// its second stop request, "exit now", and cut the requests in flight that a graceful
+    /// stop lets finish. So under a master a worker ignores INT (as Puma's cluster workers
+    /// do), and once stopping, TERM too.
+    alone: bool,
     quit: Signal,
     usr1: Signal,
     log: Option<std::path::PathBuf>,
@@ -435,12 +441,24 @@ impl Signals {
     /// that does not answer; under a master it would end in SIGKILL halfway through) nor for
     /// the shutdown delay or the app's shutdown hook.
     async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> std::result::Result<T, &'static str> {
+        self.until(work, true).await
+    }
+
+    /// [`Signals::unless_stopped`] for work done once stopping (the shutdown delay, the app's
+    /// shutdown hook): only a request to hurry ends it (see [`Signals::alone`]).
+    async fn unless_hurried<T>(&mut self, work: impl Future<Output = T>) -> std::result::Result<T, &'static str> {
+        self.until(work, self.alone).await
+    }
+
+    /// Runs `work` unless QUIT, TERM (if `term`) or INT (if `term`, and without a master)
+    /// comes first.
+    async fn until<T>(&mut self, work: impl Future<Output = T>, term: bool) -> std::result::Result<T, &'static str> {
         tokio::pin!(work);
         loop {
             tokio::select! {
                 done = &mut work => return Ok(done),
-                _ = self.term.recv() => return Err("TERM"),
-                _ = self.int.recv(), if self.int_stops => return Err("INT"),
+                _ = self.term.recv(), if term => return Err("TERM"),
+                _ = self.int.recv(), if term && self.alone => return Err("INT"),
                 _ = self.quit.recv() => return Err("QUIT"),
                 _ = self.usr1.recv() => self.reopen(),
             }

@@ -71,28 +71,39 @@ fn term_lets_a_slow_request_finish_then_exits_zero() {
     }
 }
 
-/// Regression: a terminal's Ctrl-C (SIGINT to its whole foreground process group: the master
-/// and its workers) cut the requests in flight. The worker took the INT as a stop, and the
-/// master's TERM right after it as a second one, "exit now".
+/// Regression: a stop signal that reaches the workers as well as the master cut the requests
+/// in flight: a terminal's Ctrl-C (INT to its whole foreground process group), and TERM to
+/// every process as `killall`, `pkill`, systemd's default `KillMode=control-group` and
+/// supervisord's `stopasgroup` send it (the master first). The worker took the master's TERM
+/// and the one sent to it as two stop requests, the second meaning "exit now".
 #[test]
-fn ctrl_c_to_the_process_group_lets_requests_in_flight_finish() {
+fn a_stop_signal_that_also_reaches_the_workers_lets_requests_in_flight_finish() {
     use std::os::unix::process::CommandExt as _;
-    let (mut cmd, port) = Hello::command(&hello_bin(), &["--delay", "3s"]);
-    // A process group of its own, as a shell gives a job: the master and the workers it forks.
-    cmd.env("RUST_LOG", support::TRACE_REQUESTS).process_group(0);
-    let mut h = Hello::launch(cmd, port);
-    h.wait_ready();
-    let addr = h.addr();
-    let slow = std::thread::spawn(move || get(addr, "/"));
-    support::wait_request_started(&h.log, "/");
-    // As the terminal sends it: to the group, whose id is the master's pid.
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(h.pid), Signal::SIGINT).unwrap();
-    let r = slow.join().unwrap().expect("the request in flight is answered");
-    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
-    let st = h.wait_exit(Duration::from_secs(30));
-    let log = h.log_text();
-    assert!(st.success(), "exit status {st}; log:\n{log}");
-    assert!(log.contains("graceful shutdown") && !log.contains("exiting now"), "{log}");
+    for ctrl_c in [true, false] {
+        let (mut cmd, port) = Hello::command(&hello_bin(), &["--delay", "3s"]);
+        // A process group of its own, as a shell gives a job: the master and the workers it forks.
+        cmd.env("RUST_LOG", support::TRACE_REQUESTS).process_group(0);
+        let mut h = Hello::launch(cmd, port);
+        h.wait_ready();
+        let worker = h.worker_pid();
+        let addr = h.addr();
+        let slow = std::thread::spawn(move || get(addr, "/"));
+        support::wait_request_started(&h.log, "/");
+        if ctrl_c {
+            // As the terminal sends it: to the group, whose id is the master's pid.
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(h.pid), Signal::SIGINT).unwrap();
+        } else {
+            signal(h.pid, Signal::SIGTERM);
+            wait_until(Duration::from_secs(10), "the worker to drain", || h.log_text().contains("draining (at most"));
+            signal(worker, Signal::SIGTERM);
+        }
+        let r = slow.join().unwrap().expect("the request in flight is answered");
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world!"), "Ctrl-C: {ctrl_c}");
+        let st = h.wait_exit(Duration::from_secs(30));
+        let log = h.log_text();
+        assert!(st.success(), "exit status {st}; log:\n{log}");
+        assert!(log.contains("graceful shutdown") && !log.contains("exiting now"), "{log}");
+    }
 }
 
 /// A request still in flight at the drain timeout is cut by the worker, not left by its
