@@ -173,6 +173,35 @@ fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
     assert!(h.log_text().contains(" (watchdog), killed by SIGKILL"), "{}", h.log_tail(20));
 }
 
+/// Regression: after the master and its worker were stopped together (Ctrl-Z or SIGSTOP to
+/// their process group, `docker pause`) for longer than `--watchdog`, the master, resuming
+/// before its worker, killed it at once for sending no heartbeat, and cut its requests.
+#[test]
+fn a_worker_paused_with_its_master_is_not_killed_by_the_watchdog() {
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "3s", "--watchdog", "1s"]);
+    let worker = h.worker_pid();
+    let addr = h.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&h.log, "/");
+    support::stop_process(worker);
+    support::stop_process(h.pid);
+    // The pause itself, three watchdog periods long (what is tested, not a wait for an event).
+    std::thread::sleep(Duration::from_secs(3));
+    // The master resumes first and runs before its worker does: the worst order.
+    signal(h.pid, Signal::SIGCONT);
+    wait_until(Duration::from_secs(10), "the master to act on its pause", || {
+        let log = h.log_text();
+        log.contains("the master did not run for up to") || log.contains("sent no heartbeat")
+    });
+    // (Gone, if it was killed: the request below says so.)
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGCONT);
+    let r = slow.join().unwrap().expect("the request in flight across the pause is answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    assert_eq!(h.worker_pid(), worker, "the same worker serves");
+    let log = h.log_text();
+    assert!(!log.contains("sent no heartbeat"), "{log}");
+}
+
 #[test]
 fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
     let bin = TempDir::new("fds");

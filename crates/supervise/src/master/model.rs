@@ -40,6 +40,8 @@ enum Op {
     Stranger,
     /// Time passes.
     Advance(u64),
+    /// The master and its workers were stopped together for this long (ms), then resumed.
+    Pause(u64),
     /// A new binary lands on disk.
     Deploy,
     /// The binary on disk cannot be read (deleted) until the next deploy.
@@ -66,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
         // Mostly short steps, sometimes past every deadline (probation 3 s, watchdog 10 s,
         // ready 60 s, drain 30 s + 5 s).
         60 => prop_oneof![4 => 0..2_000u64, 1 => 0..120_000u64].prop_map(Op::Advance),
+        5 => (1_000..120_000u64).prop_map(Op::Pause),
         20 => Just(Op::Deploy),
         5 => Just(Op::RemoveBinary),
         10 => Just(Op::FailNextSpawn),
@@ -111,6 +114,8 @@ struct Model {
     stopped_itself: BTreeSet<Pid>,
     /// QUIT signals sent to workers ("exit now").
     quits: u64,
+    /// SIGKILLs sent.
+    kills: u64,
 }
 
 impl Model {
@@ -146,6 +151,7 @@ impl Model {
             replaced: BTreeSet::new(),
             stopped_itself: BTreeSet::new(),
             quits: 0,
+            kills: 0,
         };
         m.feed(Event::Start).unwrap();
         m
@@ -215,6 +221,10 @@ impl Model {
                 self.now += Duration::from_millis(ms);
                 Event::Tick
             }
+            Op::Pause(ms) => {
+                self.now += Duration::from_millis(ms);
+                Event::Resumed { slept: Duration::from_millis(ms) }
+            }
             Op::Deploy => {
                 self.builds += 1;
                 self.disk = Some(self.builds);
@@ -236,7 +246,13 @@ impl Model {
         // exit now.
         let joining = matches!(op, Op::Stop) && self.stopping();
         let (phase, quits) = (self.state.phase.clone(), self.quits);
+        let (kills, resumed) = (self.kills, matches!(event, Event::Resumed { .. }));
         self.feed(event)?;
+        if resumed {
+            // Nothing the pause made due is acted on: no worker is killed for it (silent, not
+            // ready, past its drain).
+            prop_assert_eq!(self.kills, kills, "a worker paused with the master was killed on resuming");
+        }
         if joining {
             let hurried = match (&phase, &self.state.phase) {
                 (Phase::Stopping { how: a, .. }, Phase::Stopping { how: b, .. }) => a != b,
@@ -326,6 +342,9 @@ impl Model {
                     prop_assert!(self.live.contains_key(&pid), "{sig:?} to unknown pid {pid}");
                     if sig == Sig::Quit {
                         self.quits += 1;
+                    }
+                    if sig == Sig::Kill {
+                        self.kills += 1;
                     }
                     if matches!(sig, Sig::Kill | Sig::Term | Sig::Quit) {
                         self.doomed.insert(pid);

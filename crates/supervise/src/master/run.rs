@@ -66,6 +66,29 @@ pub(super) struct Runner {
     json_waiters: std::collections::HashSet<WaiterId>,
     /// `reopen-logs` requests waiting for the workers told to reopen.
     reopens: Vec<PendingReopen>,
+    /// When the master last read the clock, and by when at the latest it was to read it
+    /// again (the end of its wait, or at once while it runs): see [`Event::Resumed`].
+    clock: Clock,
+}
+
+/// The master's own sense of time passing, to notice when it was not running.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// The last reading.
+    last: Instant,
+    /// The latest time of the next reading, `None` while it waits with no deadline.
+    due: Option<Instant>,
+}
+
+impl Clock {
+    /// Reads the clock at `now`: how long the master may have been stopped, if it reads it
+    /// more than [`OVERSLEPT`] past the time it was due to (at most since its last reading).
+    fn read(&mut self, now: Instant) -> Option<Duration> {
+        let paused = self.due.filter(|due| now.saturating_duration_since(*due) > OVERSLEPT);
+        let slept = paused.map(|_| now.saturating_duration_since(self.last));
+        *self = Clock { last: now, due: Some(now) };
+        slept
+    }
 }
 
 /// A `reopen-logs` request: answered once each worker told to reopen its log has said it did
@@ -108,6 +131,7 @@ impl Runner {
             json_waiters: Default::default(),
             exit: None,
             reopens: Vec::new(),
+            clock: Clock { last: Instant::now(), due: Some(Instant::now()) },
         }
     }
 
@@ -121,6 +145,8 @@ impl Runner {
             names.join(", ")
         );
         let mut state = State::new(limits);
+        let now = Instant::now();
+        self.clock = Clock { last: now, due: Some(now) };
         self.dispatch(&mut state, Event::Start);
         while self.exit.is_none() {
             let reopen_deadline = self.reopens.iter().map(|r| r.deadline).min();
@@ -134,11 +160,13 @@ impl Runner {
         self.finish()
     }
 
-    /// Waits until an fd is readable or `deadline` passes.
-    fn wait(&self, deadline: Option<Instant>) {
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    /// Waits until an fd is readable or `deadline` passes (or 60 s at most).
+    fn wait(&mut self, deadline: Option<Instant>) {
+        let now = Instant::now();
+        let timeout = deadline.map(|d| d.saturating_duration_since(now));
+        self.clock.due = timeout.map(|t| now + t.min(MAX_WAIT));
         let ms = timeout.map_or(PollTimeout::NONE, |t| {
-            PollTimeout::try_from(t.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+            PollTimeout::try_from(t.min(MAX_WAIT).as_millis() as i32 + 1).unwrap_or(PollTimeout::MAX)
         });
         let control_fds = self.io.control.as_ref().map(|c| c.poll_fds()).unwrap_or_default();
         let mut fds = vec![
@@ -258,6 +286,15 @@ impl Runner {
     /// outcome goes straight back in).
     fn dispatch(&mut self, state: &mut State, event: Event) {
         let now = Instant::now();
+        // Stopped (with its workers, most likely) since it last looked: before anything the
+        // pause made due is acted on, time it did not see is given back.
+        if let Some(slept) = self.clock.read(now) {
+            self.dispatch_one(state, now, Event::Resumed { slept });
+        }
+        self.dispatch_one(state, now, event);
+    }
+
+    fn dispatch_one(&mut self, state: &mut State, now: Instant, event: Event) {
         let mut queue: VecDeque<Action> = state.on(now, event).into();
         while let Some(action) = queue.pop_front() {
             if let Some(feedback) = self.execute(state, action) {
@@ -737,5 +774,36 @@ impl Counts {
             starts: m.worker_starts.load(Relaxed),
             crashes: m.worker_crashes.load(Relaxed),
         }
+    }
+}
+
+/// How late the master may read the clock, past the time it was due to, and still be taken
+/// to have run meanwhile (a busy machine); later, it was stopped ([`Event::Resumed`]).
+const OVERSLEPT: Duration = Duration::from_secs(1);
+
+/// The longest the master waits without reading the clock.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_read_long_after_it_was_due_is_a_pause() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = Clock { last: t0, due: Some(t0 + s(5)) };
+        // At its deadline, or early (an fd was readable): no pause.
+        assert_eq!(c.read(t0 + s(2)), None);
+        // Running, it reads the clock again at once; late by up to `OVERSLEPT`: a busy machine.
+        assert_eq!(c.read(t0 + s(2) + OVERSLEPT), None);
+        // Later: stopped, for at most the time since its last reading.
+        assert_eq!(c.read(t0 + s(9)), Some(s(9) - s(2) - OVERSLEPT));
+        // A wait with no deadline is never late.
+        let mut c = Clock { last: t0, due: None };
+        assert_eq!(c.read(t0 + s(100)), None);
+        // Past a deadline by more: the whole time since the last reading.
+        let mut c = Clock { last: t0, due: Some(t0 + s(5)) };
+        assert_eq!(c.read(t0 + s(18)), Some(s(18)));
     }
 }

@@ -184,6 +184,7 @@ impl State {
             Event::Exited { pid, how } => self.on_exit(now, &mut out, pid, &how),
             Event::Spawned { generation, result } => self.on_spawned(now, &mut out, generation, result),
             Event::Tick => {}
+            Event::Resumed { slept } => self.resumed(now, slept),
         }
         self.on_deadlines(now, &mut out);
         self.check_ack(now, &mut out);
@@ -195,6 +196,32 @@ impl State {
             }
         }
         out
+    }
+
+    /// See [`Event::Resumed`]. The systemd watchdog's time is not moved: it is told at once.
+    fn resumed(&mut self, now: Instant, slept: std::time::Duration) {
+        tracing::warn!(
+            "the master did not run for up to {:.1}s (stopped with its workers?): deadlines move on by that much, \
+             heartbeats are awaited afresh",
+            slept.as_secs_f64()
+        );
+        for g in &mut self.gens {
+            g.heartbeat = now;
+            match &mut g.state {
+                GenState::Starting { deadline } => *deadline += slept,
+                GenState::Probation { until } => *until += slept,
+                GenState::Draining { kill_at } => *kill_at += slept,
+                GenState::Active => {}
+            }
+        }
+        match &mut self.phase {
+            Phase::Serving { restart_at: Some(at) } => *at += slept,
+            Phase::Stopping { force_at, .. } => *force_at += slept,
+            _ => {}
+        }
+        if let Some(ack) = &mut self.ack {
+            ack.deadline += slept;
+        }
     }
 
     /// The earliest time at which something is due (a [`Event::Tick`] then acts on it).
