@@ -437,15 +437,15 @@ struct Signals {
 
 impl Signals {
     /// Runs `work` to its end, reopening the log on USR1 meanwhile, unless a shutdown signal
-    /// comes first, which is returned. So a stop waits neither for a slow start (a database
-    /// that does not answer; under a master it would end in SIGKILL halfway through) nor for
-    /// the shutdown delay or the app's shutdown hook.
+    /// comes first, which is returned. So a stop does not wait for a slow start (a database
+    /// that does not answer; under a master it would end in SIGKILL halfway through).
     async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> std::result::Result<T, &'static str> {
         self.until(work, true).await
     }
 
     /// [`Signals::unless_stopped`] for work done once stopping (the shutdown delay, the app's
-    /// shutdown hook): only a request to hurry ends it (see [`Signals::alone`]).
+    /// shutdown hook): only a request to hurry ends it (see [`Signals::alone`]), so that a
+    /// stop in a hurry waits for neither.
     async fn unless_hurried<T>(&mut self, work: impl Future<Output = T>) -> std::result::Result<T, &'static str> {
         self.until(work, self.alone).await
     }

@@ -108,9 +108,10 @@ pub(crate) enum Event {
     Spawned { generation: u64, result: Result<(Pid, BinaryId), String> },
     /// Time passed (deadlines are acted on with every event).
     Tick,
-    /// The master did not run for a while, `slept` at most: it woke long after its next
-    /// deadline, the whole service most likely stopped with it (SIGSTOP or Ctrl-Z to its
-    /// process group, a frozen cgroup: `docker pause`) and resumed. Time it did not see
+    /// The master did not run for a while, `slept` at most: it read its clock long after it
+    /// was due to (the end of its wait, or at once while it runs), the whole service most
+    /// likely stopped with it (SIGSTOP or Ctrl-Z to its process group, a frozen cgroup:
+    /// `docker pause`) and resumed. Time it did not see
     /// passes for no deadline: each one moves on by `slept`, and each worker's heartbeat
     /// clock starts again, so that a worker paused with the master is not killed as hung.
     Resumed { slept: std::time::Duration },
