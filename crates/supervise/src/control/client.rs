@@ -13,11 +13,11 @@ use nix::unistd::Pid;
 
 use super::protocol::{Command, Reply};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pidfile::{self, Probe};
 
 /// After `--timeout` passed with no outcome, how long the master gets to answer `status`, which
 /// tells a master that goes on (a slow reload) from one that does not answer at all.
 const STILL_ANSWERS_WITHIN: Duration = Duration::from_secs(1);
-use crate::pidfile::{self, Probe};
 
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
 /// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`
@@ -113,7 +113,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                     // The newest worker ("pid 12 generation 2 starting"), which a reload is about.
                     let newest = t.lines().filter_map(|l| l.strip_prefix("worker: ")).next_back();
                     let newest = newest.map_or("none".into(), |w| w.split(" (").next().unwrap_or(w).to_owned());
-                    let word = if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() };
+                    let word = typed(cmd);
                     return Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
@@ -172,7 +172,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             } else {
                 ErrorKind::Io
             },
-            format!("{} failed: {t}", if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() }),
+            format!("{} failed: {t}", typed(cmd)),
         )),
         Reply::Ok(t) => {
             if cmd == Command::Stop {
@@ -215,6 +215,11 @@ pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Op
     }
 }
 
+/// `cmd` as the operator typed it, for messages (`reload --wait-probation` is a `reload`).
+fn typed(cmd: Command) -> &'static str {
+    if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() }
+}
+
 /// Says that `cmd`, sent to `pid`, goes on without this command, which `sig` interrupted
 /// while it waited; the exit code is the shell's for a signal, 128 + its number.
 fn interrupted(cmd: Command, pid: i32, sig: Signal) -> ExitCode {
@@ -222,7 +227,7 @@ fn interrupted(cmd: Command, pid: i32, sig: Signal) -> ExitCode {
         Command::Stop => format!("pid {pid} goes on stopping, its drain not hurried; `status` tells when it is gone"),
         _ => format!("pid {pid} goes on with it; `status` tells how it went"),
     };
-    let word = if cmd == Command::ReloadWaitProbation { "reload" } else { cmd.word() };
+    let word = typed(cmd);
     crate::errln!("{word} interrupted by {}: {what}", sig.as_str());
     ExitCode::from(128 + sig as u8)
 }

@@ -81,12 +81,17 @@ struct Clock {
 }
 
 impl Clock {
+    /// Read at `now`, by a master that runs (it reads it again at once).
+    fn running(now: Instant) -> Clock {
+        Clock { last: now, due: Some(now) }
+    }
+
     /// Reads the clock at `now`: how long the master may have been stopped, if it reads it
     /// more than [`OVERSLEPT`] past the time it was due to (at most since its last reading).
     fn read(&mut self, now: Instant) -> Option<Duration> {
         let paused = self.due.filter(|due| now.saturating_duration_since(*due) > OVERSLEPT);
         let slept = paused.map(|_| now.saturating_duration_since(self.last));
-        *self = Clock { last: now, due: Some(now) };
+        *self = Clock::running(now);
         slept
     }
 }
@@ -131,7 +136,7 @@ impl Runner {
             json_waiters: Default::default(),
             exit: None,
             reopens: Vec::new(),
-            clock: Clock { last: Instant::now(), due: Some(Instant::now()) },
+            clock: Clock::running(Instant::now()),
         }
     }
 
@@ -145,8 +150,7 @@ impl Runner {
             names.join(", ")
         );
         let mut state = State::new(limits);
-        let now = Instant::now();
-        self.clock = Clock { last: now, due: Some(now) };
+        self.clock = Clock::running(Instant::now());
         self.dispatch(&mut state, Event::Start);
         while self.exit.is_none() {
             let reopen_deadline = self.reopens.iter().map(|r| r.deadline).min();
