@@ -527,7 +527,7 @@ impl App {
             let inherited = baton_supervise::listen::take_inherited()?;
             return worker::main(worker::Role::Single(listen, inherited), opts, http, s.app, factory, self.hooks());
         }
-        baton_supervise::master::run(opts.master_config(name, daemon, listen)?)
+        baton_supervise::master::run(opts.master_config(name, daemon, listen, self.on_shutdown.is_some())?)
     }
 }
 

@@ -252,7 +252,15 @@ impl ServeOpts {
 
     /// What the master needs. TLS paths are made absolute here (the daemon changes to `/`) and
     /// reach each worker through its environment; the master itself never reads them.
-    pub(crate) fn master_config(&self, name: &str, daemon: bool, listen: ListenSpecs) -> Result<MasterConfig> {
+    /// `shutdown_hook`: the app has one (`App::on_shutdown`), which a worker gives
+    /// `--drain-timeout` after its drain, so the master waits that much longer before SIGKILL.
+    pub(crate) fn master_config(
+        &self,
+        name: &str,
+        daemon: bool,
+        listen: ListenSpecs,
+        shutdown_hook: bool,
+    ) -> Result<MasterConfig> {
         // Where `start` was run: a daemon's workers run in `/` (see `baton::launch_dir`).
         let here = std::env::current_dir().map_err(|e| Error::io(ErrorKind::Io, "current directory", e))?;
         let mut worker_env = vec![(OsString::from(crate::ENV_LAUNCH_DIR), here.into_os_string())];
@@ -277,6 +285,8 @@ impl ServeOpts {
             group: self.group.clone(),
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
+            shutdown_delay: self.shutdown_delay,
+            after_drain: if shutdown_hook { self.drain_timeout } else { Duration::ZERO },
             max_draining: self.max_draining,
             probation: self.probation,
             watchdog: Some(self.watchdog).filter(|w| !w.is_zero()),

@@ -1,6 +1,7 @@
 //! systemd and containers: the sd_notify sequence as systemd sees it, socket activation with
-//! the real `systemd-socket-activate`, `--shutdown-delay` with the health route, PID 1 in a
-//! pid namespace, and the shipped unit and logrotate files. Linux only.
+//! the real `systemd-socket-activate`, `--shutdown-delay` with the health route and the
+//! master's kill deadline, PID 1 in a pid namespace, and the shipped unit and logrotate files.
+//! Linux only.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -166,6 +167,30 @@ fn shutdown_delay_reports_unhealthy_then_drains() {
     let delay_at = log.find("health route reports 503").expect("delay logged");
     let drain_at = log.find("draining (at most").expect("drain logged");
     assert!(delay_at < drain_at, "the drain comes after the delay:\n{log}");
+}
+
+/// The master waits for a stopping worker's shutdown delay, drain and shutdown hook before
+/// SIGKILL. Was a bug: it killed at `--drain-timeout` + 5 s from the stop, cutting a request
+/// that the worker, its drain moved later by a longer `--shutdown-delay`, was still allowed to
+/// finish.
+#[test]
+fn a_stop_waits_for_the_shutdown_delay_then_the_whole_drain_and_hook() {
+    // TERM at 0: the worker serves until 8 s, then drains until 12 s at most; the request in
+    // flight ends at about 10 s. The old deadline was 4 + 5 = 9 s.
+    let args = ["--delay", "10s", "--shutdown-delay", "8s", "--drain-timeout", "4s"];
+    let env = [("RUST_LOG", support::TRACE_REQUESTS), ("HELLO_SHUTDOWN_HOOK", "1s")];
+    let mut h = Hello::spawn_with_env(&hello_bin(), &args, &env);
+    h.wait_ready();
+    let addr = h.addr();
+    let slow = std::thread::spawn(move || get(addr, "/"));
+    support::wait_request_started(&h.log, "/");
+    signal(h.pid, Signal::SIGTERM);
+    let r = slow.join().unwrap().unwrap_or_else(|e| panic!("the request in flight was cut: {e}\n{}", h.log_text()));
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));
+    assert!(h.wait_exit(Duration::from_secs(30)).success(), "{}", h.log_text());
+    let log = h.log_text();
+    assert!(log.contains("shutdown hook done"), "{log}");
+    assert!(!log.contains("killing it") && !log.contains("SIGKILL"), "{log}");
 }
 
 fn socket_inode(pid: i32, fd: i32) -> String {

@@ -52,6 +52,12 @@ pub struct MasterConfig {
     pub ready_timeout: Duration,
     /// How long a worker may drain before it is killed (plus a grace of 5 s).
     pub drain_timeout: Duration,
+    /// How long a worker told to stop (TERM; not a reload's USR2) serves on before its drain:
+    /// a graceful stop waits this much longer before SIGKILL.
+    pub shutdown_delay: Duration,
+    /// How long a worker may still take after its drain (the app's shutdown hook): the master
+    /// waits this much longer before SIGKILL.
+    pub after_drain: Duration,
     /// At most this many generations draining at once; further reloads wait for a slot.
     pub max_draining: u32,
     /// How long a reload's new binary is on probation: if it crashes (or fails the watchdog)
@@ -143,6 +149,8 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let limits = state::Limits {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
+        shutdown_delay: cfg.shutdown_delay,
+        after_drain: cfg.after_drain,
         max_draining: cfg.max_draining as usize,
         probation: cfg.probation,
         watchdog: cfg.watchdog,

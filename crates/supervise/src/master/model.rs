@@ -66,7 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         50 => any::<usize>().prop_map(Op::Exits),
         10 => Just(Op::Stranger),
         // Mostly short steps, sometimes past every deadline (probation 3 s, watchdog 10 s,
-        // ready 60 s, drain 30 s + 5 s).
+        // ready 60 s, drain 30 s + hook 30 s + 5 s, after a stop's delay of 20 s).
         60 => prop_oneof![4 => 0..2_000u64, 1 => 0..120_000u64].prop_map(Op::Advance),
         5 => (1_000..120_000u64).prop_map(Op::Pause),
         20 => Just(Op::Deploy),
@@ -112,6 +112,10 @@ struct Model {
     /// Workers that stopped accepting while serving, on a signal sent to them rather than to
     /// the master: draining, but not in a slot the master's reloads handed out.
     stopped_itself: BTreeSet<Pid>,
+    /// Serving workers told to stop gracefully (TERM), replaced (USR2) or stopped on their
+    /// own, with the earliest time a SIGKILL may reach them: their shutdown delay (TERM
+    /// only), drain and shutdown hook come first.
+    told: BTreeMap<Pid, Instant>,
     /// QUIT signals sent to workers ("exit now").
     quits: u64,
     /// SIGKILLs sent.
@@ -123,6 +127,8 @@ impl Model {
         let limits = Limits {
             ready_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::from_secs(20),
+            after_drain: Duration::from_secs(30),
             max_draining: 2,
             probation: if probation { Duration::from_secs(3) } else { Duration::ZERO },
             watchdog: Some(Duration::from_secs(10)),
@@ -150,6 +156,7 @@ impl Model {
             owe_usr1: BTreeSet::new(),
             replaced: BTreeSet::new(),
             stopped_itself: BTreeSet::new(),
+            told: BTreeMap::new(),
             quits: 0,
             kills: 0,
         };
@@ -198,6 +205,8 @@ impl Model {
                     Some((pid, serving)) => {
                         if serving && !self.stopping() {
                             self.stopped_itself.insert(pid);
+                            let l = &self.state.limits;
+                            self.told.entry(pid).or_insert(self.now + l.drain_timeout + l.after_drain);
                         }
                         Event::Notify { pid, msg: "STATUS=draining".into() }
                     }
@@ -265,6 +274,7 @@ impl Model {
 
     fn exit(&mut self, pid: Pid) -> Result<(), TestCaseError> {
         self.live.remove(&pid);
+        self.told.remove(&pid);
         self.doomed.remove(&pid);
         // A start that failed, or a new binary that failed its probation: reported either way.
         let failed = self
@@ -342,9 +352,34 @@ impl Model {
                     prop_assert!(self.live.contains_key(&pid), "{sig:?} to unknown pid {pid}");
                     if sig == Sig::Quit {
                         self.quits += 1;
+                        self.told.remove(&pid);
+                    }
+                    let g = self.state.gens.iter().find(|g| g.pid == pid);
+                    let served = g.is_some_and(|g| g.ready_at.is_some());
+                    let graceful = matches!(self.state.phase, Phase::Stopping { how: Stopping::Graceful, .. });
+                    let limits = &self.state.limits;
+                    match sig {
+                        // What the worker itself may take: no grace of the master's counts.
+                        Sig::Term if served && graceful => {
+                            let entitled = limits.shutdown_delay + limits.drain_timeout + limits.after_drain;
+                            self.told.entry(pid).or_insert(self.now + entitled);
+                        }
+                        Sig::Usr2 if served => {
+                            self.told.entry(pid).or_insert(self.now + limits.drain_timeout + limits.after_drain);
+                        }
+                        _ => {}
                     }
                     if sig == Sig::Kill {
                         self.kills += 1;
+                        // Killed for silence (the watchdog) is no cut drain.
+                        let silent = g.is_some_and(|g| g.killed_for.is_some());
+                        if let Some(&earliest) = self.told.get(&pid).filter(|_| !silent) {
+                            prop_assert!(
+                                self.now >= earliest,
+                                "SIGKILL {:?} before the end of pid {pid}'s delay, drain and hook",
+                                earliest - self.now
+                            );
+                        }
                     }
                     if matches!(sig, Sig::Kill | Sig::Term | Sig::Quit) {
                         self.doomed.insert(pid);
@@ -654,4 +689,39 @@ fn model_crash_backoff_resets_after_a_stable_run() {
         assert_eq!(due - m.now, Duration::from_millis(expect), "flapping");
         delay = expect;
     }
+}
+
+/// A worker told to stop gracefully serves on for `--shutdown-delay`, drains for
+/// `--drain-timeout` and runs the app's shutdown hook (up to `--drain-timeout` again): the
+/// master's SIGKILL waits for all of it, then its grace. A replaced worker has no delay.
+/// Was a bug: the master killed at the drain timeout plus 5 s from the stop, in the middle of
+/// a drain that a shutdown delay over 5 s had moved later, or of the shutdown hook.
+#[test]
+fn model_sigkill_waits_for_the_shutdown_delay_the_drain_and_the_hook() {
+    use Op::*;
+    // Model::new's limits: a delay of 20 s, a drain of 30 s and a hook of 30 s.
+    let beating = |m: &mut Model, pids: &[usize], secs: u64| {
+        for _ in 0..secs {
+            for &n in pids {
+                m.apply(Heartbeat(n)).unwrap();
+            }
+            m.apply(Advance(1_000)).unwrap();
+        }
+    };
+    let mut m = Model::new(false);
+    m.apply(Ready(0)).unwrap();
+    m.apply(Term).unwrap();
+    beating(&mut m, &[0], 84);
+    assert_eq!(m.kills, 0, "a stopping worker was killed within its delay, drain, hook and grace");
+    beating(&mut m, &[0], 1);
+    assert_eq!(m.kills, 1, "a stopping worker outlived its delay, drain, hook and grace");
+
+    let mut m = Model::new(false);
+    m.apply(Ready(0)).unwrap();
+    m.apply(Reload(None)).unwrap();
+    m.apply(Ready(1)).unwrap();
+    beating(&mut m, &[0, 1], 64);
+    assert_eq!(m.kills, 0, "a replaced worker was killed within its drain, hook and grace");
+    beating(&mut m, &[0, 1], 1);
+    assert_eq!(m.kills, 1, "a replaced worker outlived its drain, hook and grace");
 }

@@ -117,7 +117,7 @@ impl State {
         // TERM would tell it "now" and cut the requests it is finishing.
         let told = |g: &&Gen| how == Stopping::Fast || !matches!(g.state, GenState::Draining { .. });
         out.extend(self.gens.iter().filter(told).map(|g| Action::Signal { pid: g.pid, sig: how.signal() }));
-        let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.drain_timeout + KILL_GRACE };
+        let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.stop_grace() };
         self.phase = Phase::Stopping { how, force_at: now + grace, start_failure };
     }
 }

@@ -54,7 +54,7 @@ pub(crate) struct Gen {
     /// The last `STATUS=` it sent: its last words if it dies.
     pub(super) status: Option<String>,
     /// Why the master killed it, if it did.
-    pub(super) killed_for: Option<String>,
+    pub(crate) killed_for: Option<String>,
     /// What it said it runs (`BATON_INFO=`).
     pub(crate) info: Option<String>,
     /// Control clients waiting for this generation's outcome.

@@ -52,6 +52,11 @@ pub(crate) type WaiterId = u64;
 pub(crate) struct Limits {
     pub(crate) ready_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    /// How long a worker told to stop (TERM) keeps serving before its drain begins.
+    pub(crate) shutdown_delay: Duration,
+    /// How long a worker may still take after its drain: the app's shutdown hook (zero
+    /// without one).
+    pub(crate) after_drain: Duration,
     pub(crate) max_draining: usize,
     /// How long a reload's new binary is on probation (zero: none).
     pub(crate) probation: Duration,
@@ -59,6 +64,20 @@ pub(crate) struct Limits {
     pub(crate) watchdog: Option<Duration>,
     /// systemd's `WATCHDOG_USEC` for the master, if set: `WATCHDOG=1` every half of it.
     pub(crate) systemd_watchdog: Option<Duration>,
+}
+
+impl Limits {
+    /// From the moment a worker starts its drain (replaced, or stopped on its own) to its
+    /// SIGKILL: the drain, then its shutdown hook, then [`KILL_GRACE`].
+    pub(crate) fn drain_grace(&self) -> Duration {
+        self.drain_timeout + self.after_drain + KILL_GRACE
+    }
+
+    /// From a graceful stop's TERM to the SIGKILL: the worker first serves on for the
+    /// shutdown delay, then drains.
+    pub(crate) fn stop_grace(&self) -> Duration {
+        self.shutdown_delay + self.drain_grace()
+    }
 }
 
 /// The master's lifecycle.
@@ -459,7 +478,7 @@ impl State {
     /// replacement runs the same binary (a signal says nothing against it), on probation again
     /// if it was, and answers the clients waiting for the one it replaces.
     fn on_stopped_itself(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid) {
-        let kill_at = now + self.limits.drain_timeout + KILL_GRACE;
+        let kill_at = now + self.limits.drain_grace();
         let Some(g) = self.gens.iter_mut().find(|g| g.pid == pid) else { return };
         g.state = GenState::Draining { kill_at };
         g.draining_since = Some(now);
@@ -486,7 +505,7 @@ impl State {
     }
 
     fn on_ready(&mut self, now: Instant, out: &mut Vec<Action>, pid: Pid) {
-        let drain_deadline = now + self.limits.drain_timeout + KILL_GRACE;
+        let drain_deadline = now + self.limits.drain_grace();
         let Some(idx) = self.gens.iter().position(|g| g.pid == pid) else { return };
         if std::mem::take(&mut self.gens[idx].reopen_when_ready) {
             // The logs were reopened while it started: it still writes to the old file.
@@ -495,8 +514,9 @@ impl State {
         if let Phase::Stopping { how, .. } = self.phase {
             // Started just before the shutdown: it was told to stop; make sure it heard.
             out.push(Action::Signal { pid, sig: how.signal() });
+            let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.stop_grace() };
             let g = &mut self.gens[idx];
-            g.state = GenState::Draining { kill_at: drain_deadline };
+            g.state = GenState::Draining { kill_at: now + grace };
             g.draining_since = Some(now);
             for w in std::mem::take(&mut g.waiters).all() {
                 out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
