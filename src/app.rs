@@ -205,11 +205,12 @@ impl App {
     }
 
     duration_defaults! {
-        /// `--drain-timeout`: how long a shutdown or reload lets in-flight requests finish.
+        /// `--drain-timeout`: how long a shutdown or reload lets in-flight requests finish (above
+        /// zero).
         drain_timeout => "drain_timeout",
         /// `--drain-spread`: long-lived connections close at random moments within this long.
         drain_spread => "drain_spread",
-        /// `--ready-timeout`: how long a new worker may take to report ready.
+        /// `--ready-timeout`: how long a new worker may take to report ready (above zero).
         ready_timeout => "ready_timeout",
         /// `--shutdown-delay`: on TERM, answer 503 on the health route and serve this long first.
         shutdown_delay => "shutdown_delay",

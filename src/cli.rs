@@ -130,11 +130,13 @@ pub(crate) struct ServeOpts {
     /// Run workers with this group (needs `--user`). Default is the user's primary group.
     #[arg(long, value_name = "GROUP", requires = "user")]
     pub(crate) group: Option<String>,
-    /// How long a shutdown or reload lets in-flight requests finish before cutting them.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    /// How long a shutdown or reload lets in-flight requests finish before cutting them
+    /// (above 0).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_drain_timeout)]
     pub(crate) drain_timeout: Duration,
-    /// How long a new worker may take to report ready before the reload is rolled back.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// How long a new worker may take to report ready before the reload is rolled back
+    /// (above 0).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_ready_timeout)]
     pub(crate) ready_timeout: Duration,
     /// On TERM, first answer 503 on the health route and keep serving this long, then drain.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
@@ -418,6 +420,24 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// `--max-header-bytes`: a size from 8 KiB (hyper's smallest read buffer) to 4 GiB - 1.
+/// `--drain-timeout`: unlike the request's timeouts, 0 cannot turn it off (it would cut every
+/// request in flight at once).
+fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    above_zero(s, "requests in flight need time to finish (QUIT cuts them at once)")
+}
+
+/// `--ready-timeout`: 0 cannot turn it off (it would kill every new worker at once).
+fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
+    above_zero(s, "a new worker needs time to start")
+}
+
+fn above_zero(s: &str, why: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("must be above 0: {why}")),
+        d => Ok(d),
+    }
+}
+
 fn parse_header_bytes(s: &str) -> Result<u32, String> {
     let n = parse_bytes(s)?;
     if n < 8192 {

@@ -649,8 +649,11 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(reason), "{listen}: {err}");
     }
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--group", "nogroup"], "--user <USER>"),
+        // 0 turns the request's timeouts off, but it would end every start or drain at once.
+        (&["--ready-timeout", "0"], "must be above 0: a new worker needs time to start"),
+        (&["--drain-timeout", "0s"], "must be above 0: requests in flight need time to finish"),
         // A negative value is named as such (`--flag -1s` reads as a flag `-1`, whose error
         // clap gives; a value left out before the next flag keeps clap's "a value is required").
         (&["--drain-timeout=-1s"], "invalid duration \"-1s\": cannot be negative"),
