@@ -401,10 +401,11 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
 /// for the drain, also waits, and the request in flight is answered, not cut; `status` says
 /// the worker is draining (it said "serving ..., not accepting"). (It was cut:
 /// the master took the second `stop` as "now", and both commands still said "stopped".)
+/// A reload during the stop starts nothing.
 #[test]
 fn a_second_stop_waits_for_the_same_drain() {
     let d = Daemon::new("stop-twice");
-    let out = d.start_with(&["--delay", "3s"], &[("RUST_LOG", support::TRACE_REQUESTS)]);
+    let out = d.start_with(&["--delay", "5s"], &[("RUST_LOG", support::TRACE_REQUESTS)]);
     assert!(out.status.success(), "{}", text(&out));
     let pid = d.pid();
     let addr = d.addr();
@@ -420,6 +421,15 @@ fn a_second_stop_waits_for_the_same_drain() {
                 && s.contains(" generation 1 draining for ")
                 && s.contains("1 connection open")
         });
+        // A reload meanwhile starts nothing: a USR2 is logged as ignored, `reload` is refused.
+        signal(pid, Signal::SIGUSR2);
+        wait_until(Duration::from_secs(10), "the USR2 logged", || {
+            d.log().contains("reload requested while shutting down: ignored")
+        });
+        let reload = d.hello(&["reload", "-p", "x.pid"]);
+        assert_eq!(reload.status.code(), Some(1), "{}", text(&reload));
+        assert!(text(&reload).contains("reload failed: shutting down"), "{}", text(&reload));
+        assert_eq!(children(pid).len(), 1, "{}", d.log());
         let second = d.hello(&["stop", "-p", "x.pid"]);
         assert!(second.status.success(), "{}", text(&second));
         assert!(text(&second).contains(&format!("stopped (pid {pid})")), "{}", text(&second));

@@ -386,6 +386,8 @@ impl State {
 
     fn reload(&mut self, now: Instant, out: &mut Vec<Action>, waiter: Option<Waiting>, on_disk: Option<BinaryId>) {
         if self.stopping() {
+            // Told in the log too: a USR2 or HUP has no one to answer.
+            tracing::info!("reload requested while shutting down: ignored");
             if let Some(w) = waiter {
                 out.push(Action::Reply { waiter: w.id, reply: Reply::Err("shutting down".into()) });
             }
