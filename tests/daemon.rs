@@ -389,6 +389,10 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("reload: pid") && text(&out).contains("gave no answer"), "{}", text(&out));
     assert!(!text(&out).contains("USR2"), "{}", text(&out));
+    // Named as typed, not by its word in the control protocol ("reload-wait-probation").
+    let out = d.hello(&["reload", "--wait-probation", "-p", "x.pid", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("reload: pid") && text(&out).contains("gave no answer"), "{}", text(&out));
     signal(pid, Signal::SIGCONT);
     wait_until(Duration::from_secs(10), "the held reload to be carried out", || {
         d.log().contains("reload: starting generation 2")

@@ -137,7 +137,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                     );
                     Ok(ExitCode::from(4))
                 }
-                _ => Err(Error::new(ErrorKind::Timeout, format!("{}: {why}", cmd.word()))),
+                _ => Err(Error::new(ErrorKind::Timeout, format!("{}: {why}", typed(cmd)))),
             };
         }
         Err(Unanswered::Unreachable(e)) => {
