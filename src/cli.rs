@@ -227,7 +227,8 @@ pub(crate) struct ServeOpts {
     /// master and survive reloads and crashes. Off by default.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
     pub(crate) metrics_listen: Option<baton_supervise::listen::ListenSpec>,
-    /// Health route answering 200, and 503 once shutting down (e.g. `/healthz`). Off by default.
+    /// Health route answering 200, and 503 once shutting down (e.g. `/healthz`), ahead of the
+    /// app's routes (an app route at that path is never reached). Off by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) health_path: Option<String>,
 }
