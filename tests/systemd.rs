@@ -152,13 +152,22 @@ fn systemd_watchdog_is_fed_by_the_master_while_a_worker_serves() {
 
 #[test]
 fn shutdown_delay_reports_unhealthy_then_drains() {
-    let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--health-path", "/healthz", "--shutdown-delay", "2s"]);
+    let args = ["--delay", "0", "--health-path", "/healthz", "--shutdown-delay", "3s", "-p", "x.pid"];
+    let mut h = Hello::start(&hello_bin(), &args);
     let r = get(h.addr(), "/healthz").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     signal(h.pid, Signal::SIGTERM);
     wait_until(Duration::from_secs(5), "the health route to report 503", || {
         get(h.addr(), "/healthz").is_ok_and(|r| r.status == 503)
     });
+    // `status` tells the delay from the drain (it said "draining").
+    let (code, status) = h.ctl(&["status"]);
+    assert_eq!(code, 4, "{status}");
+    assert!(status.contains("state: stopping"), "{status}");
+    assert!(status.contains(" generation 1 stopping, serving "), "{status}");
+    assert!(status.contains("s more (--shutdown-delay), then draining ("), "{status}");
+    let (_, json) = h.ctl(&["status", "--json"]);
+    assert!(json.contains("\"state\":\"stopping\",\"cause\":\"first start\",\"accepting\":true"), "{json}");
     // Still serving during the delay.
     let r = get(h.addr(), "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello world!"));

@@ -476,6 +476,9 @@ impl Runner {
             if let GenState::Probation { until } = g.state {
                 let _ = write!(word, " (ends in {:.1}s)", until.saturating_duration_since(now).as_secs_f64());
             }
+            if let Some(left) = state.delay_left(g, now) {
+                let _ = write!(word, ", serving {:.1}s more (--shutdown-delay), then draining", left.as_secs_f64());
+            }
             if let Some(since) = g.draining_since {
                 let _ = write!(word, " for {:.1}s", now.saturating_duration_since(since).as_secs_f64());
                 if g.hurried {

@@ -293,9 +293,28 @@ impl State {
     }
 
     /// `g`'s state in one word, for `status`: a serving generation told to stop by a shutdown
-    /// is draining, though no newer generation replaced it.
+    /// is stopping while it still accepts (its `--shutdown-delay`), then draining, though no
+    /// newer generation replaced it.
     pub(crate) fn gen_word(&self, g: &Gen) -> &'static str {
-        if self.stopping() && g.state.serving() { "draining" } else { g.state.word() }
+        match () {
+            _ if !self.stopping() || !g.state.serving() => g.state.word(),
+            _ if g.accepting => "stopping",
+            _ => "draining",
+        }
+    }
+
+    /// How long `g`, told to stop gracefully, still serves before its drain begins (what is
+    /// left of its `--shutdown-delay`), if it does.
+    pub(crate) fn delay_left(&self, g: &Gen, now: Instant) -> Option<Duration> {
+        match self.phase {
+            Phase::Stopping { how: Stopping::Graceful, force_at, .. }
+                if g.state.serving() && g.accepting && !self.limits.shutdown_delay.is_zero() =>
+            {
+                let drain_from = force_at.checked_sub(self.limits.drain_grace())?;
+                Some(drain_from.saturating_duration_since(now)).filter(|d| !d.is_zero())
+            }
+            _ => None,
+        }
     }
 
     fn draining_count(&self) -> usize {
