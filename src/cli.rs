@@ -420,7 +420,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     value.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
-/// `--max-header-bytes`: a size from 8 KiB (hyper's smallest read buffer) to 4 GiB - 1.
 /// `--drain-timeout`: unlike the request's timeouts, 0 cannot turn it off (it would cut every
 /// request in flight at once).
 fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
@@ -432,6 +431,7 @@ fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
     above_zero(s, "a new worker needs time to start")
 }
 
+/// A duration that must not be 0, with `why` as the reason.
 fn above_zero(s: &str, why: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("must be above 0: {why}")),
@@ -439,6 +439,7 @@ fn above_zero(s: &str, why: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--max-header-bytes`: a size from 8 KiB (hyper's smallest read buffer) to 4 GiB - 1.
 fn parse_header_bytes(s: &str) -> Result<u32, String> {
     let n = parse_bytes(s)?;
     if n < 8192 {
