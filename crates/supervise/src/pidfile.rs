@@ -44,10 +44,17 @@ impl PidFile {
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
-                Err(Error::new(
-                    ErrorKind::AlreadyRunning,
-                    format!("pid file {} is held by running pid {}", path.display(), s.trim()),
-                ))
+                // Between its lock and its write, an instance leaves the file empty, or with
+                // the pid of one that died without removing it: named only if it holds it.
+                let holder = s.trim().parse::<i32>().ok().filter(|&p| match held_by(path, p) {
+                    Ok(holds) => holds,
+                    Err(e) => e.kind() != io::ErrorKind::NotFound,
+                });
+                let what = match holder {
+                    Some(pid) => format!("running pid {pid}"),
+                    None => "another instance, still starting (it has not written its pid yet)".to_owned(),
+                };
+                Err(Error::new(ErrorKind::AlreadyRunning, format!("pid file {} is held by {what}", path.display())))
             }
             Err((_, e)) => Err(Error::io(ErrorKind::Io, format!("cannot lock pid file {}", path.display()), e.into())),
         }
@@ -161,4 +168,34 @@ pub(crate) fn held_by(path: &Path, pid: i32) -> std::io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Was a bug: two `start`s at once, and the second said "held by running pid " (nothing:
+    /// the first had locked the file, not yet written its pid).
+    #[test]
+    fn a_pid_file_locked_but_not_yet_written_names_no_pid() {
+        let dir = std::env::temp_dir().join(format!("baton-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.pid");
+        let _ = std::fs::remove_file(&path);
+        let mut first = PidFile::lock(&path).unwrap();
+        let starting = "is held by another instance, still starting (it has not written its pid yet)";
+        // Empty, as a new file is until the holder writes it.
+        let e = PidFile::lock(&path).unwrap_err().to_string();
+        assert!(e.ends_with(starting), "{e}");
+        // A pid left by an instance that died without removing the file (no process has it).
+        std::fs::write(&path, format!("{}\n", i32::MAX)).unwrap();
+        let e = PidFile::lock(&path).unwrap_err().to_string();
+        assert!(e.ends_with(starting), "{e}");
+        // Once written, the holder is named.
+        first.write_pid().unwrap();
+        let e = PidFile::lock(&path).unwrap_err().to_string();
+        assert!(e.ends_with(&format!("is held by running pid {}", std::process::id())), "{e}");
+        drop(first);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
