@@ -545,6 +545,25 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
     // which cannot create files in the log's directory (a worker that reopened first failed
     // here once, in CI).
     assert!(d.log().contains(&done), "old file:\n{}\nnew file:\n{}", old_log(), d.log());
+    // Commands run by a user the control socket (0600, root's) is not open to: the master is
+    // "unknown" to `status` (it said "cannot check ...", exit 1: LSB's "dead"), and the others
+    // say whose it is.
+    let copy = d.dir.join("hello-copy");
+    std::fs::copy(support::hello_bin(), &copy).unwrap();
+    let as_nobody = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&copy);
+        cmd.args(args).args(["-p", "x.pid"]).current_dir(d.dir.path());
+        cmd.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw()).output().unwrap()
+    };
+    let out = as_nobody(&["status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("state: unknown (no permission)"), "{}", text(&out));
+    assert!(text(&out).contains("is not open to this user (it is root's): run this as root"), "{}", text(&out));
+    let out = as_nobody(&["stop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("stop: pid ") && text(&out).contains("run this as root"), "{}", text(&out));
+    assert_eq!(d.hello(&["status", "-p", "x.pid"]).status.code(), Some(0), "still serving");
     assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
 }
 

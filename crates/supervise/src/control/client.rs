@@ -140,6 +140,29 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 _ => Err(Error::new(ErrorKind::Timeout, format!("{}: {why}", typed(cmd)))),
             };
         }
+        // The master runs (it holds the pid file's lock) but its control socket (mode 0600)
+        // is another user's: neither it nor a signal is this user's to send. Not "dead".
+        Err(Unanswered::Unreachable(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let owner = owner_of(&ctl);
+            let why = format!(
+                "pid {pid} holds {shown}, but its control socket {} is not open to this user \
+                 (it is {owner}'s): run this as {owner}",
+                ctl.display()
+            );
+            return match cmd {
+                // LSB's "unknown": whether it serves cannot be told.
+                Command::Status => {
+                    crate::outln!("pid: {pid}\nstate: unknown (no permission)");
+                    crate::errln!("{name}: {why}");
+                    Ok(ExitCode::from(4))
+                }
+                Command::StatusJson => {
+                    crate::outln!("{{\"pid\":{pid},\"state\":\"unknown\",\"reason\":{}}}", crate::json::string(&why));
+                    Ok(ExitCode::from(4))
+                }
+                _ => Err(Error::new(ErrorKind::Io, format!("{}: {why}", typed(cmd)))),
+            };
+        }
         Err(Unanswered::Unreachable(e)) => {
             // No control socket (or not this master's): plain signals still work, but only
             // to a process proven to be the master of this pid file.
@@ -212,6 +235,18 @@ pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Op
     match ask(ctl, Command::Status, timeout, None).ok()? {
         Reply::Ok(t) => t.lines().find_map(|l| l.strip_prefix("pid: ")?.parse().ok()),
         Reply::Err(_) => None,
+    }
+}
+
+/// The user owning `path`, by name if it has one (`root`, `uid 1000` otherwise).
+fn owner_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => match nix::unistd::User::from_uid(m.uid().into()) {
+            Ok(Some(u)) => u.name,
+            _ => format!("uid {}", m.uid()),
+        },
+        Err(_) => "another user".to_owned(),
     }
 }
 
