@@ -277,8 +277,11 @@ fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
     let (code, out) = h.ctl(&["reopen-logs"]);
     assert_eq!(code, 0, "{out}");
     let new = h.wait_replaced(old);
-    wait_until(Duration::from_secs(20), "the new worker to reopen", || {
-        h.log_text().contains(&format!("worker[{new}] reopened log file"))
+    // The master says "serving" once the old generation stopped accepting: before it, the old
+    // one may still take a connection (it did once, in CI: /version answered the old version).
+    wait_until(Duration::from_secs(20), "the new worker to reopen and serve alone", || {
+        let log = h.log_text();
+        log.contains(&format!("worker[{new}] reopened log file")) && log.contains(&format!("(pid {new}) serving"))
     });
     assert_eq!(version(&h), next_version(), "the deploy went through");
 
