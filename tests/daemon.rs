@@ -546,8 +546,8 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
     // here once, in CI).
     assert!(d.log().contains(&done), "old file:\n{}\nnew file:\n{}", old_log(), d.log());
     // Commands run by a user the control socket (0600, root's) is not open to: the master is
-    // "unknown" to `status` (it said "cannot check ...", exit 1: LSB's "dead"), and the others
-    // say whose it is.
+    // "unknown" to `status` (it said "cannot check ...", exit 1: LSB's "dead"; without the
+    // pid file, "not running"), and the others say whose it is.
     let copy = d.dir.join("hello-copy");
     std::fs::copy(support::hello_bin(), &copy).unwrap();
     let as_nobody = |args: &[&str]| {
@@ -563,6 +563,14 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
     let out = as_nobody(&["stop"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("stop: pid ") && text(&out).contains("run this as root"), "{}", text(&out));
+    // With the pid file gone too, its control socket tells that something may run: not
+    // "not running", and `stop` does not claim success.
+    std::fs::rename(d.dir.join("x.pid"), d.dir.join("x.pid.moved")).unwrap();
+    let out = as_nobody(&["status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("no pid file") && text(&out).contains("run this as root"), "{}", text(&out));
+    assert_eq!(as_nobody(&["stop"]).status.code(), Some(1));
+    std::fs::rename(d.dir.join("x.pid.moved"), d.dir.join("x.pid")).unwrap();
     assert_eq!(d.hello(&["status", "-p", "x.pid"]).status.code(), Some(0), "still serving");
     assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
 }

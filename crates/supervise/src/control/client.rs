@@ -42,7 +42,14 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 );
                 Probe::Running(pid)
             }
-            None => Probe::Missing,
+            // Nothing answers, or (another user's socket) this user cannot ask.
+            None => match UnixStream::connect(&ctl) {
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    let why = format!("no pid file {shown}, but {}", not_open(&ctl));
+                    return unknown(name, cmd, None, &why);
+                }
+                _ => Probe::Missing,
+            },
         },
         p => p,
     };
@@ -143,25 +150,8 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         // The master runs (it holds the pid file's lock) but its control socket (mode 0600)
         // is another user's: neither it nor a signal is this user's to send. Not "dead".
         Err(Unanswered::Unreachable(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let owner = owner_of(&ctl);
-            let why = format!(
-                "pid {pid} holds {shown}, but its control socket {} is not open to this user \
-                 (it is {owner}'s): run this as {owner}",
-                ctl.display()
-            );
-            return match cmd {
-                // LSB's "unknown": whether it serves cannot be told.
-                Command::Status => {
-                    crate::outln!("pid: {pid}\nstate: unknown (no permission)");
-                    crate::errln!("{name}: {why}");
-                    Ok(ExitCode::from(4))
-                }
-                Command::StatusJson => {
-                    crate::outln!("{{\"pid\":{pid},\"state\":\"unknown\",\"reason\":{}}}", crate::json::string(&why));
-                    Ok(ExitCode::from(4))
-                }
-                _ => Err(Error::new(ErrorKind::Io, format!("{}: {why}", typed(cmd)))),
-            };
+            let why = format!("pid {pid} holds {shown}, but {}", not_open(&ctl));
+            return unknown(name, cmd, Some(pid), &why);
         }
         Err(Unanswered::Unreachable(e)) => {
             // No control socket (or not this master's): plain signals still work, but only
@@ -236,6 +226,33 @@ pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Op
         Reply::Ok(t) => t.lines().find_map(|l| l.strip_prefix("pid: ")?.parse().ok()),
         Reply::Err(_) => None,
     }
+}
+
+/// Says that whether the master serves cannot be told (`why`): `status` as LSB's "unknown"
+/// (exit 4), every other command as a failure (exit 1).
+fn unknown(name: &str, cmd: Command, pid: Option<i32>, why: &str) -> Result<ExitCode> {
+    match cmd {
+        Command::Status => {
+            if let Some(pid) = pid {
+                crate::outln!("pid: {pid}");
+            }
+            crate::outln!("state: unknown (no permission)");
+            crate::errln!("{name}: {why}");
+            Ok(ExitCode::from(4))
+        }
+        Command::StatusJson => {
+            let pid = pid.map(|p| format!("\"pid\":{p},")).unwrap_or_default();
+            crate::outln!("{{{pid}\"state\":\"unknown\",\"reason\":{}}}", crate::json::string(why));
+            Ok(ExitCode::from(4))
+        }
+        _ => Err(Error::new(ErrorKind::Io, format!("{}: {why}", typed(cmd)))),
+    }
+}
+
+/// "its control socket `ctl` is not open to this user (it is root's): run this as root".
+fn not_open(ctl: &Path) -> String {
+    let owner = owner_of(ctl);
+    format!("its control socket {} is not open to this user (it is {owner}'s): run this as {owner}", ctl.display())
 }
 
 /// The user owning `path`, by name if it has one (`root`, `uid 1000` otherwise).
