@@ -448,6 +448,17 @@ fn a_second_stop_waits_for_the_same_drain() {
     assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
 }
 
+/// `run` without `-l` logs to stderr: `reopen-logs` has nothing to reopen, says so in one
+/// sentence, succeeds, and the server serves on.
+#[test]
+fn reopen_logs_without_a_log_file_says_so() {
+    let h = support::Hello::start(&support::hello_bin(), &["--delay", "0", "-p", "x.pid"]);
+    let (code, out) = h.ctl(&["reopen-logs"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), "no log file to reopen: logging to stderr (the master and 1 worker)");
+    assert_eq!(get(h.addr(), "/pid").unwrap().status, 200);
+}
+
 /// `reopen-logs` answers once every worker has reopened, not only the master: a request
 /// made right after it is logged in the new file (it was not, now and then, under a loaded
 /// CI machine: the worker had not handled its USR1 yet).

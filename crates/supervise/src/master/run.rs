@@ -612,7 +612,7 @@ impl Runner {
     /// Reopens the master's log file; on failure logs to the old one, which stays in use.
     fn reopen_log(&mut self, waiter: Option<WaiterId>) {
         let result = match &self.io.log_path {
-            None => Ok("no log file to reopen (logging to stderr)".to_owned()),
+            None => Ok("no log file to reopen: logging to stderr".to_owned()),
             Some(p) => super::open_log(p, self.io.log_owner)
                 .and_then(|f| {
                     sys::redirect_stdout_stderr(&f)
