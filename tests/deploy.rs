@@ -178,15 +178,20 @@ fn stopped_worker_is_replaced_by_the_watchdog_and_queued_requests_are_served() {
 /// before its worker, killed it at once for sending no heartbeat, and cut its requests.
 #[test]
 fn a_worker_paused_with_its_master_is_not_killed_by_the_watchdog() {
-    let h = Hello::start_traced(&hello_bin(), &["--delay", "3s", "--watchdog", "1s"]);
+    // A watchdog of 2 s: the worker, resumed once the master logged its pause, has that long
+    // to send a heartbeat (with 1 s, a loaded CI machine once took longer, and the worker was
+    // killed as the test's own fault).
+    let h = Hello::start_traced(&hello_bin(), &["--delay", "3s", "--watchdog", "2s"]);
     let worker = h.worker_pid();
     let addr = h.addr();
     let slow = std::thread::spawn(move || get(addr, "/"));
     support::wait_request_started(&h.log, "/");
     support::stop_process(worker);
     support::stop_process(h.pid);
-    // The pause itself, three watchdog periods long (what is tested, not a wait for an event).
-    std::thread::sleep(Duration::from_secs(3));
+    // The pause itself, two and a half watchdog periods long (what is tested, not a wait for
+    // an event): the master's clock then reads at least 3 s past its next deadline, well past
+    // the 1 s by which it tells a pause.
+    std::thread::sleep(Duration::from_secs(5));
     // The master resumes first and runs before its worker does: the worst order.
     signal(h.pid, Signal::SIGCONT);
     wait_until(Duration::from_secs(10), "the master to act on its pause", || {
