@@ -46,7 +46,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
             None => match UnixStream::connect(&ctl) {
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     let why = format!("no pid file {shown}, but {}", not_open(&ctl));
-                    return unknown(name, cmd, None, &why);
+                    return unknown(name, cmd, None, Unknown::NoPermission, &why);
                 }
                 _ => Probe::Missing,
             },
@@ -131,27 +131,13 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 }
             }
             let why = format!("pid {pid} took the request but gave no answer within {timeout:?} ({e}): busy or hung?");
-            return match cmd {
-                Command::Status => {
-                    crate::outln!("pid: {pid}\nstate: not answering");
-                    crate::errln!("{name}: {why}");
-                    Ok(ExitCode::from(4))
-                }
-                Command::StatusJson => {
-                    crate::outln!(
-                        "{{\"pid\":{pid},\"state\":\"not answering\",\"reason\":{}}}",
-                        crate::json::string(&why)
-                    );
-                    Ok(ExitCode::from(4))
-                }
-                _ => Err(Error::new(ErrorKind::Timeout, format!("{}: {why}", typed(cmd)))),
-            };
+            return unknown(name, cmd, Some(pid), Unknown::NotAnswering, &why);
         }
         // The master runs (it holds the pid file's lock) but its control socket (mode 0600)
         // is another user's: neither it nor a signal is this user's to send. Not "dead".
         Err(Unanswered::Unreachable(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
             let why = format!("pid {pid} holds {shown}, but {}", not_open(&ctl));
-            return unknown(name, cmd, Some(pid), &why);
+            return unknown(name, cmd, Some(pid), Unknown::NoPermission, &why);
         }
         Err(Unanswered::Unreachable(e)) => {
             // No control socket (or not this master's): plain signals still work, but only
@@ -228,24 +214,37 @@ pub(crate) fn served_by_peer(s: UnixStream, ctl: &Path, timeout: Duration) -> Op
     }
 }
 
-/// Says that whether the master serves cannot be told (`why`): `status` as LSB's "unknown"
-/// (exit 4), every other command as a failure (exit 1).
-fn unknown(name: &str, cmd: Command, pid: Option<i32>, why: &str) -> Result<ExitCode> {
+/// Why whether the master serves cannot be told.
+#[derive(Debug, Clone, Copy)]
+enum Unknown {
+    /// It took the request and gave no answer within `--timeout` (stopped, hung).
+    NotAnswering,
+    /// Its control socket is another user's.
+    NoPermission,
+}
+
+/// Says that whether the master serves cannot be told (`how`, `why`): `status` as LSB's
+/// "unknown" (exit 4), every other command as a failure (exit 1).
+fn unknown(name: &str, cmd: Command, pid: Option<i32>, how: Unknown, why: &str) -> Result<ExitCode> {
+    let (state, json_state, kind) = match how {
+        Unknown::NotAnswering => ("not answering", "not answering", ErrorKind::Timeout),
+        Unknown::NoPermission => ("unknown (no permission)", "unknown", ErrorKind::Io),
+    };
     match cmd {
         Command::Status => {
             if let Some(pid) = pid {
                 crate::outln!("pid: {pid}");
             }
-            crate::outln!("state: unknown (no permission)");
+            crate::outln!("state: {state}");
             crate::errln!("{name}: {why}");
             Ok(ExitCode::from(4))
         }
         Command::StatusJson => {
             let pid = pid.map(|p| format!("\"pid\":{p},")).unwrap_or_default();
-            crate::outln!("{{{pid}\"state\":\"unknown\",\"reason\":{}}}", crate::json::string(why));
+            crate::outln!("{{{pid}\"state\":\"{json_state}\",\"reason\":{}}}", crate::json::string(why));
             Ok(ExitCode::from(4))
         }
-        _ => Err(Error::new(ErrorKind::Io, format!("{}: {why}", typed(cmd)))),
+        _ => Err(Error::new(kind, format!("{}: {why}", typed(cmd)))),
     }
 }
 
