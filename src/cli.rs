@@ -82,9 +82,11 @@ pub(crate) struct ControlArgs {
     /// Pid file of the running instance. Default is `<app>.pid` in the current directory.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) pid: Option<PathBuf>,
-    /// How long to wait for the outcome.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
-    pub(crate) timeout: Duration,
+    /// How long to wait for the outcome. Default: 90s, and for `stop` as long as the master's
+    /// own deadline if that is later (`--shutdown-delay` + `--drain-timeout`, twice the drain
+    /// timeout with a shutdown hook, + 5s, then 10s for it to exit)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// `status`'s options.

@@ -448,6 +448,31 @@ fn a_second_stop_waits_for_the_same_drain() {
     assert!(!log.contains("stopping now") && !log.contains("exiting now"), "{log}");
 }
 
+/// Regression: `stop` without `--timeout` gave up after 90 s with exit 1 ("has not exited
+/// within 90s") while the master went on with a stop its own options made longer: a
+/// `--shutdown-delay` of 93 s. The master now says when it kills what is left of its workers,
+/// and `stop` waits for that: both stops (the second joins the first) exit 0, which they
+/// can only do once the delay is over, 93 s after the first.
+#[test]
+fn a_stop_without_a_timeout_waits_for_the_masters_own_deadline() {
+    let d = Daemon::new("stop-long");
+    let out = d.start(&["--delay", "0", "--shutdown-delay", "93s", "--drain-timeout", "1s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid();
+    let first = d.spawn(&["stop", "-p", "x.pid"]);
+    wait_until(Duration::from_secs(10), "the stop taken", || d.log().contains("graceful shutdown"));
+    let second = d.spawn(&["stop", "-p", "x.pid"]);
+    for stop in [first, second] {
+        let out = stop.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(text(&out).trim(), format!("stopped (pid {pid})"));
+    }
+    assert!(!alive(pid));
+    let log = d.log();
+    assert!(log.contains("stop requested: already stopping"), "{log}");
+    assert!(!log.contains("killing it"), "{log}");
+}
+
 /// `run` without `-l` logs to stderr: `reopen-logs` has nothing to reopen, says so in one
 /// sentence, succeeds, and the server serves on.
 #[test]

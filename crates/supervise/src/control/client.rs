@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::protocol::{Command, Reply};
+use super::protocol::{self, Command, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pidfile::{self, Probe};
 
@@ -19,13 +19,25 @@ use crate::pidfile::{self, Probe};
 /// tells a master that goes on (a slow reload) from one that does not answer at all.
 const STILL_ANSWERS_WITHIN: Duration = Duration::from_secs(1);
 
+/// How long a command waits for its outcome when no `--timeout` is given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Without `--timeout`, `stop` waits for the master's own deadline (when it kills what is left
+/// of its workers) and this much more, for the workers to die and the master to exit.
+const EXIT_MARGIN: Duration = Duration::from_secs(10);
+
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
-/// to `timeout` for the outcome, and prints it. Exit codes: 0 success; 1 failure; `status`
-/// (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs but no worker
-/// serves (starting, crash-looping, stopping), or it took the request and gave no answer
-/// within `timeout`. A master that does not answer is never signalled instead: it holds the
+/// to `timeout` ([`DEFAULT_TIMEOUT`] if `None`; a `stop` then waits for the master's own
+/// deadline if that is later) for the outcome, and prints it. Exit codes: 0 success; 1
+/// failure; `status` (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs
+/// but no worker serves (starting, crash-looping, stopping), or it took the request and gave
+/// no answer within `timeout`. A master that does not answer is never signalled instead: it holds the
 /// request, and carries it out once it runs again.
-pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) -> Result<ExitCode> {
+pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Option<Duration>) -> Result<ExitCode> {
+    let chosen = timeout.is_some();
+    let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+    // How the command's time limit is named in its messages.
+    let limit = format!("{timeout:?} ({})", if chosen { "--timeout" } else { "--timeout's default" });
     let pid_path = pid.unwrap_or_else(|| PathBuf::from(format!("{name}.pid")));
     let pid_path = std::path::absolute(&pid_path).map_err(|e| Error::io(ErrorKind::Usage, "pid file", e))?;
     let shown = pid_path.display();
@@ -124,7 +136,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                     return Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
-                            "{word}: no outcome within {timeout:?} (--timeout); pid {pid} answers and goes on with \
+                            "{word}: no outcome within {limit}; pid {pid} answers and goes on with \
                              it (newest worker: {newest}): `status` tells how it went"
                         ),
                     ));
@@ -161,7 +173,7 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
                 }
             }
             crate::errln!("{name}: control socket unavailable ({e}); using signals");
-            return signal_fallback(cmd, pid, exited, deadline, timeout);
+            return signal_fallback(cmd, pid, exited, deadline, &limit);
         }
     };
     match reply {
@@ -175,7 +187,19 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Duration) ->
         )),
         Reply::Ok(t) => {
             if cmd == Command::Stop {
-                if let Waited::Interrupted(sig) = exited.wait(deadline, timeout)? {
+                // A long `--shutdown-delay` or `--drain-timeout` makes a stop that goes well
+                // outlast the default: it is waited for, as the master said how long it takes.
+                let (deadline, within) = match protocol::stopping_within(&t) {
+                    Some(bound) if !chosen && Instant::now() + bound + EXIT_MARGIN > deadline => (
+                        Instant::now() + bound + EXIT_MARGIN,
+                        format!(
+                            "{:?} (the master's deadline for its workers, and {EXIT_MARGIN:?})",
+                            bound + EXIT_MARGIN
+                        ),
+                    ),
+                    _ => (deadline, limit),
+                };
+                if let Waited::Interrupted(sig) = exited.wait(deadline, &within)? {
                     return Ok(interrupted(cmd, pid, sig));
                 }
                 crate::outln!("stopped (pid {pid})");
@@ -355,7 +379,7 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
     Reply::decode(first, rest.to_owned()).map_err(Unanswered::Taken)
 }
 
-fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant, timeout: Duration) -> Result<ExitCode> {
+fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant, within: &str) -> Result<ExitCode> {
     let send = |sig| {
         kill(Pid::from_raw(pid), sig)
             .map_err(|e| Error::io(ErrorKind::Io, format!("cannot signal pid {pid}"), e.into()))
@@ -363,7 +387,7 @@ fn signal_fallback(cmd: Command, pid: i32, exited: Exited, deadline: Instant, ti
     match cmd {
         Command::Stop => {
             send(Signal::SIGTERM)?;
-            if let Waited::Interrupted(sig) = exited.wait(deadline, timeout)? {
+            if let Waited::Interrupted(sig) = exited.wait(deadline, within)? {
                 return Ok(interrupted(cmd, pid, sig));
             }
             crate::outln!("stopped (pid {pid})");
@@ -402,8 +426,8 @@ impl Exited {
         Exited { pid, pidfd: crate::sys::pidfd_open(pid).ok() }
     }
 
-    /// Until `deadline`, which `--timeout` (`timeout`) set.
-    fn wait(&self, deadline: Instant, timeout: Duration) -> Result<Waited> {
+    /// Until `deadline`, which `within` says how it was set ("90s (--timeout)").
+    fn wait(&self, deadline: Instant, within: &str) -> Result<Waited> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         loop {
             if let Some(sig) = crate::sys::interrupted() {
@@ -429,7 +453,7 @@ impl Exited {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "stop: pid {} has not exited within {timeout:?} (--timeout): it goes on stopping, its \
+                        "stop: pid {} has not exited within {within}: it goes on stopping, its \
                          drain not hurried; `status` tells when it is gone",
                         self.pid
                     ),

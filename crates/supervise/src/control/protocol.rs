@@ -3,6 +3,7 @@
 //! details after, once the outcome is known, then closes.
 
 use std::io;
+use std::time::Duration;
 
 /// A control command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,21 @@ impl Reply {
     }
 }
 
+/// `stop`'s answer: the master stops (`joined`: it was stopping already) and exits within
+/// `within`, the deadline at which it kills what is left of its workers. The client waits
+/// that long when no `--timeout` was given.
+pub(crate) fn stopping(joined: bool, within: Duration) -> String {
+    let already = if joined { "already " } else { "" };
+    format!("{already}stopping: exits within {} ms", within.as_millis())
+}
+
+/// The deadline in [`stopping`]'s answer. `None` from a master that gave none (one started
+/// from an older binary, still running).
+pub(crate) fn stopping_within(text: &str) -> Option<Duration> {
+    let ms = text.split_once("stopping: exits within ")?.1.strip_suffix(" ms")?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +114,17 @@ mod tests {
         }
         assert_eq!(Reply::decode("", String::new()).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         assert!(Reply::decode("maybe", String::new()).is_err());
+    }
+
+    #[test]
+    fn stop_answers_carry_the_masters_deadline() {
+        let d = Duration::from_millis(65_432);
+        assert_eq!(stopping_within(&stopping(false, d)), Some(d));
+        assert_eq!(stopping_within(&stopping(true, d)), Some(d));
+        assert!(stopping(true, d).starts_with("already stopping"));
+        // What a master from before the deadline was added answers.
+        assert_eq!(stopping_within("stopping"), None);
+        assert_eq!(stopping_within("already stopping"), None);
+        assert_eq!(stopping_within("stopping: exits within soon ms"), None);
     }
 }

@@ -120,6 +120,14 @@ struct Model {
     quits: u64,
     /// SIGKILLs sent.
     kills: u64,
+    /// Workers sent a SIGKILL (a worker that does not die of it is sent another later).
+    killed: BTreeSet<Pid>,
+    /// The earliest deadline a `stop`'s answer gave its client for the last worker's SIGKILL
+    /// (moved on by a pause of the master, as its own deadlines are): the client waits that
+    /// long, then gives up.
+    promised: Option<Instant>,
+    /// The text of the last `ok` answer.
+    last_ok: Option<String>,
 }
 
 impl Model {
@@ -159,6 +167,9 @@ impl Model {
             told: BTreeMap::new(),
             quits: 0,
             kills: 0,
+            killed: BTreeSet::new(),
+            promised: None,
+            last_ok: None,
         };
         m.feed(Event::Start).unwrap();
         m
@@ -232,6 +243,9 @@ impl Model {
             }
             Op::Pause(ms) => {
                 self.now += Duration::from_millis(ms);
+                if let Some(p) = &mut self.promised {
+                    *p += Duration::from_millis(ms);
+                }
                 Event::Resumed { slept: Duration::from_millis(ms) }
             }
             Op::Deploy => {
@@ -371,6 +385,7 @@ impl Model {
                     }
                     if sig == Sig::Kill {
                         self.kills += 1;
+                        self.killed.insert(pid);
                         // Killed for silence (the watchdog) is no cut drain.
                         let silent = g.is_some_and(|g| g.killed_for.is_some());
                         if let Some(&earliest) = self.told.get(&pid).filter(|_| !silent) {
@@ -404,6 +419,11 @@ impl Model {
                 Action::Reply { waiter, reply } => {
                     prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
                     if let Reply::Ok(text) = &reply {
+                        if let Some(within) = crate::control::protocol::stopping_within(text) {
+                            let at = self.now + within;
+                            self.promised = Some(self.promised.map_or(at, |p| p.min(at)));
+                        }
+                        self.last_ok = Some(text.clone());
                         if let Some((p, _)) = text.split_once("(pid ").and_then(|(_, r)| r.split_once(") serving")) {
                             // "generation N (pid P) serving" is said only of a live serving worker.
                             let pid = Pid::from_raw(p.parse().unwrap_or(0));
@@ -466,6 +486,13 @@ impl Model {
         self.owe_usr1.retain(|p| s.gens.iter().any(|g| g.pid == *p));
         for g in s.gens.iter().filter(|g| self.owe_usr1.contains(&g.pid)) {
             prop_assert!(matches!(g.state, GenState::Starting { .. }), "log reopen never reached {}", g.pid);
+        }
+        // A `stop`'s client gives up at the deadline the answer gave: every worker is killed
+        // by then (a worker killed but not dead is killed again later, past it).
+        if let (Some(p), Phase::Stopping { force_at, .. }) = (self.promised, &s.phase) {
+            if s.gens.iter().any(|g| !self.killed.contains(&g.pid)) {
+                prop_assert!(*force_at <= p, "the SIGKILL comes {:?} after a stop's deadline", *force_at - p);
+            }
         }
         let tracked: BTreeSet<Pid> = s.gens.iter().map(|g| g.pid).collect();
         let live: BTreeSet<Pid> = self.live.keys().copied().collect();
@@ -724,4 +751,30 @@ fn model_sigkill_waits_for_the_shutdown_delay_the_drain_and_the_hook() {
     assert_eq!(m.kills, 0, "a replaced worker was killed within its drain, hook and grace");
     beating(&mut m, &[0, 1], 1);
     assert_eq!(m.kills, 1, "a replaced worker outlived its drain, hook and grace");
+}
+
+/// `stop` is answered with the master's deadline for its workers (the client waits that
+/// long): a stop's whole grace, what is left of it for a stop that joins, and the SIGKILL
+/// comes then, not later.
+#[test]
+fn model_a_stops_answer_gives_the_masters_deadline() {
+    use Op::*;
+    // Model::new's limits: a delay of 20 s, a drain of 30 s, a hook of 30 s, and 5 s of grace.
+    let mut m = Model::new(false);
+    m.apply(Ready(0)).unwrap();
+    m.apply(Stop).unwrap();
+    assert_eq!(m.last_ok.as_deref(), Some("stopping: exits within 85000 ms"));
+    for _ in 0..10 {
+        m.apply(Heartbeat(0)).unwrap();
+        m.apply(Advance(1_000)).unwrap();
+    }
+    m.apply(Stop).unwrap();
+    assert_eq!(m.last_ok.as_deref(), Some("already stopping: exits within 75000 ms"));
+    for _ in 0..74 {
+        m.apply(Heartbeat(0)).unwrap();
+        m.apply(Advance(1_000)).unwrap();
+    }
+    assert_eq!(m.kills, 0);
+    m.apply(Advance(1_000)).unwrap();
+    assert_eq!(m.kills, 1, "the worker is killed at the deadline the answers gave");
 }

@@ -29,7 +29,7 @@ pub(crate) use event::{Action, Cause, Event, Sig, Stopping, Waiting};
 pub(crate) use generation::{Gen, GenState, LastReload};
 use generation::{PendingAck, Waiters};
 
-use crate::control::protocol::Reply;
+use crate::control::protocol::{self, Reply};
 use crate::exe::BinaryId;
 
 /// A draining worker still alive this long after its drain timeout is killed.
@@ -173,14 +173,19 @@ impl State {
                 let join = waiter.is_some()
                     && how == Stopping::Graceful
                     && matches!(self.phase, Phase::Stopping { .. } | Phase::Exited);
-                if let Some(w) = waiter {
-                    let text = if join { "already stopping" } else { "stopping" };
-                    out.push(Action::Reply { waiter: w, reply: Reply::Ok(text.into()) });
-                }
                 if join {
                     tracing::info!("stop requested: already stopping");
                 } else {
                     self.stop(now, &mut out, how);
+                }
+                if let Some(w) = waiter {
+                    // When the last worker is killed at the latest: `stop` waits that long.
+                    let within = match self.phase {
+                        Phase::Stopping { force_at, .. } => force_at.saturating_duration_since(now),
+                        _ => Duration::ZERO,
+                    };
+                    let text = protocol::stopping(join, within);
+                    out.push(Action::Reply { waiter: w, reply: Reply::Ok(text) });
                 }
             }
             Event::Reload { waiter, on_disk } => self.reload(now, &mut out, waiter, on_disk),
