@@ -82,7 +82,8 @@ pub(crate) struct ControlArgs {
     /// Pid file of the running instance. Default is `<app>.pid` in the current directory.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) pid: Option<PathBuf>,
-    /// How long to wait for the outcome. Default: 90s, and for `stop` as long as the master's
+    /// How long to wait for the outcome. Default: 90s; then `reload` waits on while the master
+    /// answers `status` (its `--ready-timeout` ends a start), and `stop` until the master's
     /// own deadline if that is later (`--shutdown-delay` + `--drain-timeout`, twice the drain
     /// timeout with a shutdown hook, + 5s, then 10s for it to exit)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -393,6 +393,17 @@ fn a_master_that_does_not_answer_is_reported_not_guessed() {
     let out = d.hello(&["reload", "--wait-probation", "-p", "x.pid", "--timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("reload: pid") && text(&out).contains("gave no answer"), "{}", text(&out));
+    // Without `--timeout`, a reload waits on while the master answers `status`: not forever
+    // when it does not.
+    let out = d.hello(&["reload", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "reload: pid {pid} took the request, then answered neither it nor `status` within 90s: busy or hung?"
+        )),
+        "{}",
+        text(&out)
+    );
     signal(pid, Signal::SIGCONT);
     wait_until(Duration::from_secs(10), "the held reload to be carried out", || {
         d.log().contains("reload: starting generation 2")

@@ -142,6 +142,25 @@ fn failing_ready_probe_rolls_back_and_the_old_worker_never_stops_serving() {
     assert_eq!(version(&h), next_version());
 }
 
+/// Regression: `reload` without `--timeout` gave up after 90 s (exit 1, "no outcome within
+/// 90s") while a new binary took longer to start than that, within its `--ready-timeout`. It
+/// now waits for as long as the master answers `status`, and exits 0 once the new worker
+/// serves: here after its 93 s start-up.
+#[test]
+fn a_reload_without_a_timeout_waits_for_a_start_its_ready_timeout_allows() {
+    let bin = TempDir::new("slow-reload");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["--delay", "0", "-p", "x.pid", "--ready-timeout", "150s"]);
+    let old = h.worker_pid();
+    install_script(&app, &format!("HELLO_SLOW_START=93s exec {} \"$@\"", hello_bin().display()));
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("generation 2") && out.contains(" serving"), "{out}");
+    assert_ne!(h.worker_pid(), old);
+    assert!(h.log_text().contains("starting slowly: 93s"), "{}", h.log_tail(20));
+}
+
 #[test]
 fn failing_ready_check_in_code_fails_the_start_with_its_reason() {
     let d = support::Daemon::new("ready-check");

@@ -28,7 +28,8 @@ const EXIT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
 /// to `timeout` ([`DEFAULT_TIMEOUT`] if `None`; a `stop` then waits for the master's own
-/// deadline if that is later) for the outcome, and prints it. Exit codes: 0 success; 1
+/// deadline if that is later, and a reload on while the master answers `status`) for the
+/// outcome, and prints it. Exit codes: 0 success; 1
 /// failure; `status` (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs
 /// but no worker serves (starting, crash-looping, stopping), or it took the request and gave
 /// no answer within `timeout`. A master that does not answer is never signalled instead: it holds the
@@ -117,7 +118,11 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Option<Durat
     if matches!(cmd, Command::Stop | Command::Reload | Command::ReloadWaitProbation) {
         let _ = crate::sys::interrupt_on(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
     }
-    let reply = match ask(&ctl, cmd, timeout, Some(pid)) {
+    // Without `--timeout`, a reload is waited for as long as the master answers `status`: its
+    // own deadlines (`--ready-timeout`, a draining slot's drain) bound the outcome, and a
+    // reload that a long `--ready-timeout` or drain makes slow is no failure.
+    let patient = !chosen && matches!(cmd, Command::Reload | Command::ReloadWaitProbation);
+    let reply = match ask_patiently(&ctl, cmd, timeout, Some(pid), patient) {
         Ok(r) => r,
         Err(Unanswered::Interrupted(sig)) => return Ok(interrupted(cmd, pid, sig)),
         // The master took the request and did not answer: busy or hung (stopped, say). A
@@ -126,8 +131,9 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Option<Durat
         Err(Unanswered::Taken(e)) => {
             // A reload (a slow start, a long `--ready-timeout`) or a stop may outlast
             // `--timeout` while the master is well: if it still answers `status`, say that
-            // it goes on, not that it may hang.
-            if e.kind() == io::ErrorKind::TimedOut && !matches!(cmd, Command::Status | Command::StatusJson) {
+            // it goes on, not that it may hang. (A patient wait ended because it did not.)
+            let timed_out = e.kind() == io::ErrorKind::TimedOut;
+            if timed_out && !patient && !matches!(cmd, Command::Status | Command::StatusJson) {
                 if let Ok(Reply::Ok(t)) = ask(&ctl, Command::Status, STILL_ANSWERS_WITHIN, Some(pid)) {
                     // The newest worker ("pid 12 generation 2 starting"), which a reload is about.
                     let newest = t.lines().filter_map(|l| l.strip_prefix("worker: ")).next_back();
@@ -142,7 +148,13 @@ pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Option<Durat
                     ));
                 }
             }
-            let why = format!("pid {pid} took the request but gave no answer within {timeout:?} ({e}): busy or hung?");
+            let why = if timed_out && patient {
+                format!(
+                    "pid {pid} took the request, then answered neither it nor `status` within {timeout:?}: busy or hung?"
+                )
+            } else {
+                format!("pid {pid} took the request but gave no answer within {timeout:?} ({e}): busy or hung?")
+            };
             return unknown(name, cmd, Some(pid), Unknown::NotAnswering, &why);
         }
         // The master runs (it holds the pid file's lock) but its control socket (mode 0600)
@@ -331,6 +343,18 @@ impl std::fmt::Display for Unanswered {
 /// Asks the master over its control socket; the socket's owner must be `pid` (the pid file's
 /// master) when given, or the answer is not trusted.
 fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::result::Result<Reply, Unanswered> {
+    ask_patiently(path, cmd, timeout, pid, false)
+}
+
+/// [`ask`]; `patient`: each time `timeout` passes with no answer, the wait goes on for as long
+/// again if the master still answers `status`.
+fn ask_patiently(
+    path: &Path,
+    cmd: Command,
+    timeout: Duration,
+    pid: Option<i32>,
+    patient: bool,
+) -> std::result::Result<Reply, Unanswered> {
     let mut s = UnixStream::connect(path).map_err(Unanswered::Unreachable)?;
     // Linux only (SO_PEERCRED); elsewhere the socket's directory permissions decide who serves it.
     if let (Some(peer), Some(pid)) = (crate::sys::peer_pid(&s).map_err(Unanswered::Unreachable)?, pid) {
@@ -345,7 +369,7 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
     let slice = timeout.clamp(Duration::from_millis(1), crate::sys::INTERRUPT_CHECK_EVERY);
     s.set_read_timeout(Some(slice)).map_err(Unanswered::Unreachable)?;
     s.write_all(cmd.request().as_bytes()).map_err(Unanswered::Unreachable)?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -362,6 +386,10 @@ fn ask(path: &Path, cmd: Command, timeout: Duration, pid: Option<i32>) -> std::r
                 ) =>
             {
                 if Instant::now() >= deadline {
+                    if patient && matches!(ask(path, Command::Status, STILL_ANSWERS_WITHIN, pid), Ok(Reply::Ok(_))) {
+                        deadline = Instant::now() + timeout;
+                        continue;
+                    }
                     return Err(Unanswered::Taken(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
                 }
             }
