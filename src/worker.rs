@@ -398,6 +398,8 @@ impl<A> Run<A> {
             }
         }
         if let Some(hook) = on_shutdown {
+            // `status` shows it: the drain is over, and what the worker still does is the app's.
+            notify(&Message::hook());
             // A second shutdown request ("stop now") does not wait for the hook either.
             match sigs.unless_hurried(tokio::time::timeout(timeout, hook())).await {
                 Ok(Ok(Ok(()))) => tracing::info!("shutdown hook done"),

@@ -484,6 +484,31 @@ fn a_stop_without_a_timeout_waits_for_the_masters_own_deadline() {
     assert!(!log.contains("killing it"), "{log}");
 }
 
+/// Once its drain is over, a stopping worker's time goes to the app's shutdown hook, and
+/// `status` says so (it showed the worker "draining" with no connection left, for as long
+/// as the hook took).
+#[test]
+fn status_shows_a_running_shutdown_hook() {
+    let d = Daemon::new("hook-status");
+    let out = d.start_with(&["--delay", "0"], &[("HELLO_SHUTDOWN_HOOK", "6s")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid();
+    let stop = d.spawn(&["stop", "-p", "x.pid"]);
+    wait_until(Duration::from_secs(10), "status to show the hook", || {
+        let s = text(&d.hello(&["status", "-p", "x.pid"]));
+        s.contains("state: stopping") && s.contains(" draining for ") && s.contains(", shutdown hook running for ")
+    });
+    let out = d.hello(&["status", "--json", "-p", "x.pid"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let w = &v["workers"][0];
+    assert_eq!(w["state"].as_str(), Some("draining"), "{v}");
+    assert!(w["hook_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{v}");
+    let out = stop.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid));
+    assert!(d.log().contains("shutdown hook done"), "{}", d.log());
+}
+
 /// `run` without `-l` logs to stderr: `reopen-logs` has nothing to reopen, says so in one
 /// sentence, succeeds, and the server serves on.
 #[test]

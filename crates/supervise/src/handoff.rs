@@ -47,6 +47,8 @@ pub const BATON_WATCHDOG_USEC: &str = "BATON_WATCHDOG_USEC";
 /// The `STATUS=` a worker sends once its listeners are closed: the master then knows a
 /// replaced generation takes no new connection (baton's own word; systemd just shows it).
 pub const STATUS_DRAINING: &str = "draining";
+/// The `STATUS=` a worker sends once its drain is over and the app's shutdown hook runs.
+pub const STATUS_HOOK: &str = "running its shutdown hook";
 
 /// Variables of the contract: the master never passes its own copies on to a worker.
 pub const CONTRACT_VARS: [&str; 8] = [
@@ -170,6 +172,8 @@ pub struct Message {
     pub ready: bool,
     /// `STATUS=draining`.
     pub draining: bool,
+    /// `STATUS=running its shutdown hook`.
+    pub hook: bool,
     /// `WATCHDOG=1`: the worker's runtime is alive.
     pub watchdog: bool,
     /// `BATON_INFO=`: what the worker runs (its version, its configuration's source), shown by
@@ -188,9 +192,10 @@ impl Message {
         Message {
             ready: field(msg, "READY") == Some("1"),
             draining: status == Some(STATUS_DRAINING),
+            hook: status == Some(STATUS_HOOK),
             watchdog: field(msg, "WATCHDOG") == Some("1"),
             info: field(msg, "BATON_INFO").map(str::to_owned),
-            status: status.filter(|s| *s != STATUS_DRAINING).map(str::to_owned),
+            status: status.filter(|s| ![STATUS_DRAINING, STATUS_HOOK].contains(s)).map(str::to_owned),
             conns: field(msg, "BATON_CONNS").and_then(|n| n.parse().ok()),
         }
     }
@@ -206,6 +211,11 @@ impl Message {
     /// What a worker sends once its listeners are closed.
     pub fn draining() -> String {
         format!("STATUS={STATUS_DRAINING}")
+    }
+
+    /// What a worker sends as the app's shutdown hook begins (after its drain).
+    pub fn hook() -> String {
+        format!("STATUS={STATUS_HOOK}")
     }
 
     /// The heartbeat a worker sends from inside its runtime.
@@ -292,6 +302,8 @@ mod tests {
         assert_eq!(m.info.as_deref(), Some("version 1.2 config /x"));
         let m = Message::parse(&Message::draining());
         assert!(m.draining && !m.ready && m.status.is_none());
+        let m = Message::parse(&Message::hook());
+        assert!(m.hook && !m.draining && m.status.is_none(), "{m:?}");
         assert!(Message::parse(Message::HEARTBEAT).watchdog);
         let m = Message::parse(&Message::status("bad\nthing"));
         assert_eq!(m.status.as_deref(), Some("bad thing"));

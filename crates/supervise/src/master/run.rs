@@ -488,6 +488,13 @@ impl Runner {
                 if let Some(n) = g.conns {
                     let _ = write!(word, ", {n} connection{} open", if n == 1 { "" } else { "s" });
                 }
+                if let Some(t) = g.hook_since {
+                    let _ = write!(
+                        word,
+                        ", shutdown hook running for {:.1}s",
+                        now.saturating_duration_since(t).as_secs_f64()
+                    );
+                }
             }
             let good = if state.good == Some(g.binary) { ", last good" } else { "" };
             let info = g.info.as_deref().map(|i| format!("; {i}")).unwrap_or_default();
@@ -555,6 +562,10 @@ impl Runner {
             o = match (g.draining_since, g.conns) {
                 (Some(_), Some(n)) => o.num("connections", n),
                 _ => o.raw("connections", "null"),
+            };
+            o = match g.hook_since {
+                Some(t) => o.num("hook_seconds", format!("{:.3}", now.saturating_duration_since(t).as_secs_f64())),
+                None => o.raw("hook_seconds", "null"),
             };
             o.bool("hurried", g.hurried).end()
         });

@@ -65,6 +65,8 @@ pub(crate) struct Gen {
     pub(crate) draining_since: Option<Instant>,
     /// Told to hurry (close its long-lived connections now): a reload waits for its slot.
     pub(crate) hurried: bool,
+    /// When it said its shutdown hook began (its drain over).
+    pub(crate) hook_since: Option<Instant>,
     /// Its open connections, as it last reported them (`BATON_CONNS=`).
     pub(crate) conns: Option<u64>,
     /// The logs were reopened while it was starting: send it USR1 once it is ready.

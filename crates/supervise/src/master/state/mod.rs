@@ -394,6 +394,7 @@ impl State {
                     accepting: true,
                     draining_since: None,
                     hurried: false,
+                    hook_since: None,
                     conns: None,
                     reopen_when_ready: false,
                 });
@@ -479,6 +480,9 @@ impl State {
                 // Told by the stop: `status` shows how long it has drained, and what is open.
                 g.draining_since.get_or_insert(now);
             }
+        }
+        if m.hook {
+            g.hook_since.get_or_insert(now);
         }
         if m.status.is_some() {
             g.status = m.status;
