@@ -778,3 +778,25 @@ fn model_a_stops_answer_gives_the_masters_deadline() {
     m.apply(Advance(1_000)).unwrap();
     assert_eq!(m.kills, 1, "the worker is killed at the deadline the answers gave");
 }
+
+/// A second TERM hurries a graceful stop, but never past the deadline the first stop's answer
+/// gave (the random sequences found a TERM 1 s before it postponing the SIGKILL by 1 s).
+#[test]
+fn model_a_hurried_stop_keeps_the_answers_deadline() {
+    use Op::*;
+    let mut m = Model::new(false);
+    m.apply(Ready(0)).unwrap();
+    m.apply(Stop).unwrap();
+    assert_eq!(m.last_ok.as_deref(), Some("stopping: exits within 85000 ms"));
+    for _ in 0..84 {
+        m.apply(Heartbeat(0)).unwrap();
+        m.apply(Advance(1_000)).unwrap();
+    }
+    m.apply(Term).unwrap();
+    assert_eq!(m.kills, 0);
+    m.apply(Heartbeat(0)).unwrap();
+    m.apply(Advance(999)).unwrap();
+    assert_eq!(m.kills, 0);
+    m.apply(Advance(1)).unwrap();
+    assert_eq!(m.kills, 1, "the worker is killed at the first answer's deadline, not 2 s after the TERM");
+}

@@ -90,11 +90,11 @@ impl State {
     pub(super) fn stop(&mut self, now: Instant, out: &mut Vec<Action>, how: Stopping) {
         let (already, start_failure) = match &mut self.phase {
             Phase::Exited | Phase::Stopping { how: Stopping::Fast, .. } => return,
-            Phase::Stopping { how: Stopping::Graceful, start_failure, .. } => {
+            Phase::Stopping { how: Stopping::Graceful, force_at, start_failure } => {
                 if how == Stopping::Graceful {
                     tracing::info!("second shutdown request: stopping now");
                 }
-                (true, start_failure.take())
+                (Some(*force_at), start_failure.take())
             }
             Phase::Starting | Phase::Serving { .. } => {
                 self.flush_ack(now, out);
@@ -108,16 +108,18 @@ impl State {
                 for w in waiting.chain(on_probation).collect::<Vec<_>>() {
                     out.push(Action::Reply { waiter: w, reply: Reply::Err("shutting down".into()) });
                 }
-                (false, None)
+                (None, None)
             }
         };
         // A second request of either kind means now.
-        let how = if already { Stopping::Fast } else { how };
+        let how = if already.is_some() { Stopping::Fast } else { how };
         // A generation draining after a reload is already doing what a graceful stop asks:
         // TERM would tell it "now" and cut the requests it is finishing.
         let told = |g: &&Gen| how == Stopping::Fast || !matches!(g.state, GenState::Draining { .. });
         out.extend(self.gens.iter().filter(told).map(|g| Action::Signal { pid: g.pid, sig: how.signal() }));
         let grace = if how == Stopping::Fast { FAST_GRACE } else { self.limits.stop_grace() };
-        self.phase = Phase::Stopping { how, force_at: now + grace, start_failure };
+        // Hurrying never postpones the SIGKILL a stop's answer promised.
+        let force_at = already.map_or(now + grace, |at| at.min(now + grace));
+        self.phase = Phase::Stopping { how, force_at, start_failure };
     }
 }
