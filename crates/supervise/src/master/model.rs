@@ -189,6 +189,17 @@ impl Model {
         matches!(self.state.phase, Phase::Stopping { .. } | Phase::Exited)
     }
 
+    /// `secs` seconds pass, a second at a time, with a heartbeat from each of the `pids`
+    /// (indices into the live workers) every second.
+    fn beating(&mut self, pids: &[usize], secs: u64) {
+        for _ in 0..secs {
+            for &n in pids {
+                self.apply(Op::Heartbeat(n)).unwrap();
+            }
+            self.apply(Op::Advance(1_000)).unwrap();
+        }
+    }
+
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         let on_disk = self.disk.map(BinaryId::fake);
         let event = match op {
@@ -727,29 +738,21 @@ fn model_crash_backoff_resets_after_a_stable_run() {
 fn model_sigkill_waits_for_the_shutdown_delay_the_drain_and_the_hook() {
     use Op::*;
     // Model::new's limits: a delay of 20 s, a drain of 30 s and a hook of 30 s.
-    let beating = |m: &mut Model, pids: &[usize], secs: u64| {
-        for _ in 0..secs {
-            for &n in pids {
-                m.apply(Heartbeat(n)).unwrap();
-            }
-            m.apply(Advance(1_000)).unwrap();
-        }
-    };
     let mut m = Model::new(false);
     m.apply(Ready(0)).unwrap();
     m.apply(Term).unwrap();
-    beating(&mut m, &[0], 84);
+    m.beating(&[0], 84);
     assert_eq!(m.kills, 0, "a stopping worker was killed within its delay, drain, hook and grace");
-    beating(&mut m, &[0], 1);
+    m.beating(&[0], 1);
     assert_eq!(m.kills, 1, "a stopping worker outlived its delay, drain, hook and grace");
 
     let mut m = Model::new(false);
     m.apply(Ready(0)).unwrap();
     m.apply(Reload(None)).unwrap();
     m.apply(Ready(1)).unwrap();
-    beating(&mut m, &[0, 1], 64);
+    m.beating(&[0, 1], 64);
     assert_eq!(m.kills, 0, "a replaced worker was killed within its drain, hook and grace");
-    beating(&mut m, &[0, 1], 1);
+    m.beating(&[0, 1], 1);
     assert_eq!(m.kills, 1, "a replaced worker outlived its drain, hook and grace");
 }
 
@@ -764,16 +767,10 @@ fn model_a_stops_answer_gives_the_masters_deadline() {
     m.apply(Ready(0)).unwrap();
     m.apply(Stop).unwrap();
     assert_eq!(m.last_ok.as_deref(), Some("stopping: exits within 85000 ms"));
-    for _ in 0..10 {
-        m.apply(Heartbeat(0)).unwrap();
-        m.apply(Advance(1_000)).unwrap();
-    }
+    m.beating(&[0], 10);
     m.apply(Stop).unwrap();
     assert_eq!(m.last_ok.as_deref(), Some("already stopping: exits within 75000 ms"));
-    for _ in 0..74 {
-        m.apply(Heartbeat(0)).unwrap();
-        m.apply(Advance(1_000)).unwrap();
-    }
+    m.beating(&[0], 74);
     assert_eq!(m.kills, 0);
     m.apply(Advance(1_000)).unwrap();
     assert_eq!(m.kills, 1, "the worker is killed at the deadline the answers gave");
@@ -788,10 +785,7 @@ fn model_a_hurried_stop_keeps_the_answers_deadline() {
     m.apply(Ready(0)).unwrap();
     m.apply(Stop).unwrap();
     assert_eq!(m.last_ok.as_deref(), Some("stopping: exits within 85000 ms"));
-    for _ in 0..84 {
-        m.apply(Heartbeat(0)).unwrap();
-        m.apply(Advance(1_000)).unwrap();
-    }
+    m.beating(&[0], 84);
     m.apply(Term).unwrap();
     assert_eq!(m.kills, 0);
     m.apply(Heartbeat(0)).unwrap();
