@@ -29,11 +29,11 @@ const EXIT_MARGIN: Duration = Duration::from_secs(10);
 /// Runs `cmd` against the instance whose pid file is `pid` (default `<name>.pid`), waiting up
 /// to `timeout` ([`DEFAULT_TIMEOUT`] if `None`; a `stop` then waits for the master's own
 /// deadline if that is later, and a reload on while the master answers `status`) for the
-/// outcome, and prints it. Exit codes: 0 success; 1
-/// failure; `status` (LSB): 0 serving, 1 dead with pid file, 3 not running, 4 the master runs
-/// but no worker serves (starting, crash-looping, stopping), or it took the request and gave
-/// no answer within `timeout`. A master that does not answer is never signalled instead: it holds the
-/// request, and carries it out once it runs again.
+/// outcome, and prints it. Exit codes: 0 success; 1 failure; `status` (LSB): 0 serving, 1 dead
+/// with pid file, 3 not running, 4 the master runs but no worker serves (starting,
+/// crash-looping, stopping), or it took the request and gave no answer within `timeout`. A
+/// master that does not answer is never signalled instead: it holds the request, and carries
+/// it out once it runs again.
 pub fn run(name: &str, cmd: Command, pid: Option<PathBuf>, timeout: Option<Duration>) -> Result<ExitCode> {
     let chosen = timeout.is_some();
     let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
