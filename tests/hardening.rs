@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{Daemon, Hello, alive, free_port, get, hello_bin, signal, text, wait_until};
+use support::{Daemon, Hello, alive, free_port, get, hello_bin, kill_tree, notify_socket_of, signal, text, wait_until};
 
 #[test]
 fn failing_log_writes_do_not_kill_the_master_dev_full() {
@@ -277,13 +277,7 @@ fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouch
 fn notify_socket_is_private_and_a_flood_from_strangers_cannot_fill_the_log() {
     use std::os::unix::fs::PermissionsExt;
     let h = Hello::start(&hello_bin(), &["--delay", "0"]);
-    let worker = h.worker_pid();
-    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-    let path = environ
-        .split(|b| *b == 0)
-        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
-        .expect("the worker's NOTIFY_SOCKET");
+    let path = notify_socket_of(h.worker_pid());
     let dir = path.parent().unwrap();
     assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "a private directory");
     // This test may be root, who can reach it anyway: the flood is what is checked here.
@@ -297,6 +291,26 @@ fn notify_socket_is_private_and_a_flood_from_strangers_cannot_fill_the_log() {
     let grown = h.log_text().len() - before;
     assert!(grown < 4096, "20,000 stranger datagrams added {grown} bytes to the log");
     assert!(h.log_text().contains("notify messages from processes that are not workers"), "{}", h.log_tail(5));
+}
+
+#[test]
+fn a_killed_masters_notify_directory_is_removed_by_the_next_master() {
+    let first = Hello::start(&hello_bin(), &["--delay", "0"]);
+    let sock = notify_socket_of(first.worker_pid());
+    let dir = sock.parent().unwrap().to_owned();
+    assert!(dir.starts_with(first.dir.path()), "{} is under the test's TMPDIR", dir.display());
+    kill_tree(first.pid);
+    wait_until(Duration::from_secs(10), "the killed master and worker to be gone", || {
+        !alive(first.pid) && get(first.addr(), "/pid").is_err()
+    });
+    assert!(sock.exists(), "a SIGKILL leaves the notify socket behind");
+    let tmp = first.dir.path().to_str().unwrap();
+    let second = Hello::spawn_with_env(&hello_bin(), &["--delay", "0"], &[("TMPDIR", tmp)]);
+    second.wait_ready();
+    assert!(!dir.exists(), "{} is left; log:\n{}", dir.display(), second.log_tail(10));
+    assert!(second.log_text().contains(&format!("killed: {}", dir.display())), "{}", second.log_tail(10));
+    let live = notify_socket_of(second.worker_pid());
+    assert!(live.starts_with(first.dir.path()) && live.exists());
 }
 
 #[test]

@@ -107,6 +107,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Points `cmd`'s `TMPDIR` at `dir` (a test's own directory) unless the test set one: the
+/// master's notify directory goes there, and is removed with it after a SIGKILL (by
+/// [`kill_tree`]) that left it.
+pub fn private_tmp(cmd: &mut Command, dir: &Path) {
+    if !cmd.get_envs().any(|(k, _)| k == "TMPDIR") {
+        cmd.env("TMPDIR", dir);
+    }
+}
+
+/// The `NOTIFY_SOCKET` a worker was given: the master's notify socket.
+pub fn notify_socket_of(worker: i32) -> PathBuf {
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .expect("the worker's NOTIFY_SOCKET")
+}
+
 /// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie...).
 pub fn process_state(pid: i32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -225,6 +244,7 @@ impl Hello {
         let dir = TempDir::new("hello");
         let log = dir.join("stderr.log");
         cmd.current_dir(dir.path()).stdin(Stdio::null());
+        private_tmp(&mut cmd, dir.path());
         // ETXTBSY: another test thread may have forked while holding a write fd of a freshly
         // written binary; that copy lives until its exec. Retry briefly.
         let mut tries = 0;
@@ -510,6 +530,7 @@ impl Daemon {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(hello_bin());
         cmd.args(args).current_dir(self.dir.path());
+        private_tmp(&mut cmd, self.dir.path());
         cmd
     }
 

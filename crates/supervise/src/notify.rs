@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
 
 /// Sends notifications to the socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
 /// abstract namespace).
@@ -50,22 +51,80 @@ impl Notifier {
 pub(crate) struct NotifyServer {
     sock: UnixDatagram,
     name: String,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
+}
+
+/// How the name of a master's notify directory begins: `baton-PID-NANOS`, NANOS being 8
+/// hex digits.
+const DIR_PREFIX: &str = "baton-";
+/// The socket's name in it.
+const SOCK_NAME: &str = "notify.sock";
+
+/// Removes the notify directories under `base` whose master is gone without removing its own
+/// (killed with SIGKILL, or by the OOM killer): each is named as [`NotifyServer::bind`] names
+/// them, owned by a uid `ours` accepts, and holds only a socket that nothing is bound to any
+/// more (connecting to it is refused). That, not the pid in the name, tells a dead master
+/// from a live one, which may be in another pid namespace sharing the directory. Anything
+/// else is left as it is; so is a directory that gains other files meanwhile (only the socket
+/// is unlinked, then the directory removed if empty). Returns the directories removed.
+fn sweep(base: &Path, ours: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else { continue };
+        let Some((pid, nanos)) = rest.split_once('-') else { continue };
+        let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
+        if !digits(pid, 10) || nanos.len() != 8 || !digits(nanos, 16) {
+            continue;
+        }
+        let dir = entry.path();
+        // Not followed: a link planted under this name is not a directory here.
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && ours(m.uid()) => {}
+            _ => continue,
+        }
+        let sock = dir.join(SOCK_NAME);
+        match std::fs::symlink_metadata(&sock) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {}
+            _ => continue,
+        }
+        let refused = match UnixDatagram::unbound().and_then(|s| s.connect(&sock)) {
+            Ok(()) => false,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionRefused,
+        };
+        if refused && std::fs::remove_file(&sock).is_ok() && std::fs::remove_dir(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
 }
 
 impl NotifyServer {
     /// Creates the directory under the temporary directory (`TMPDIR`, else `/tmp`) and binds
     /// the socket in it; `owner` (the workers' `--user`) gets both.
+    /// Directories that masters killed before their exit left there are removed first (see
+    /// [`sweep`]).
     pub(crate) fn bind(owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
+        Self::bind_in(&std::env::temp_dir(), owner)
+    }
+
+    fn bind_in(base: &Path, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
         use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
+        let uids = [Some(nix::unistd::geteuid()), owner.map(|(uid, _)| uid)];
+        let swept = sweep(base, |uid| uids.contains(&Some(nix::unistd::Uid::from_raw(uid))));
+        if !swept.is_empty() {
+            let names: Vec<_> = swept.iter().map(|d| d.display().to_string()).collect();
+            tracing::info!("removed the notify directories of masters that were killed: {}", names.join(", "));
+        }
         let mut tries = 0;
         let dir = loop {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let dir = base.join(format!("baton-{}-{nanos:08x}", std::process::id()));
+            let dir = base.join(format!("{DIR_PREFIX}{}-{nanos:08x}", std::process::id()));
             // mkdir fails on anything already there: nothing planted in advance is used.
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => break dir,
@@ -73,7 +132,7 @@ impl NotifyServer {
                 Err(e) => return Err(e),
             }
         };
-        let path = dir.join("notify.sock");
+        let path = dir.join(SOCK_NAME);
         let bound = (|| {
             crate::listen::unix_path_fits(&path)?;
             let sock = UnixDatagram::bind(&path)?;
@@ -135,5 +194,81 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         server.remove();
         assert!(!dir.exists());
+    }
+
+    /// A private base directory for one test, removed at its end.
+    struct Base(PathBuf);
+
+    impl Base {
+        fn new(tag: &str) -> Base {
+            let p = std::env::temp_dir().join(format!("baton-notify-test-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir(&p).unwrap();
+            Base(p)
+        }
+    }
+
+    impl Drop for Base {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir_of(server: &NotifyServer) -> PathBuf {
+        Path::new(server.name()).parent().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_killed_masters_directory_is_removed_by_the_next_and_a_live_ones_is_not() {
+        let base = Base::new("sweep");
+        // Dropped without `remove`: its socket closed, its directory left, as by a SIGKILL.
+        let dead = NotifyServer::bind_in(&base.0, None).unwrap();
+        let dead_dir = dir_of(&dead);
+        drop(dead);
+        assert!(dead_dir.join(SOCK_NAME).exists());
+        let live = NotifyServer::bind_in(&base.0, None).unwrap();
+        assert!(!dead_dir.exists(), "the dead master's directory is left");
+        let next = NotifyServer::bind_in(&base.0, None).unwrap();
+        // Still reachable: the sweep left the live one's directory and socket alone.
+        Notifier::connect(live.name()).unwrap().send("READY=1").unwrap();
+        assert_eq!(live.recv().unwrap().unwrap().1, "READY=1");
+        assert_ne!(dir_of(&next), dir_of(&live));
+        next.remove();
+        live.remove();
+    }
+
+    #[test]
+    fn the_sweep_leaves_what_it_did_not_make_or_does_not_own() {
+        let base = Base::new("leave");
+        let make_dead = |name: &str| {
+            let s = NotifyServer::bind_in(&base.0, None).unwrap();
+            let dir = base.0.join(name);
+            std::fs::rename(dir_of(&s), &dir).unwrap();
+            drop(s);
+            dir
+        };
+        // Names not of the form `baton-PID-NANOS`, each holding a dead socket.
+        let odd: Vec<PathBuf> = ["baton-12-1234567", "baton-x-12345678", "baton-12-1234567g", "other-12-12345678"]
+            .iter()
+            .map(|n| make_dead(n))
+            .collect();
+        // The right name, but holding something besides the socket.
+        let crowded = make_dead("baton-12-12345678");
+        std::fs::write(crowded.join("keep"), "x").unwrap();
+        // The right name, but a plain file where the socket would be.
+        let plain = base.0.join("baton-13-12345678");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::write(plain.join(SOCK_NAME), "x").unwrap();
+        // A dead one of another owner (as `ours` says).
+        let foreign = make_dead("baton-14-12345678");
+        assert_eq!(sweep(&base.0, |_| false), Vec::<PathBuf>::new());
+        assert!(foreign.join(SOCK_NAME).exists());
+        assert_eq!(sweep(&base.0, |_| true), vec![foreign.clone()]);
+        assert!(!foreign.exists());
+        for d in odd.iter().chain([&plain]) {
+            assert!(d.join(SOCK_NAME).exists(), "{} was touched", d.display());
+        }
+        // Its dead socket may go, not the directory nor what else it holds.
+        assert!(crowded.join("keep").exists());
     }
 }
