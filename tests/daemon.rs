@@ -165,6 +165,23 @@ fn a_reload_or_stop_past_its_timeout_says_the_master_goes_on_with_it() {
 }
 
 #[test]
+fn a_start_that_fails_once_detached_says_why_and_leaves_no_files() {
+    let d = Daemon::new("late-fail");
+    // The notify socket is made after the daemon has detached; its failure used to reach
+    // only the log ("the daemon exited during start-up").
+    let missing = d.dir.join("no-such-dir");
+    let out = d.start_with(&["--delay", "0"], &[("TMPDIR", missing.to_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let want = format!("start failed: cannot create the notify socket under {} (TMPDIR)", missing.display());
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    assert!(d.log().contains("cannot create the notify socket"), "and in the log: {}", d.log());
+    for left in ["x.pid", "x.pid.ctl"] {
+        assert!(!d.dir.join(left).exists(), "{left} is left behind");
+    }
+    assert!(port_free(d.addr()), "nothing listens");
+}
+
+#[test]
 fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     let d = Daemon::new("twice");
     // A stale pid file (nobody holds its lock) is taken over.

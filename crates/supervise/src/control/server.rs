@@ -146,8 +146,16 @@ impl ControlServer {
     }
 
     /// Removes the socket file, unless another took its place (an operator's, or another
-    /// instance's after this one's was removed).
+    /// instance's after this one's was removed), as dropping it does.
     pub(crate) fn remove(self) {
+        drop(self);
+    }
+}
+
+/// The socket file goes with the server (unless another was put in its place), also when the
+/// master fails after creating it, before it serves.
+impl Drop for ControlServer {
+    fn drop(&mut self) {
         crate::pidfile::remove_if_still(&self.path, self.file);
     }
 }

@@ -3,7 +3,8 @@
 //! re-executing its own binary, reloads, rolls back and supervises them.
 //!
 //! This file sets the master up (everything that can fail for a reason the operator must see
-//! happens here, still attached to the terminal); `state.rs` decides, `run.rs` acts.
+//! happens here: still attached to the terminal, or once detached, told to the waiting
+//! `start`); `state.rs` decides, `run.rs` acts.
 
 mod run;
 pub(crate) mod state;
@@ -100,21 +101,31 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,
     };
-    let daemon_status = if cfg.daemon { Some(daemon::daemonize()?) } else { None };
+    let mut daemon_status = if cfg.daemon { Some(daemon::daemonize()?) } else { None };
+    // Detached, the error `main` prints goes to the log file (if it can): `start` is told too,
+    // so that it says why, not only that the daemon exited.
+    let mut tell_start = |e: Error| {
+        if let Some(s) = daemon_status.take() {
+            s.failed(&format!("{e:#}"));
+        }
+        e
+    };
     if let Some(f) = &log_file {
         sys::redirect_stdout_stderr(f)
-            .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output to the log file", e))?;
+            .map_err(|e| Error::io(ErrorKind::Io, "cannot redirect output to the log file", e))
+            .map_err(&mut tell_start)?;
     }
     drop(log_file);
     log::init("master");
     // Single-threaded: every line of the master is inside it.
     let _process = log::process_span("master").entered();
     if let Some(c) = &control {
-        c.listen()?;
+        c.listen().map_err(&mut tell_start)?;
     }
     if let Some(p) = pidfile.as_mut() {
         p.write_pid()
-            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot write pid file {}", p.path().display()), e))?;
+            .map_err(|e| Error::io(ErrorKind::Io, format!("cannot write pid file {}", p.path().display()), e))
+            .map_err(&mut tell_start)?;
     }
 
     let handled = [
@@ -126,12 +137,15 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         Signal::SIGUSR2,
         Signal::SIGCHLD,
     ];
-    let (signals, orig_mask) =
-        sys::Signals::new(&handled).map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))?;
-    let notify = NotifyServer::bind(log_owner).map_err(|e| {
-        let under = std::env::temp_dir();
-        Error::io(ErrorKind::Io, format!("cannot create the notify socket under {} (TMPDIR)", under.display()), e)
-    })?;
+    let (signals, orig_mask) = sys::Signals::new(&handled)
+        .map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))
+        .map_err(&mut tell_start)?;
+    let notify = NotifyServer::bind(log_owner)
+        .map_err(|e| {
+            let under = std::env::temp_dir();
+            Error::io(ErrorKind::Io, format!("cannot create the notify socket under {} (TMPDIR)", under.display()), e)
+        })
+        .map_err(&mut tell_start)?;
 
     let metrics = match crate::metrics::Region::create() {
         Ok((fd, r)) => {
