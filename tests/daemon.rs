@@ -182,6 +182,21 @@ fn a_start_that_fails_once_detached_says_why_and_leaves_no_files() {
 }
 
 #[test]
+fn a_relative_tmpdir_is_the_launch_directorys() {
+    let d = Daemon::new("rel-tmp");
+    std::fs::create_dir(d.dir.join("rel")).unwrap();
+    // The daemon changes to `/`; the notify socket's name must be absolute for the workers.
+    let out = d.start_with(&["--delay", "0"], &[("TMPDIR", "rel")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let worker: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
+    let sock = support::notify_socket_of(worker);
+    assert!(sock.starts_with(d.dir.join("rel")) && sock.exists(), "{}", sock.display());
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let tmpdir = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"TMPDIR=")).expect("the worker's TMPDIR");
+    assert_eq!(tmpdir, d.dir.join("rel").as_os_str().as_encoded_bytes(), "the workers' TMPDIR, made absolute");
+}
+
+#[test]
 fn start_twice_refuses_and_stale_pid_file_is_taken_over() {
     let d = Daemon::new("twice");
     // A stale pid file (nobody holds its lock) is taken over.

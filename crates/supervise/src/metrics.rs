@@ -149,9 +149,10 @@ impl Region {
         r
     }
 
-    /// The master's: a shared memory region to hand to workers.
-    pub fn create() -> std::io::Result<(OwnedFd, &'static Region)> {
-        let (fd, r) = sys::shared_region()?;
+    /// The master's: a shared memory region to hand to workers (a `memfd` on Linux; elsewhere
+    /// a file created in `tmp`, the temporary directory, and unlinked at once).
+    pub fn create(tmp: &std::path::Path) -> std::io::Result<(OwnedFd, &'static Region)> {
+        let (fd, r) = sys::shared_region(tmp)?;
         r.stamp();
         Ok((fd, r))
     }
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn metrics_region_is_shared_through_its_fd() {
-        let (fd, master) = Region::create().unwrap();
+        let (fd, master) = Region::create(&std::env::temp_dir()).unwrap();
         let dup = fd.try_clone().unwrap();
         let worker = Region::map(dup).unwrap();
         assert!(!std::ptr::eq(master, worker), "two mappings");
@@ -259,7 +260,7 @@ mod tests {
         master.free_slot(4242);
         assert_eq!(worker.live_slots().count(), 0);
         // Something that is not a region of this layout is refused.
-        let (other, r) = Region::create().unwrap();
+        let (other, r) = Region::create(&std::env::temp_dir()).unwrap();
         r.magic.store(0, Ordering::Relaxed);
         assert!(Region::map(other).is_err());
         assert_eq!(bucket(&REQUEST_BUCKETS, 0.0001), 0);

@@ -102,15 +102,11 @@ fn sweep(base: &Path, ours: impl Fn(u32) -> bool) -> Vec<PathBuf> {
 }
 
 impl NotifyServer {
-    /// Creates the directory under the temporary directory (`TMPDIR`, else `/tmp`) and binds
-    /// the socket in it; `owner` (the workers' `--user`) gets both.
+    /// Creates the directory under `base` (the temporary directory: `TMPDIR`, else `/tmp`,
+    /// absolute) and binds the socket in it; `owner` (the workers' `--user`) gets both.
     /// Directories that masters killed before their exit left there are removed first (see
     /// [`sweep`]).
-    pub(crate) fn bind(owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
-        Self::bind_in(&std::env::temp_dir(), owner)
-    }
-
-    fn bind_in(base: &Path, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
+    pub(crate) fn bind(base: &Path, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> io::Result<NotifyServer> {
         use std::os::unix::fs::DirBuilderExt;
         let uids = [Some(nix::unistd::geteuid()), owner.map(|(uid, _)| uid)];
         let swept = sweep(base, |uid| uids.contains(&Some(nix::unistd::Uid::from_raw(uid))));
@@ -181,7 +177,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_sender_pid() {
-        let server = NotifyServer::bind(None).unwrap();
+        let server = NotifyServer::bind(&std::env::temp_dir(), None).unwrap();
         let client = Notifier::connect(server.name()).unwrap();
         client.send("READY=1").unwrap();
         let (pid, msg) = server.recv().unwrap().unwrap();
@@ -222,13 +218,13 @@ mod tests {
     fn a_killed_masters_directory_is_removed_by_the_next_and_a_live_ones_is_not() {
         let base = Base::new("sweep");
         // Dropped without `remove`: its socket closed, its directory left, as by a SIGKILL.
-        let dead = NotifyServer::bind_in(&base.0, None).unwrap();
+        let dead = NotifyServer::bind(&base.0, None).unwrap();
         let dead_dir = dir_of(&dead);
         drop(dead);
         assert!(dead_dir.join(SOCK_NAME).exists());
-        let live = NotifyServer::bind_in(&base.0, None).unwrap();
+        let live = NotifyServer::bind(&base.0, None).unwrap();
         assert!(!dead_dir.exists(), "the dead master's directory is left");
-        let next = NotifyServer::bind_in(&base.0, None).unwrap();
+        let next = NotifyServer::bind(&base.0, None).unwrap();
         // Still reachable: the sweep left the live one's directory and socket alone.
         Notifier::connect(live.name()).unwrap().send("READY=1").unwrap();
         assert_eq!(live.recv().unwrap().unwrap().1, "READY=1");
@@ -241,7 +237,7 @@ mod tests {
     fn the_sweep_leaves_what_it_did_not_make_or_does_not_own() {
         let base = Base::new("leave");
         let make_dead = |name: &str| {
-            let s = NotifyServer::bind_in(&base.0, None).unwrap();
+            let s = NotifyServer::bind(&base.0, None).unwrap();
             let dir = base.0.join(name);
             std::fs::rename(dir_of(&s), &dir).unwrap();
             drop(s);

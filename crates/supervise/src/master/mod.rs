@@ -88,6 +88,21 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     }
     let pid_path = cfg.pid.as_ref().map(|p| abs(p, "pid file")).transpose()?;
     let log_path = cfg.log.as_ref().map(|p| abs(p, "log file")).transpose()?;
+    // Resolved here, as the pid and log paths are, before the daemon step changes to `/`: the
+    // notify socket (and, on the portable backend, the metrics file) goes there, and a
+    // relative `TMPDIR` is passed to the workers made absolute (the socket's name must be).
+    // An empty one means `/tmp`, as for mktemp.
+    let tmp = std::env::temp_dir();
+    let tmp = if tmp.is_relative() {
+        let resolved =
+            if tmp.as_os_str().is_empty() { PathBuf::from("/tmp") } else { abs(&tmp, "temporary directory (TMPDIR)")? };
+        if !cfg.worker_env.iter().any(|(k, _)| k == "TMPDIR") {
+            cfg.worker_env.push(("TMPDIR".into(), resolved.clone().into()));
+        }
+        resolved
+    } else {
+        tmp
+    };
     let log_owner = cfg.user.as_deref().map(|u| lookup_user(u, cfg.group.as_deref())).transpose()?;
     let exe = resolve_exe()?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, handoff::NOTIFY_SOCKET, e))?;
@@ -140,14 +155,13 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let (signals, orig_mask) = sys::Signals::new(&handled)
         .map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))
         .map_err(&mut tell_start)?;
-    let notify = NotifyServer::bind(log_owner)
+    let notify = NotifyServer::bind(&tmp, log_owner)
         .map_err(|e| {
-            let under = std::env::temp_dir();
-            Error::io(ErrorKind::Io, format!("cannot create the notify socket under {} (TMPDIR)", under.display()), e)
+            Error::io(ErrorKind::Io, format!("cannot create the notify socket under {} (TMPDIR)", tmp.display()), e)
         })
         .map_err(&mut tell_start)?;
 
-    let metrics = match crate::metrics::Region::create() {
+    let metrics = match crate::metrics::Region::create(&tmp) {
         Ok((fd, r)) => {
             use std::sync::atomic::Ordering::Relaxed;
             let since = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -86,8 +86,9 @@ pub(super) unsafe fn child_exec(
     unsafe { libc::syscall(libc::SYS_execveat, exe, c"".as_ptr(), argv, envp, libc::AT_EMPTY_PATH) };
 }
 
-/// An anonymous shared memory file, close-on-exec.
-pub(super) fn shared_file() -> io::Result<OwnedFd> {
+/// An anonymous shared memory file, close-on-exec (no directory needed: `_tmp` is the portable
+/// backend's).
+pub(super) fn shared_file(_tmp: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(nix::sys::memfd::memfd_create(c"baton-metrics", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?)
 }
 

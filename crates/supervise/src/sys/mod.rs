@@ -517,10 +517,11 @@ pub(crate) fn private_region() -> &'static crate::metrics::Region {
 }
 
 /// A new shared memory file (close-on-exec; a `memfd` on Linux) the size of a
-/// [`Region`](crate::metrics::Region), mapped shared.
-pub(crate) fn shared_region() -> io::Result<(OwnedFd, &'static crate::metrics::Region)> {
+/// [`Region`](crate::metrics::Region), mapped shared; `tmp` is where the portable backend
+/// creates its file.
+pub(crate) fn shared_region(tmp: &std::path::Path) -> io::Result<(OwnedFd, &'static crate::metrics::Region)> {
     let len = size_of::<crate::metrics::Region>();
-    let fd = backend::shared_file()?;
+    let fd = backend::shared_file(tmp)?;
     nix::unistd::ftruncate(&fd, len as libc::off_t)?;
     let r = map_region(fd.as_fd())?;
     Ok((fd, r))

@@ -87,11 +87,10 @@ pub(super) unsafe fn child_exec(
     }
 }
 
-/// A shared file for the metrics: created exclusively (mode 0600) in the temporary directory
-/// and unlinked at once, so only the fds refer to it.
-pub(super) fn shared_file() -> io::Result<OwnedFd> {
+/// A shared file for the metrics: created exclusively (mode 0600) in `base` (the temporary
+/// directory) and unlinked at once, so only the fds refer to it.
+pub(super) fn shared_file(base: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
-    let base = std::env::temp_dir();
     for attempt in 0..10u32 {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = base.join(format!("baton-metrics-{}-{nanos:08x}-{attempt}", std::process::id()));
