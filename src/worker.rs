@@ -141,6 +141,18 @@ fn serve<A>(
     }
     if let Some(user) = &opts.user {
         supervised::drop_privileges(user, opts.group.as_deref())?;
+        // The master's socket, reached as this user: failing, this worker could never say it
+        // is ready, and the master would wait out its ready timeout to learn nothing.
+        if let Some(n) = notifier.as_deref().filter(|_| under_master) {
+            n.check_reachable().map_err(|e| {
+                let at = n.path().map_or_else(|| "?".into(), |p| p.display().to_string());
+                Error::io(
+                    ErrorKind::Io,
+                    format!("user {user} cannot reach the master's notify socket {at}: every directory above it (TMPDIR) must let it in"),
+                    e,
+                )
+            })?;
+        }
     }
     if let Some(master) = master {
         // After the privilege drop: changing credentials clears the parent-death signal.

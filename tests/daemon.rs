@@ -614,6 +614,25 @@ fn log_rotation_loses_and_duplicates_nothing() {
 
 #[test]
 #[ignore = "needs root (CI runs as root)"]
+fn a_worker_whose_user_cannot_reach_the_notify_socket_says_so_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
+    let d = Daemon::new("user-tmp");
+    let private = d.dir.join("root-only");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = d.start_with(&["--delay", "0", "--user", "nobody"], &[("TMPDIR", private.to_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Exited with its reason, not left to wait out the ready timeout (60 s) unable to say
+    // it is ready.
+    assert!(text(&out).contains("exited with status 1 before it was ready"), "{}", text(&out));
+    let want = format!("user nobody cannot reach the master's notify socket {}/baton-", private.display());
+    assert!(d.log().contains(&want), "{}", d.log());
+    assert!(d.log().contains("must let it in: permission denied"), "{}", d.log());
+}
+
+#[test]
+#[ignore = "needs root (CI runs as root)"]
 fn workers_run_as_the_given_user_and_low_ports_work() {
     assert!(nix::unistd::Uid::effective().is_root(), "run as root");
     let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");

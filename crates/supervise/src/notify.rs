@@ -37,6 +37,19 @@ impl Notifier {
         Ok(Notifier { sock, addr })
     }
 
+    /// Whether this process can reach the socket: a datagram socket is connected to it and
+    /// dropped, nothing is sent. A worker checks once it runs as its own user (`--user`): a
+    /// `TMPDIR` that user cannot enter would make every message fail, its readiness included,
+    /// and the master would wait out its ready timeout for nothing.
+    pub fn check_reachable(&self) -> io::Result<()> {
+        UnixDatagram::unbound()?.connect_addr(&self.addr)
+    }
+
+    /// The socket's path (`None` for the abstract namespace).
+    pub fn path(&self) -> Option<&Path> {
+        self.addr.as_pathname()
+    }
+
     /// Sends one message, e.g. `"READY=1"` or `"STATUS=serving"`.
     pub fn send(&self, msg: &str) -> io::Result<()> {
         self.sock.send_to_addr(crate::sys::notify_stamp(msg).as_bytes(), &self.addr).map(drop)
