@@ -625,7 +625,11 @@ fn a_worker_whose_user_cannot_reach_the_notify_socket_says_so_at_once() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     // Exited with its reason, not left to wait out the ready timeout (60 s) unable to say
     // it is ready.
-    assert!(text(&out).contains("exited with status 1 before it was ready"), "{}", text(&out));
+    assert!(
+        text(&out).contains("exited with status 1 before it was ready (it sent no status: see the log)"),
+        "{}",
+        text(&out)
+    );
     let want = format!("user nobody cannot reach the master's notify socket {}/baton-", private.display());
     assert!(d.log().contains(&want), "{}", d.log());
     assert!(d.log().contains("must let it in: permission denied"), "{}", d.log());

@@ -128,6 +128,8 @@ struct Model {
     promised: Option<Instant>,
     /// The text of the last `ok` answer.
     last_ok: Option<String>,
+    /// The last error a control client was answered.
+    last_err: Option<String>,
 }
 
 impl Model {
@@ -170,6 +172,7 @@ impl Model {
             killed: BTreeSet::new(),
             promised: None,
             last_ok: None,
+            last_err: None,
         };
         m.feed(Event::Start).unwrap();
         m
@@ -429,6 +432,9 @@ impl Model {
                 }
                 Action::Reply { waiter, reply } => {
                     prop_assert!(self.open_waiters.remove(&waiter), "waiter {waiter} answered twice or unknown");
+                    if let Reply::Err(text) = &reply {
+                        self.last_err = Some(text.clone());
+                    }
                     if let Reply::Ok(text) = &reply {
                         if let Some(within) = crate::control::protocol::stopping_within(text) {
                             let at = self.now + within;
@@ -774,6 +780,24 @@ fn model_a_stops_answer_gives_the_masters_deadline() {
     assert_eq!(m.kills, 0);
     m.apply(Advance(1_000)).unwrap();
     assert_eq!(m.kills, 1, "the worker is killed at the deadline the answers gave");
+}
+
+/// A reload whose worker exits before it is ready is answered with its last status, or, when
+/// it sent none, with where its own error went.
+#[test]
+fn model_a_failed_start_is_answered_with_its_last_words_or_where_to_look() {
+    use Op::*;
+    let mut m = Model::new(false);
+    m.apply(Ready(0)).unwrap();
+    m.apply(Reload(Some(false))).unwrap();
+    m.apply(Exits(1)).unwrap();
+    let err = m.last_err.clone().expect("the reload is answered");
+    assert!(err.ends_with("before it was ready (it sent no status: see the log)"), "{err}");
+    m.apply(Reload(Some(false))).unwrap();
+    m.apply(Says(1)).unwrap();
+    m.apply(Exits(1)).unwrap();
+    let err = m.last_err.clone().expect("the reload is answered");
+    assert!(err.ends_with("before it was ready (last status: cannot open database)"), "{err}");
 }
 
 /// A second TERM hurries a graceful stop, but never past the deadline the first stop's answer

@@ -96,6 +96,11 @@ impl State {
                     None if self.stopping() => {
                         format!("{how} before it was ready, while the master shuts down{last_words}")
                     }
+                    // Without a status, its own error went only to its stderr: the log (a
+                    // worker under `--user` that cannot reach the notify socket, say).
+                    None if last_words.is_empty() => {
+                        format!("{how} before it was ready (it sent no status: see the log)")
+                    }
                     None => format!("{how} before it was ready{last_words}"),
                 };
                 // Stopping, the master told it to stop itself: no error of the worker's.
