@@ -614,6 +614,34 @@ fn log_rotation_loses_and_duplicates_nothing() {
 
 #[test]
 #[ignore = "needs root (CI runs as root)"]
+fn user_without_root_is_refused_up_front() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let d = Daemon::new("user-not-root");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A copy nobody can run, whatever the modes of the build directory.
+    let copy = d.dir.join("hello-copy");
+    std::fs::copy(support::hello_bin(), &copy).unwrap();
+    let listen = format!("127.0.0.1:{}", d.port);
+    let out = std::process::Command::new(&copy)
+        .args(["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--user", "root"])
+        .current_dir(d.dir.path())
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let want = format!("--user root needs the master to run as root (it runs as uid {})", nobody.uid);
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    for left in ["x.pid", "x.pid.ctl", "x.log"] {
+        assert!(!d.dir.join(left).exists(), "{left} is left behind");
+    }
+}
+
+#[test]
+#[ignore = "needs root (CI runs as root)"]
 fn a_worker_whose_user_cannot_reach_the_notify_socket_says_so_at_once() {
     use std::os::unix::fs::PermissionsExt;
     assert!(nix::unistd::Uid::effective().is_root(), "run as root");

@@ -104,6 +104,14 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         tmp
     };
     let log_owner = cfg.user.as_deref().map(|u| lookup_user(u, cfg.group.as_deref())).transpose()?;
+    // Switching users (and setting their groups) takes root: said here, not found out as a
+    // chown of the log that is "not permitted", or by a worker that cannot switch.
+    if let (Some(user), false) = (&cfg.user, nix::unistd::geteuid().is_root()) {
+        return Err(Error::usage(format!(
+            "--user {user} needs the master to run as root (it runs as uid {}): leave --user out to run the workers as this user",
+            nix::unistd::geteuid()
+        )));
+    }
     let exe = resolve_exe()?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, handoff::NOTIFY_SOCKET, e))?;
     let mut pidfile = pid_path.as_deref().map(PidFile::lock).transpose()?;
