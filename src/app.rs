@@ -458,6 +458,9 @@ impl App {
             Ok(code) => code,
             Err(e) => {
                 baton_supervise::errln!("{name}: {e:#}");
+                // A `start` whose daemon failed once detached returns now: the line is in the
+                // log and the daemon's files are gone.
+                baton_supervise::master::tell_start_failed(&format!("{e:#}"));
                 ExitCode::from(e.exit_code())
             }
         }

@@ -31,6 +31,24 @@ impl StatusPipe {
     }
 }
 
+/// The status pipe of a daemon that failed once detached, held until its error is printed
+/// (into the log) and what it had made is gone: `start` returns when it is told, and then
+/// nothing of the daemon's may be left to happen.
+static FAILED_LATE: std::sync::Mutex<Option<StatusPipe>> = std::sync::Mutex::new(None);
+
+/// Holds `pipe` for [`tell_failed_late`].
+pub(crate) fn hold_for_failure(pipe: StatusPipe) {
+    *FAILED_LATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pipe);
+}
+
+/// Tells a `start` that waits on a daemon that failed once detached (see [`hold_for_failure`])
+/// why; nothing otherwise.
+pub(crate) fn tell_failed_late(why: &str) {
+    if let Some(pipe) = FAILED_LATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        pipe.failed(why);
+    }
+}
+
 /// Detaches. Returns only in the daemon; the launching process exits with the outcome.
 /// Must run before any thread exists (checked).
 pub(crate) fn daemonize() -> Result<StatusPipe> {

@@ -105,7 +105,9 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     };
     let log_owner = cfg.user.as_deref().map(|u| lookup_user(u, cfg.group.as_deref())).transpose()?;
     // Switching users (and setting their groups) takes root: said here, not found out as a
-    // chown of the log that is "not permitted", or by a worker that cannot switch.
+    // chown of the log that is "not permitted", or by a worker that cannot switch. Not even
+    // with CAP_SETUID and CAP_SETGID: a worker that keeps them could regain root, and refuses
+    // to serve (`sys::drop_privileges`).
     if let (Some(user), false) = (&cfg.user, nix::unistd::geteuid().is_root()) {
         return Err(Error::usage(format!(
             "--user {user} needs the master to run as root (it runs as uid {}): leave --user out to run the workers as this user",
@@ -125,11 +127,11 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         None => None,
     };
     let mut daemon_status = if cfg.daemon { Some(daemon::daemonize()?) } else { None };
-    // Detached, the error `main` prints goes to the log file (if it can): `start` is told too,
-    // so that it says why, not only that the daemon exited.
+    // Detached, the error `main` prints goes to the log file (if it can): `start` is told too
+    // ([`tell_start_failed`]), so that it says why, not only that the daemon exited.
     let mut tell_start = |e: Error| {
         if let Some(s) = daemon_status.take() {
-            s.failed(&format!("{e:#}"));
+            daemon::hold_for_failure(s);
         }
         e
     };
@@ -212,6 +214,14 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         cfg.watchdog,
     );
     Ok(ExitCode::from(m.run(limits)))
+}
+
+/// After [`run`] failed with `why` (printed, into the log when there is one): tells the
+/// `start` that waits on this daemon, if it failed once detached. Until then `start` waits,
+/// so that when it returns, the error is in the log and the pid file and control socket are
+/// gone. Without this call, `start` says only that the daemon exited during start-up.
+pub fn tell_start_failed(why: &str) {
+    daemon::tell_failed_late(why);
 }
 
 /// systemd's watchdog for this process (`WATCHDOG_USEC`, for `WATCHDOG_PID` if set), taken out
