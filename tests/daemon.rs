@@ -191,8 +191,7 @@ fn a_relative_tmpdir_is_the_launch_directorys() {
     let worker: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
     let sock = support::notify_socket_of(worker);
     assert!(sock.starts_with(d.dir.join("rel")) && sock.exists(), "{}", sock.display());
-    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-    let tmpdir = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"TMPDIR=")).expect("the worker's TMPDIR");
+    let tmpdir = support::env_of(worker, "TMPDIR").expect("the worker's TMPDIR");
     assert_eq!(tmpdir, d.dir.join("rel").as_os_str().as_encoded_bytes(), "the workers' TMPDIR, made absolute");
 }
 
@@ -616,22 +615,11 @@ fn log_rotation_loses_and_duplicates_nothing() {
 #[ignore = "needs root (CI runs as root)"]
 fn user_without_root_is_refused_up_front() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let nobody = support::nobody();
     let d = Daemon::new("user-not-root");
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    // A copy nobody can run, whatever the modes of the build directory.
-    let copy = d.dir.join("hello-copy");
-    std::fs::copy(support::hello_bin(), &copy).unwrap();
     let listen = format!("127.0.0.1:{}", d.port);
-    let out = std::process::Command::new(&copy)
-        .args(["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--user", "root"])
-        .current_dir(d.dir.path())
-        .uid(nobody.uid.as_raw())
-        .gid(nobody.gid.as_raw())
-        .output()
-        .unwrap();
+    let out = d.hello_as(&nobody, &["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--user", "root"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let want = format!("--user root needs the master to run as root (it runs as uid {})", nobody.uid);
     assert!(text(&out).contains(&want), "{}", text(&out));
@@ -666,8 +654,7 @@ fn a_worker_whose_user_cannot_reach_the_notify_socket_says_so_at_once() {
 #[test]
 #[ignore = "needs root (CI runs as root)"]
 fn workers_run_as_the_given_user_and_low_ports_work() {
-    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let nobody = support::nobody();
     let mut d = Daemon::new("user");
     // A free port below 1024.
     d.port = (600..1024).find(|p| port_free(([127, 0, 0, 1], *p).into())).expect("a free low port");
@@ -703,14 +690,7 @@ fn workers_run_as_the_given_user_and_low_ports_work() {
     // Commands run by a user the control socket (0600, root's) is not open to: the master is
     // "unknown" to `status` (it said "cannot check ...", exit 1: LSB's "dead"; without the
     // pid file, "not running"), and the others say whose it is.
-    let copy = d.dir.join("hello-copy");
-    std::fs::copy(support::hello_bin(), &copy).unwrap();
-    let as_nobody = |args: &[&str]| {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(&copy);
-        cmd.args(args).args(["-p", "x.pid"]).current_dir(d.dir.path());
-        cmd.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw()).output().unwrap()
-    };
+    let as_nobody = |args: &[&str]| d.hello_as(&nobody, &[args, &["-p", "x.pid"]].concat());
     let out = as_nobody(&["status"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("state: unknown (no permission)"), "{}", text(&out));

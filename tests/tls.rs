@@ -264,8 +264,7 @@ fn bad_tls_files_fail_the_start_with_the_reason() {
 #[ignore = "needs root (CI runs as root)"]
 fn a_key_readable_by_root_only_serves_with_workers_as_nobody() {
     use std::os::unix::fs::PermissionsExt;
-    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let nobody = support::nobody();
     let d = Daemon::new("tls-user");
     install_cert(d.dir.path(), "one");
     std::fs::set_permissions(d.dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -116,14 +116,23 @@ pub fn private_tmp(cmd: &mut Command, dir: &Path) {
     }
 }
 
+/// The value of `key` in the environment process `pid` started with (`/proc/PID/environ`).
+pub fn env_of(pid: i32, key: &str) -> Option<Vec<u8>> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let prefix = format!("{key}=");
+    environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(prefix.as_bytes())).map(<[u8]>::to_vec)
+}
+
 /// The `NOTIFY_SOCKET` a worker was given: the master's notify socket.
 pub fn notify_socket_of(worker: i32) -> PathBuf {
-    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-    environ
-        .split(|b| *b == 0)
-        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
-        .expect("the worker's NOTIFY_SOCKET")
+    let v = env_of(worker, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
+    PathBuf::from(String::from_utf8_lossy(&v).into_owned())
+}
+
+/// User `nobody`, for the tests that run as root (CI does) and switch to it.
+pub fn nobody() -> nix::unistd::User {
+    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
+    nix::unistd::User::from_name("nobody").unwrap().expect("user nobody")
 }
 
 /// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie...).
@@ -532,6 +541,20 @@ impl Daemon {
         cmd.args(args).current_dir(self.dir.path());
         private_tmp(&mut cmd, self.dir.path());
         cmd
+    }
+
+    /// Runs `hello <args>` in the test directory as `user`, from a copy there (`user` may not
+    /// be let into the build directory).
+    pub fn hello_as(&self, user: &nix::unistd::User, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let copy = self.dir.join("hello-copy");
+        if !copy.exists() {
+            std::fs::copy(hello_bin(), &copy).unwrap();
+        }
+        let mut cmd = Command::new(&copy);
+        cmd.args(args).current_dir(self.dir.path());
+        private_tmp(&mut cmd, self.dir.path());
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw()).output().unwrap()
     }
 
     /// `hello start -l x.log -p x.pid --listen <port> <extra>`, with `env` added.
