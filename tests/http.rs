@@ -564,6 +564,71 @@ fn access_log_lines_record_the_request_as_served() {
     }
 }
 
+/// Regression: the access log's time was the worker's start time read from the system clock
+/// plus the monotonic time since, so a step of the system clock (NTP setting a clock that was
+/// wrong at boot, a virtual machine resumed) never reached the log: its lines stayed on the old
+/// clock, apart from every other log line, until the next reload. The step here is libfaketime's
+/// (the system clock of the server's processes a day ahead; their monotonic clock untouched).
+#[test]
+#[ignore = "needs libfaketime (Debian package faketime)"]
+fn the_access_log_follows_a_step_of_the_system_clock() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    const DAY_MS: u64 = 86_400_000;
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .map(|e| e.unwrap().path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime.so.1 under /usr/lib/*/faketime");
+    let dir = support::TempDir::new("faketime");
+    let offset = dir.join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let env = [
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let h = Hello::spawn_with_env(&hello_bin(), &["--delay", "0", "--access-log", "json"], &env);
+    h.wait_ready();
+    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    // A request's logged time (JSON: to the millisecond), and the client's clock around it.
+    let logged = || {
+        let before = now_ms();
+        let r = get(h.addr(), "/pid").unwrap();
+        let after = now_ms();
+        let rid = r.header("x-request-id").expect("a request id").to_owned();
+        let mut line = String::new();
+        wait_until(Duration::from_secs(5), "the access log line", || {
+            line = h.log_text().lines().find(|l| l.contains(&rid)).unwrap_or_default().to_owned();
+            !line.is_empty()
+        });
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let t = v["time"].as_str().unwrap().to_owned();
+        let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
+        let ms = epoch_secs(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19)) * 1000 + n(20..23);
+        (ms, before, after, line)
+    };
+    let (ms, before, after, line) = logged();
+    assert!((before..=after).contains(&ms), "logged {ms} ms, request between {before} and {after}: {line}");
+    // The server's system clock goes a day ahead (written whole, then renamed into place).
+    std::fs::write(dir.join("offset.new"), "+86400\n").unwrap();
+    std::fs::rename(dir.join("offset.new"), &offset).unwrap();
+    let mut last = String::new();
+    let stepped = support::wait_for(Duration::from_secs(10), || {
+        let (ms, before, after, line) = logged();
+        last = format!("logged {ms} ms, request between {before} and {after} (+1 day expected): {line}");
+        // A line between the two clocks is neither.
+        assert!(ms <= after || ms >= before + DAY_MS, "{last}");
+        ms >= before + DAY_MS
+    });
+    assert!(stepped, "the log stayed on the clock before the step: {last}");
+    let (ms, before, after, line) = logged();
+    assert!(
+        (before + DAY_MS..=after + DAY_MS).contains(&ms),
+        "logged {ms} ms, request between {before} and {after} (+1 day expected): {line}"
+    );
+}
+
 /// Regression: a target in absolute form (`GET http://host/x`) was logged as its path alone and
 /// one in authority form (`CONNECT host:443`) as `/`, so the log showed a request other than
 /// the one sent (open-proxy probes looked like requests for the site's own pages).

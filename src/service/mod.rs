@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -83,15 +83,20 @@ pub(crate) struct Shared {
     /// timers), read together.
     epoch_ns: u64,
     epoch: Instant,
-    /// The wall-clock time at `epoch` (since the Unix epoch): the access log's timestamps come
-    /// from the monotonic reading a request takes anyway, not from another clock read (nor
-    /// a `SystemTime` subtraction, dozens of instructions).
-    epoch_wall: Duration,
+    /// The system clock's time (since the Unix epoch) at `epoch`, as of its last reading, in
+    /// nanoseconds: the access log's timestamps come from the monotonic reading a request takes
+    /// anyway, not from another clock read (nor a `SystemTime` subtraction, dozens of
+    /// instructions). Read again once a second ([`Shared::wall_at`]), so that a step of the
+    /// system clock (NTP setting a clock that was wrong at boot, a virtual machine resumed)
+    /// reaches the log within a second.
+    epoch_wall_ns: AtomicU64,
+    /// The second of the [`Shared::elapsed`] clock at which `epoch_wall_ns` was last read.
+    wall_read_s: AtomicU64,
 }
 
 impl Shared {
     pub(crate) fn new(cfg: HttpConfig, metrics: crate::metrics::Metrics) -> Self {
-        Shared {
+        let shared = Shared {
             cfg,
             metrics,
             draining: AtomicBool::new(false),
@@ -100,8 +105,11 @@ impl Shared {
             open_conns: AtomicU64::new(0),
             epoch_ns: mono_ns(),
             epoch: Instant::now(),
-            epoch_wall: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
-        }
+            epoch_wall_ns: AtomicU64::new(0),
+            wall_read_s: AtomicU64::new(0),
+        };
+        shared.read_wall();
+        shared
     }
 
     /// Milliseconds since this worker started serving: the clock of idle and drain times.
@@ -121,9 +129,26 @@ impl Shared {
         self.epoch + t
     }
 
-    /// `t` (on the [`Shared::elapsed`] clock) as wall-clock time, since the Unix epoch.
+    /// `t` (on the [`Shared::elapsed`] clock) as wall-clock time, since the Unix epoch: as the
+    /// system clock says it, read at most a second before `t` (the monotonic clock goes on at
+    /// its pace when the system clock is set).
+    #[inline]
     pub(crate) fn wall_at(&self, t: Duration) -> Duration {
-        self.epoch_wall + t
+        if t.as_secs() > self.wall_read_s.load(Ordering::Relaxed) {
+            self.read_wall();
+        }
+        Duration::from_nanos(self.epoch_wall_ns.load(Ordering::Relaxed)) + t
+    }
+
+    /// Reads the system clock again (once a second, whichever thread is first). Threads that
+    /// race here each store a reading as good as the other's.
+    #[cold]
+    #[inline(never)]
+    fn read_wall(&self) {
+        let now = self.elapsed();
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.epoch_wall_ns.store(wall.saturating_sub(now).as_nanos() as u64, Ordering::Relaxed);
+        self.wall_read_s.store(now.as_secs(), Ordering::Relaxed);
     }
 
     /// The instant of a [`Shared::now_ms`] reading.
@@ -338,7 +363,7 @@ static CUTTING: AtomicBool = AtomicBool::new(false);
 
 /// From now on, requests dropped unanswered are the worker's doing, not their clients'.
 pub(crate) fn cutting_in_flight() {
-    CUTTING.store(true, std::sync::atomic::Ordering::SeqCst);
+    CUTTING.store(true, Ordering::SeqCst);
 }
 
 /// The status logged and counted for a request whose client went away before its answer.
@@ -359,7 +384,7 @@ impl Unanswered {
     #[inline(never)]
     fn abandoned(&mut self) {
         let Some(Done { mut record, mut guard, .. }) = self.done.take() else { return };
-        if self.polling || CUTTING.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.polling || CUTTING.load(Ordering::SeqCst) {
             return;
         }
         if let Some(r) = record.as_mut() {
