@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -494,4 +494,52 @@ fn control_commands_with_stdout_on_a_full_disk_exit_with_their_real_code() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "not running, not a panic: {}", text(&out));
+}
+
+/// Regression: with fd 2 a non-blocking pipe (a parent's: Node.js makes its pipes and terminal
+/// so), every log line written while the reader lagged behind was lost and counted ("N log
+/// lines lost"), though the reader then read all it was given.
+#[test]
+fn a_non_blocking_log_pipe_that_fills_loses_no_line() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let flags = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nonblocking)).unwrap();
+    let dir = support::TempDir::new("nonblocking");
+    let (mut cmd, port) = Hello::command(&hello_bin(), &["--delay", "0"]);
+    cmd.current_dir(dir.path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::from(w));
+    support::private_tmp(&mut cmd, dir.path());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    drop(cmd);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(30), "hello to serve", || get(addr, "/pid").is_ok());
+    // Nothing reads the pipe yet: its 64 KiB hold about 600 access log lines.
+    const N: usize = 3000;
+    for i in 0..N {
+        let r = get(addr, "/version").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    signal(pid, Signal::SIGTERM);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = tx.send(std::fs::File::from(r).read_to_end(&mut text).map(|_| text));
+    });
+    let text = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(read) => String::from_utf8_lossy(&read.unwrap()).into_owned(),
+        Err(_) => {
+            kill_tree(pid);
+            panic!("the log pipe was still open 60 s after TERM");
+        }
+    };
+    assert!(child.wait().unwrap().success(), "{text}");
+    assert!(
+        !text.contains("lines lost"),
+        "{}",
+        text.lines().filter(|l| !l.contains(" 200 ")).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(text.lines().filter(|l| l.contains("\"GET /version HTTP/1.1\" 200 ")).count(), N);
 }

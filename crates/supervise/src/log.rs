@@ -80,7 +80,9 @@ struct Losses {
 
 /// fd 2 as the log's writer: a daemon must survive its log (a full disk, `-l /dev/full`, a
 /// closed pipe). A failed write never panics and never retries: the line is counted, and the
-/// next line that can be written is preceded by one saying how many were lost and why.
+/// next line that can be written is preceded by one saying how many were lost and why. (A
+/// write that would block, to a fd 2 that someone made non-blocking, waits, as it would on a
+/// blocking one.)
 #[derive(Debug)]
 pub struct Stderr;
 
@@ -102,7 +104,37 @@ impl io::Write for Stderr {
 
 /// Writes whole lines to fd 2 in one `write`; on failure counts them as lost (see [`Stderr`]).
 pub fn write_or_count(buf: &[u8]) {
-    LOST.write(&mut io::stderr().lock(), buf, now_rfc3339);
+    LOST.write(&mut WaitWritable(io::stderr().lock()), buf, now_rfc3339);
+}
+
+/// A writer that waits for room where a write to a full pipe, socket or terminal opened
+/// non-blocking fails (`EAGAIN`), as a write to one opened blocking does. fd 2 is shared with
+/// whoever started the process: a parent that made its end of a pipe or its terminal
+/// non-blocking (Node.js does, for one) makes it so for baton too, and a log that lags behind
+/// for a moment is not a log that fails.
+struct WaitWritable<W>(W);
+
+impl<W: io::Write + std::os::fd::AsFd> io::Write for WaitWritable<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        // Writable, or an error the next write reports (a reader gone: EPIPE).
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Counts `lines` dropped before they reached a write (a buffer of lines waiting for a log that
@@ -266,6 +298,62 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A file that tells `full` at its first write that would block.
+    struct Telling {
+        file: File,
+        full: Option<std::sync::mpsc::Sender<()>>,
+    }
+
+    impl io::Write for Telling {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let r = self.file.write(buf);
+            if r.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) {
+                self.full.take().map(|full| full.send(()));
+            }
+            r
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl std::os::fd::AsFd for Telling {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.file.as_fd()
+        }
+    }
+
+    /// Regression: a non-blocking fd 2 (a parent's pipe or terminal) lost every line written
+    /// while its reader lagged behind (`EAGAIN`), though the reader then read all it was given.
+    #[test]
+    fn a_non_blocking_log_that_is_full_is_waited_for_not_lost() {
+        use std::io::Read as _;
+        use std::os::fd::AsRawFd as _;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let flags = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nonblocking)).unwrap();
+        let (full, is_full) = std::sync::mpsc::channel();
+        // The reader starts once a write found the pipe full, and reads to the end.
+        let reader = std::thread::spawn(move || {
+            is_full.recv().unwrap();
+            let mut got = Vec::new();
+            File::from(r).read_to_end(&mut got).unwrap();
+            got
+        });
+        let lines: Vec<u8> =
+            (0..10_000).flat_map(|i| format!("line {i:06} of a log that lags\n").into_bytes()).collect();
+        assert!(lines.len() > 4 * 65536, "more than a pipe holds");
+        let losses = Losses { lines: AtomicU64::new(0), cut: AtomicBool::new(false) };
+        let mut out = WaitWritable(Telling { file: File::from(w), full: Some(full) });
+        losses.write(&mut out, &lines, || "T".to_owned());
+        assert!(out.0.full.is_none(), "the pipe was never full");
+        drop(out);
+        assert_eq!(losses.lines.load(Ordering::Relaxed), 0, "lines counted as lost");
+        assert!(reader.join().unwrap() == lines, "the reader got other bytes than the lines");
     }
 
     #[test]
