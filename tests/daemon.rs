@@ -733,3 +733,37 @@ fn the_original_scenario() {
     assert!(port_free(d.addr()));
     assert!(d.log().contains("master exiting with status 0"), "{}", d.log());
 }
+
+/// Regression: the daemon kept the fds its launcher passed it besides stdin, stdout and
+/// stderr, so a caller that reads a pipe to its end (`app start 3>&1 | cat`, a deploy tool
+/// capturing output) waited until the daemon stopped.
+#[test]
+fn start_returns_to_a_caller_that_reads_its_pipe_to_the_end() {
+    use std::io::Read;
+    let d = Daemon::new("inherited");
+    let listen = format!("127.0.0.1:{}", d.port);
+    // fd 7: another copy of the pipe that is start's stdout.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("exec \"$0\" \"$@\" 7>&1")
+        .arg(support::hello_bin())
+        .args(["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen, "--delay", "0"])
+        .current_dir(d.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    support::private_tmp(&mut cmd, d.dir.path());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = tx.send(stdout.read_to_string(&mut out).map(|_| out));
+    });
+    let out = rx.recv_timeout(Duration::from_secs(30));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "start failed; log:\n{}", d.log());
+    let out = out.expect("start's stdout still open 30 s after start began: the daemon holds a copy").unwrap();
+    assert!(out.starts_with("started (pid "), "{out}");
+    let fd7 = std::fs::read_link(format!("/proc/{}/fd/7", d.pid())).unwrap();
+    assert_eq!(fd7, Path::new("/dev/null"), "the daemon's fd 7");
+}

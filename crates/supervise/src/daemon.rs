@@ -1,8 +1,9 @@
-//! The daemon step of `start`: fork, setsid, fork again, `chdir /`, umask 027, stdin from
-//! /dev/null. The launching process waits on a status pipe and exits 0 once the first worker
-//! is ready, or 1 with the reason. Interrupted (Ctrl-C, TERM, a closed terminal), it says that
-//! the daemon goes on starting without it, and which, before it exits (128 + the signal): the
-//! daemon is in its own session, so the terminal's signals do not reach it.
+//! The daemon step of `start`: fork, setsid, fork again, `chdir /`, umask 027, stdin and the
+//! fds inherited from the launcher pointed at /dev/null. The launching process waits on a
+//! status pipe and exits 0 once the first worker is ready, or 1 with the reason. Interrupted
+//! (Ctrl-C, TERM, a closed terminal), it says that the daemon goes on starting without it, and
+//! which, before it exits (128 + the signal): the daemon is in its own session, so the
+//! terminal's signals do not reach it.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -50,8 +51,10 @@ pub(crate) fn tell_failed_late(why: &str) {
 }
 
 /// Detaches. Returns only in the daemon; the launching process exits with the outcome.
-/// Must run before any thread exists (checked).
-pub(crate) fn daemonize() -> Result<StatusPipe> {
+/// Must run before any thread exists (checked). `inherited`: the descriptors the process got
+/// from its launcher, which the daemon lets go of (pointed at /dev/null), as it does of the
+/// launcher's stdin.
+pub(crate) fn daemonize(inherited: &[std::os::fd::RawFd]) -> Result<StatusPipe> {
     let fail = |what: &str, e: std::io::Error| Error::io(ErrorKind::Io, format!("cannot daemonize: {what}"), e);
     let (r, w): (OwnedFd, OwnedFd) = sys::pipe_cloexec().map_err(|e| fail("pipe", e))?;
     match sys::fork_single_threaded().map_err(|e| fail("fork", e))? {
@@ -74,6 +77,7 @@ pub(crate) fn daemonize() -> Result<StatusPipe> {
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))?;
     umask(Mode::from_bits_truncate(0o027));
     sys::stdin_from_devnull().map_err(|e| fail("stdin", e))?;
+    sys::devnull_over(inherited).map_err(|e| fail("let go of inherited fds", e))?;
     Ok(StatusPipe { file: w })
 }
 

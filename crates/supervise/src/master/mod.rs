@@ -81,7 +81,8 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     // First, before this process opens anything: an fd number LISTEN_FDS names must be one
     // it inherited.
     let inherited = listen::take_inherited()?;
-    sys::cloexec_inherited().map_err(|e| Error::io(ErrorKind::Io, "cannot mark inherited fds close-on-exec", e))?;
+    let inherited_fds =
+        sys::cloexec_inherited().map_err(|e| Error::io(ErrorKind::Io, "cannot mark inherited fds close-on-exec", e))?;
     if cfg.daemon {
         cfg.pid.get_or_insert_with(|| PathBuf::from(format!("{}.pid", cfg.name)));
         cfg.log.get_or_insert_with(|| PathBuf::from(format!("{}.log", cfg.name)));
@@ -126,7 +127,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,
     };
-    let mut daemon_status = if cfg.daemon { Some(daemon::daemonize()?) } else { None };
+    let mut daemon_status = if cfg.daemon { Some(daemon::daemonize(&inherited_fds)?) } else { None };
     // Detached, the error `main` prints goes to the log file (if it can): `start` is told too
     // ([`tell_start_failed`]), so that it says why, not only that the daemon exited.
     let mut tell_start = |e: Error| {

@@ -117,8 +117,10 @@ fn is_listener(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// Marks every descriptor from 3 on close-on-exec: whatever this process inherited (a
 /// launcher's open file, a shell's `9>>secret`) must not reach workers, which may run as
-/// another user. Descriptors this process opens itself are close-on-exec already.
-pub(crate) fn cloexec_inherited() -> io::Result<()> {
+/// another user. Descriptors this process opens itself are close-on-exec already (Rust's
+/// standard library opens every one so). Returns those that were not: the ones it inherited
+/// across its `exec`.
+pub(crate) fn cloexec_inherited() -> io::Result<Vec<RawFd>> {
     // `/proc/self/fd` (Linux) or `/dev/fd` (macOS, FreeBSD with fdescfs) lists the open fds;
     // without either, every number up to 1024 is tried.
     let listed = std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd"));
@@ -126,12 +128,39 @@ pub(crate) fn cloexec_inherited() -> io::Result<()> {
         Ok(d) => d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|fd| *fd >= 3).collect(),
         Err(_) => (3..1024).collect(),
     };
+    let mut inherited = Vec::new();
     for fd in fds {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
         // EBADF: the directory's own fd, closed by now.
-        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
-            Ok(_) | Err(nix::errno::Errno::EBADF) => {}
+        match fcntl(fd, FcntlArg::F_GETFD) {
+            Ok(flags) if FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EBADF) => continue,
             Err(e) => return Err(e.into()),
         }
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        inherited.push(fd);
+    }
+    Ok(inherited)
+}
+
+/// Points each of `fds` at /dev/null (close-on-exec): a daemon lets go of what its launcher
+/// passed it (a pipe its caller reads to the end, `app start 3>&1 | cat`, would never end),
+/// while any code still holding one of the numbers writes into /dev/null, not into whatever
+/// a closed number would be reused for.
+pub(crate) fn devnull_over(fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    for &fd in fds {
+        // SAFETY: dup2 atomically replaces `fd`, an inherited descriptor that nothing in this
+        // process owns (baton's own are close-on-exec and never in the list), with a copy of
+        // one we own.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     }
     Ok(())
 }
