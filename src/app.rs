@@ -492,6 +492,13 @@ impl App {
                 if !p.starts_with('/') || p.parse::<http::Uri>().is_err() {
                     return Err(Error::usage(format!("invalid {flag} {p:?}: must be a path starting with /")));
                 }
+                // The health route is matched on the request's path alone: with a query, it
+                // would never answer, and the app's 404 would look like a failing health check.
+                if flag == "--health-path" && p.contains('?') {
+                    return Err(Error::usage(format!(
+                        "invalid {flag} {p:?}: a path without a query (the route matches the path alone)"
+                    )));
+                }
             }
         }
         #[cfg(not(feature = "tls"))]

@@ -714,8 +714,11 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(reason), "{listen}: {err}");
     }
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["--group", "nogroup"], "--user <USER>"),
+        (&["--health-path", "healthz"], "must be a path starting with /"),
+        // Matched on the path alone, it would never answer (it was taken, and 404 forever).
+        (&["--health-path", "/healthz?full"], "a path without a query"),
         // 0 turns the request's timeouts off, but it would end every start or drain at once.
         (&["--ready-timeout", "0"], "must be above 0: a new worker needs time to start"),
         (&["--drain-timeout", "0s"], "must be above 0: requests in flight need time to finish"),
