@@ -59,6 +59,35 @@ fn start_returns_when_serving_and_detaches() {
     assert!(!d.dir.join("x.pid").exists() && !ctl.exists());
 }
 
+/// `RUST_LOG` set but empty (a unit file's `Environment=RUST_LOG=`) logs at the default
+/// level (it logged errors alone), and a directive that does not parse is named in the log by
+/// the master and the worker, the others kept (a typo took every line away without a word).
+#[test]
+fn an_empty_or_mistyped_rust_log_keeps_the_log_and_says_what_it_ignored() {
+    let d = Daemon::new("rust-log-empty");
+    let out = d.start_with(&["--delay", "0"], &[("RUST_LOG", "")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = d.log();
+    assert!(log.contains(" INFO  master[") && log.contains("serving on http="), "{log}");
+    assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
+
+    let d = Daemon::new("rust-log-typo");
+    let out = d.start_with(&["--delay", "0"], &[("RUST_LOG", "warn,baton=bogus")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The worker logs its warning before it reports ready, so both are in once `start` returned.
+    let log = d.log();
+    for role in ["master", "worker"] {
+        let line = format!(" WARN  {role}[");
+        assert!(
+            log.lines().any(|l| l.contains(&line) && l.contains("RUST_LOG: ignoring \"baton=bogus\": ")),
+            "{role}: {log}"
+        );
+    }
+    // `warn`, kept: no info line.
+    assert!(!log.contains(" INFO  "), "{log}");
+    assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
+}
+
 #[test]
 fn an_interrupted_start_says_the_server_goes_on_starting_and_which() {
     let d = Daemon::new("interrupted");

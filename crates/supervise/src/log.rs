@@ -42,10 +42,12 @@ pub fn reopen(path: &Path) -> io::Result<()> {
 }
 
 /// Installs the process-wide subscriber: `RUST_LOG` filters (default `info`); each line names
-/// `role` and the pid. Does nothing when a subscriber is already installed.
+/// `role` and the pid. Does nothing when a subscriber is already installed. A directive of
+/// `RUST_LOG` that does not parse is left out, and said so in the log.
 pub fn init(role: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (directives, ignored) = filter_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = EnvFilter::new(directives);
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
         // Never colour a log file, even when another crate enables tracing-subscriber's `ansi`.
@@ -54,7 +56,33 @@ pub fn init(role: &'static str) {
         // stderr fails too (a full disk): [`Stderr`] counts what is lost instead.
         .log_internal_errors(false)
         .event_format(LineFormat { role, pid: std::process::id() })
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed {
+        for (directive, why) in ignored {
+            tracing::warn!("RUST_LOG: ignoring {directive:?}: {why}");
+        }
+    }
+}
+
+/// The directives of a `RUST_LOG` value (`None`: unset) that parse, joined, and those that do
+/// not, each with why. Unset, blank, or with no directive that parses, it is `info`: an empty
+/// `RUST_LOG=` (as a unit file's `Environment=RUST_LOG=` or a container's empty variable
+/// gives) would otherwise log errors alone, and a typo would take every line but those away
+/// without a word (tracing-subscriber's lossy parser says it with `eprintln!`, which panics
+/// when stderr fails, and outside the log's format).
+fn filter_directives(var: Option<&str>) -> (String, Vec<(String, String)>) {
+    let mut good = Vec::new();
+    let mut ignored = Vec::new();
+    // Split as tracing-subscriber splits it.
+    for d in var.unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match d.parse::<tracing_subscriber::filter::Directive>() {
+            Ok(_) => good.push(d),
+            Err(e) => ignored.push((d.to_owned(), e.to_string())),
+        }
+    }
+    let directives = if good.is_empty() { "info".to_owned() } else { good.join(",") };
+    (directives, ignored)
 }
 
 /// The name of [`process_span`].
@@ -277,6 +305,27 @@ pub fn clf_time(out: &mut String, t: SystemTime) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn rust_log_keeps_what_parses_and_names_what_does_not() {
+        let info = |var| filter_directives(var).0;
+        // Unset, empty (`Environment=RUST_LOG=`) or blank: the default, not errors alone.
+        for var in [None, Some(""), Some(" , ")] {
+            assert_eq!(info(var), "info", "{var:?}");
+        }
+        assert_eq!(filter_directives(Some("warn,hyper=debug")), ("warn,hyper=debug".to_owned(), vec![]));
+        // A typo costs that directive alone, and is named with why.
+        let (kept, ignored) = filter_directives(Some("debug, baton=bogus,hyper=trace"));
+        assert_eq!(kept, "debug,hyper=trace");
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].0, "baton=bogus");
+        assert!(ignored[0].1.contains("expected one of"), "{ignored:?}");
+        // Nothing usable left: the default.
+        let (kept, ignored) = filter_directives(Some("[{"));
+        assert_eq!((kept.as_str(), ignored.len()), ("info", 1));
+        // Whatever is kept builds a filter.
+        assert!(EnvFilter::builder().parse(filter_directives(Some("x=bogus,baton=debug")).0).is_ok());
+    }
 
     /// A disk with `room` bytes left: a write past it is cut short, then fails (ENOSPC).
     struct Disk {
