@@ -118,11 +118,13 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let exe = resolve_exe()?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, handoff::NOTIFY_SOCKET, e))?;
     let mut pidfile = pid_path.as_deref().map(PidFile::lock).transpose()?;
+    // Bound before the log is opened: an address in use (the most common failure of a start)
+    // is told on the terminal and leaves no empty log file behind.
+    let listeners = listen::resolve(&cfg.listen, inherited)?;
     let log_file = match &log_path {
         Some(p) => Some(open_log(p, log_owner)?),
         None => None,
     };
-    let listeners = listen::resolve(&cfg.listen, inherited)?;
     let control = match &pidfile {
         Some(p) => Some(ControlServer::bind(&crate::pidfile::control_path(p.path()))?),
         None => None,
