@@ -550,8 +550,7 @@ fn access_log_lines_record_the_request_as_served() {
             // 2026-12-01T18:39:19.933Z
             let t = v["time"].as_str().unwrap();
             assert_eq!((t.len(), &t[10..11], &t[23..]), (24, "T", "Z"), "{line}");
-            let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
-            (epoch_secs(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19)) * 1000 + n(20..23), true)
+            (json_time_ms(t), true)
         };
         // The time is when the request ended: within the client's readings (to the second in
         // the combined format, to the millisecond in JSON).
@@ -603,9 +602,7 @@ fn the_access_log_follows_a_step_of_the_system_clock() {
             !line.is_empty()
         });
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        let t = v["time"].as_str().unwrap().to_owned();
-        let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
-        let ms = epoch_secs(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19)) * 1000 + n(20..23);
+        let ms = json_time_ms(v["time"].as_str().unwrap());
         (ms, before, after, line)
     };
     let (ms, before, after, line) = logged();
@@ -674,6 +671,12 @@ fn proxy_form_targets_are_logged_as_sent() {
             assert!(log.lines().any(|l| l.ends_with(&format!("request started: {started}"))), "{started}: {log}");
         }
     }
+}
+
+/// Milliseconds since the Unix epoch of a JSON access log `time` (`2026-12-01T18:39:19.933Z`).
+fn json_time_ms(t: &str) -> u64 {
+    let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap_or_else(|e| panic!("{e}: {t:?}"));
+    epoch_secs(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19)) * 1000 + n(20..23)
 }
 
 /// Seconds since the Unix epoch of a UTC date and time (days from the civil calendar, as in
