@@ -340,46 +340,59 @@ fn parse_metrics_listen(s: &str) -> std::result::Result<baton_supervise::listen:
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds (`0` included), with up to
-/// nine decimals (`1.5s`, `0.25ms`), exactly: in decimal, not through a float.
+/// nine decimals (`1.5s`, `0.25ms`), exactly: in decimal, not through a float. Terms add up,
+/// as in Go's `time.ParseDuration`: `1h30m`, `1m30.5s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const NS: u128 = 1_000_000_000;
     let s = s.trim();
     if s.starts_with('-') {
         return Err(format!("invalid duration {s:?}: cannot be negative"));
     }
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if int.is_empty() && frac.is_empty() || frac.contains('.') {
-        return Err(format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h"));
-    }
-    let unit_ns: u128 = match unit {
-        "" | "s" => NS,
-        "ms" => NS / 1000,
-        "m" => 60 * NS,
-        "h" => 3600 * NS,
-        _ => {
-            return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"));
-        }
-    };
-    if frac.len() > 9 {
-        return Err(format!("invalid duration {s:?}: at most 9 decimals"));
-    }
     let too_large = || format!("invalid duration {s:?}: too large (at most a year)");
-    // Digits only (checked above): a parse fails only by overflowing.
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_large())? };
-    let frac: u128 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| too_large())? };
-    // The value times 10^9, in the unit; then in nanoseconds.
-    let scaled = int.checked_mul(NS).and_then(|i| i.checked_add(frac)).ok_or_else(too_large)?;
-    let ns = scaled.checked_mul(unit_ns).ok_or_else(too_large)? / NS;
-    if ns > 365 * 86400 * NS {
-        return Err(too_large());
+    let number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = s;
+    let mut total: u128 = 0;
+    loop {
+        let (num, tail) = rest.split_at(rest.find(|c: char| !number(c)).unwrap_or(rest.len()));
+        let (unit, next) = tail.split_at(tail.find(number).unwrap_or(tail.len()));
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m, 1h, 1h30m"));
+        }
+        let unit_ns: u128 = match unit {
+            // A plain number is seconds, alone; each term of several names its unit.
+            "" if num.len() == s.len() => NS,
+            "s" => NS,
+            "ms" => NS / 1000,
+            "m" => 60 * NS,
+            "h" => 3600 * NS,
+            "" => return Err(format!("invalid duration {s:?}: {num:?} needs a unit (ms, s, m, h)")),
+            _ => {
+                return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"));
+            }
+        };
+        if frac.len() > 9 {
+            return Err(format!("invalid duration {s:?}: at most 9 decimals"));
+        }
+        // Digits only (checked above): a parse fails only by overflowing.
+        let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_large())? };
+        let frac: u128 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| too_large())? };
+        // The value times 10^9, in the unit; then in nanoseconds.
+        let scaled = int.checked_mul(NS).and_then(|i| i.checked_add(frac)).ok_or_else(too_large)?;
+        let ns = scaled.checked_mul(unit_ns).ok_or_else(too_large)? / NS;
+        if ns == 0 && scaled > 0 {
+            // Zero turns a timeout off: a small value must not.
+            return Err(format!("invalid duration {s:?}: under a nanosecond"));
+        }
+        total = total.checked_add(ns).ok_or_else(too_large)?;
+        if total > 365 * 86400 * NS {
+            return Err(too_large());
+        }
+        if next.is_empty() {
+            return Ok(Duration::from_nanos(total as u64));
+        }
+        rest = next;
     }
-    if ns == 0 && scaled > 0 {
-        // Zero turns a timeout off: a small value must not.
-        return Err(format!("invalid duration {s:?}: under a nanosecond"));
-    }
-    Ok(Duration::from_nanos(ns as u64))
 }
 
 /// A duration as [`parse_duration`] reads it, in the largest unit that writes it exactly
@@ -505,6 +518,21 @@ mod tests {
             assert!(e.starts_with(&format!("invalid duration {bad:?}: {why}")), "{bad}: {e}");
         }
         assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86400)));
+        // Terms add up, as Go writes durations.
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m30.5s"), Ok(Duration::from_millis(90_500)));
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("8759h60m"), Ok(Duration::from_secs(365 * 86400)));
+        for (bad, why) in [
+            ("1m30", "\"30\" needs a unit (ms, s, m, h)"),
+            ("1h30x", "unknown unit \"x\""),
+            ("8759h61m", "too large"),
+            ("1h.", "expected e.g. 500ms"),
+            ("1h-5m", "unknown unit \"h-\""),
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid duration {bad:?}: {why}")), "{bad}: {e}");
+        }
     }
 
     #[test]
