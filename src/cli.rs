@@ -82,11 +82,11 @@ pub(crate) struct ControlArgs {
     /// Pid file of the running instance. Default is `<app>.pid` in the current directory.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) pid: Option<PathBuf>,
-    /// How long to wait for the outcome. Default: 90s; then `reload` waits on while the master
+    /// How long to wait for the outcome (above 0). Default: 90s; then `reload` waits on while the master
     /// answers `status` (its `--ready-timeout` ends a start), and `stop` until the master's
     /// own deadline if that is later (`--shutdown-delay` + `--drain-timeout`, twice the drain
     /// timeout with a shutdown hook, + 5s, then 10s for it to exit)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_control_timeout)]
     pub(crate) timeout: Option<Duration>,
 }
 
@@ -445,6 +445,12 @@ fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
 /// `--ready-timeout`: 0 cannot turn it off (it would kill every new worker at once).
 fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
     above_zero(s, "a new worker needs time to start")
+}
+
+/// A control command's `--timeout`: 0 would read as "no wait" to some and as "no limit" to
+/// others (and `status` answered while `stop` gave up at once), so it is refused.
+fn parse_control_timeout(s: &str) -> Result<Duration, String> {
+    above_zero(s, "leave --timeout out for the default")
 }
 
 /// A duration that must not be 0, with `why` as the reason.

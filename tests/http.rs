@@ -743,6 +743,12 @@ fn bad_command_lines_name_the_bad_value() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(reason), "{args:?}: {err}");
     }
+    // A control command's `--timeout 0`: "no wait" or "no limit"? Refused as neither.
+    for cmd in ["stop", "reload", "status", "reopen-logs"] {
+        let (code, err) = refused(&[cmd, "--timeout", "0", "-p", "none.pid"]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("must be above 0: leave --timeout out for the default"), "{cmd}: {err}");
+    }
     // Port in use, in both modes: exit 1 naming the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
