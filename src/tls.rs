@@ -42,7 +42,19 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| {
-            Error::new(ErrorKind::Config, format!("TLS certificate {} with key {}: {e}", cert.display(), key.display()))
+            let why = match e {
+                // rustls says "keys may not be consistent: KeyMismatch".
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "the key is not the certificate's (the first certificate in the file must be the \
+                     server's own, its chain after it)"
+                        .to_owned()
+                }
+                e => e.to_string(),
+            };
+            Error::new(
+                ErrorKind::Config,
+                format!("TLS certificate {} with key {}: {why}", cert.display(), key.display()),
+            )
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))

@@ -229,12 +229,18 @@ fn bad_tls_files_fail_the_start_with_the_reason() {
     install_cert(d.dir.path(), "one");
     std::fs::write(d.dir.join("empty.pem"), "").unwrap();
     let other_key = fixture("two.key").to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 5] = [
+    // The chain in the wrong order (its CA first): rustls checks the key against the first.
+    let mut reversed = std::fs::read(fixture("ca.pem")).unwrap();
+    reversed.extend(std::fs::read(d.dir.join("cert.pem")).unwrap());
+    std::fs::write(d.dir.join("reversed.pem"), reversed).unwrap();
+    let not_its_key = "the key is not the certificate's (the first certificate in the file must be the server's own";
+    let cases: [(&[&str], &str); 6] = [
         (&["--tls-cert", "cert.pem"], "--tls-key"),
         (&["--tls-cert", "missing.pem", "--tls-key", "key.pem"], "cannot read TLS certificate"),
         (&["--tls-cert", "empty.pem", "--tls-key", "key.pem"], "empty.pem: no certificate"),
         (&["--tls-cert", "cert.pem", "--tls-key", "cert.pem"], "cert.pem: no private key"),
-        (&["--tls-cert", "cert.pem", "--tls-key", &other_key], "KeyMismatch"),
+        (&["--tls-cert", "cert.pem", "--tls-key", &other_key], not_its_key),
+        (&["--tls-cert", "reversed.pem", "--tls-key", "key.pem"], not_its_key),
     ];
     for (args, reason) in cases {
         let out = d.start(args);
