@@ -28,10 +28,27 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         return Err(bad(cert, "no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)".into()));
     }
     let key_pem = read(key, "key")?;
+    // PKCS#8's `ENCRYPTED PRIVATE KEY`, or OpenSSL's older `Proc-Type: 4,ENCRYPTED` header
+    // (which read as "invalid PEM: base64 decode error").
+    let contains = |needle: &[u8]| key_pem.windows(needle.len()).any(|w| w == needle);
+    if contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED") {
+        return Err(bad(
+            key,
+            "an encrypted private key, and a daemon has no one to ask its passphrase: decrypt it \
+             (`openssl pkey -in KEY -out PLAIN`) and keep it readable by root only (workers read it \
+             before they drop privileges)"
+                .into(),
+        ));
+    }
     let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
         Ok(k) => k,
         Err(pem::Error::NoItemsFound) => {
-            return Err(bad(key, "no private key (expected a PEM \"BEGIN PRIVATE KEY\" block)".into()));
+            return Err(bad(
+                key,
+                "no private key (expected a PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \
+                 \"BEGIN EC PRIVATE KEY\" block)"
+                    .into(),
+            ));
         }
         Err(e) => return Err(bad(key, format!("invalid PEM: {e}"))),
     };

@@ -234,13 +234,19 @@ fn bad_tls_files_fail_the_start_with_the_reason() {
     reversed.extend(std::fs::read(d.dir.join("cert.pem")).unwrap());
     std::fs::write(d.dir.join("reversed.pem"), reversed).unwrap();
     let not_its_key = "the key is not the certificate's (the first certificate in the file must be the server's own";
-    let cases: [(&[&str], &str); 6] = [
+    let (encrypted, legacy) = (fixture("one-encrypted.key"), fixture("one-legacy-encrypted.key"));
+    let (encrypted, legacy) = (encrypted.to_string_lossy(), legacy.to_string_lossy());
+    let cannot_ask = "an encrypted private key, and a daemon has no one to ask its passphrase: decrypt it";
+    let cases: [(&[&str], &str); 8] = [
         (&["--tls-cert", "cert.pem"], "--tls-key"),
         (&["--tls-cert", "missing.pem", "--tls-key", "key.pem"], "cannot read TLS certificate"),
         (&["--tls-cert", "empty.pem", "--tls-key", "key.pem"], "empty.pem: no certificate"),
         (&["--tls-cert", "cert.pem", "--tls-key", "cert.pem"], "cert.pem: no private key"),
         (&["--tls-cert", "cert.pem", "--tls-key", &other_key], not_its_key),
         (&["--tls-cert", "reversed.pem", "--tls-key", "key.pem"], not_its_key),
+        // It said "no private key", and for the older form "invalid PEM: base64 decode error".
+        (&["--tls-cert", "cert.pem", "--tls-key", &encrypted], cannot_ask),
+        (&["--tls-cert", "cert.pem", "--tls-key", &legacy], cannot_ask),
     ];
     for (args, reason) in cases {
         let out = d.start(args);
