@@ -418,6 +418,11 @@ fn control_commands_exit_codes() {
     ] {
         assert!(s.contains(&field), "status lacks {field:?}: {s}");
     }
+    // `uptime: 1s (since 2026-12-05T12:04:44.138Z)`: seconds for a daemon this young.
+    let uptime = s.lines().find(|l| l.starts_with("uptime: ")).unwrap();
+    let (secs, since) = uptime["uptime: ".len()..].split_once("s (since ").expect(uptime);
+    assert!(secs.parse::<u64>().is_ok_and(|n| n < 60), "{uptime}");
+    assert!(since.len() == 25 && since.ends_with("Z)") && &since[10..11] == "T", "{uptime}");
     let before: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
     let out = d.hello(&["reload", "-p", "x.pid"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

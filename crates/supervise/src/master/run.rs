@@ -459,7 +459,10 @@ impl Runner {
         let now = Instant::now();
         let mut s = String::new();
         let _ = writeln!(s, "pid: {}", std::process::id());
-        let _ = writeln!(s, "uptime: {}s", self.started.elapsed().as_secs());
+        let up = self.started.elapsed();
+        let mut since = String::new();
+        crate::log::rfc3339(&mut since, SystemTime::now() - up);
+        let _ = writeln!(s, "uptime: {} (since {since})", days_to_seconds(up.as_secs()));
         let what = match (phase_word(state), state.restart_at()) {
             (w @ "crash-looping", Some(at)) => format!(
                 "{w} ({} failures in a row; next start in {:.1}s)",
@@ -799,12 +802,33 @@ impl Counts {
 /// to have run meanwhile (a busy machine); later, it was stopped ([`Event::Resumed`]).
 const OVERSLEPT: Duration = Duration::from_secs(1);
 
+/// `secs` for a reader: `45s`, `3m 7s`, `2h 0m 5s`, `12d 4h 0m 0s`.
+fn days_to_seconds(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m {s}s"),
+    }
+}
+
 /// The longest the master waits without reading the clock.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_reads_in_days_hours_minutes_and_seconds() {
+        let cases =
+            [(0, "0s"), (59, "59s"), (60, "1m 0s"), (187, "3m 7s"), (7205, "2h 0m 5s"), (12 * 86_400, "12d 0h 0m 0s")];
+        for (secs, text) in cases {
+            assert_eq!(days_to_seconds(secs), text);
+        }
+        assert_eq!(days_to_seconds(86_400 + 3600 + 61), "1d 1h 1m 1s");
+    }
 
     #[test]
     fn a_clock_read_long_after_it_was_due_is_a_pause() {
