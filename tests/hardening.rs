@@ -244,11 +244,18 @@ fn inherited_fds_do_not_leak_into_workers() {
 
 #[test]
 fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouched() {
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
     let d = Daemon::new("symlinks");
+    // A directory that others can write (as `/tmp`): where a link can be planted.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let target = d.dir.join("precious");
     std::fs::write(&target, "keep me\n").unwrap();
-    for (what, args) in [("log", ["-l", "evil.log", "-p", "x.pid"]), ("pid", ["-l", "x.log", "-p", "evil.pid"])] {
+    let planted = "is a symbolic link in a directory that others can write (refused: owned by uid ";
+    for (what, args, refused) in [
+        ("log", ["-l", "evil.log", "-p", "x.pid"], planted),
+        // A pid file is never a link, wherever it is.
+        ("pid", ["-l", "x.log", "-p", "evil.pid"], "is a symbolic link (refused)"),
+    ] {
         let link = d.dir.join(&format!("evil.{what}"));
         symlink(&target, &link).unwrap();
         let listen = d.addr().to_string();
@@ -256,7 +263,7 @@ fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouch
         all.extend(args);
         let out = d.hello(&all);
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
-        assert!(text(&out).contains("is a symbolic link (refused)"), "{what}: {}", text(&out));
+        assert!(text(&out).contains(refused), "{what}: {}", text(&out));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n", "{what}: target untouched");
         std::fs::remove_file(&link).unwrap();
     }
@@ -267,10 +274,59 @@ fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouch
     symlink(&target, d.dir.join("x.log")).unwrap();
     let out = d.hello(&["reopen-logs", "-p", "x.pid"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("is a symbolic link (refused)"), "{}", text(&out));
+    assert!(text(&out).contains(planted), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A log that is a symbolic link where only root (or the user running it) can have put it is
+/// followed: `-l /dev/stdout`, or a log linked to it as nginx's container images do. (Every
+/// link was refused: "is a symbolic link (refused)".)
+#[test]
+fn a_log_linked_by_its_owner_is_followed_even_to_stdout() {
+    use std::io::BufRead;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let d = Daemon::new("owned-link");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `/dev/stdout` itself, and a log linked to it.
+    symlink("/dev/stdout", d.dir.join("access.log")).unwrap();
+    for log in ["/dev/stdout".to_owned(), d.dir.join("access.log").to_string_lossy().into_owned()] {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(hello_bin())
+            .args(["run", "--no-master", "--delay", "0", "--listen", &listen, "-l", &log])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_line = |what: &str, want: &dyn Fn(&str) -> bool| {
+            while !seen.iter().any(|l: &String| want(l)) {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(l) => seen.push(l),
+                    Err(e) => {
+                        kill_tree(pid);
+                        let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap_or_default();
+                        panic!("{log}: no {what} on stdout ({e}): {seen:?} {err}");
+                    }
+                }
+            }
+        };
+        wait_line("serving line", &|l| l.contains(&format!("serving on http={listen}")));
+        let rid = get(([127, 0, 0, 1], port).into(), "/pid").unwrap().header("x-request-id").unwrap().to_owned();
+        wait_line("access log line", &|l| l.contains("\"GET /pid HTTP/1.1\" 200") && l.ends_with(&rid));
+        signal(pid, Signal::SIGTERM);
+        assert!(child.wait().unwrap().success(), "{log}");
+    }
 }
 
 #[test]

@@ -19,20 +19,44 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::sys;
 
-/// Opens (creating, mode 0640) a log file for appending. A symlink at `path` is refused
-/// (`O_NOFOLLOW`): the master opens the log as root, and whoever can write the log's directory
-/// could otherwise point it at any file.
+/// Opens (creating, mode 0640) a log file for appending. A symlink at `path` is followed only
+/// in a directory that no one but root or this user can write (as OpenSSH's `StrictModes`
+/// judges): the master opens the log as root, and whoever else can write the log's directory
+/// could otherwise point it at any file. So `-l /dev/stdout`, or a log linked to it as in
+/// nginx's container images, works, and a link planted in `/tmp` or an app's own directory is
+/// refused.
 pub fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let nofollow = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::other("is a symbolic link (refused)"),
-            _ => e,
-        })
+        .open(path);
+    match nofollow {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+        opened => return opened,
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("is a symbolic link (refused)"));
+    };
+    let dir = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+    let meta = dir.metadata()?;
+    if !trusted_dir(&meta, nix::unistd::geteuid().as_raw()) {
+        return Err(io::Error::other(format!(
+            "is a symbolic link in a directory that others can write (refused: owned by uid {}, mode {:o})",
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777
+        )));
+    }
+    // The directory checked is the one opened in, even if its path is swapped meanwhile.
+    sys::open_append_in(&dir, name, 0o640)
+}
+
+/// A directory in which only root or `euid` can have put a symbolic link: owned by either, and
+/// writable by neither its group nor others.
+fn trusted_dir(meta: &std::fs::Metadata, euid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (meta.uid() == 0 || meta.uid() == euid) && meta.mode() & 0o022 == 0
 }
 
 /// Opens `path` afresh and points stdout and stderr at it (what USR1 does after logrotate).

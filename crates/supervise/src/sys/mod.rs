@@ -89,6 +89,18 @@ pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Opens (creating, mode `mode`) `name` in the directory `dir` for appending, close-on-exec,
+/// following a symbolic link there: the directory is the one `dir` holds, whatever its path
+/// names by now (the log's symlink check).
+pub(crate) fn open_append_in(dir: &File, name: &OsStr, mode: u32) -> io::Result<File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_CLOEXEC;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mode as libc::mode_t);
+    let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, mode)?;
+    // SAFETY: `openat` just returned this new descriptor; nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 /// The file type (`S_IFMT` bits) of inherited descriptor number `raw`, without taking it:
 /// stdio is refused (`what` names what was expected), and a closed number is an error.
 fn inherited_type(raw: RawFd, what: &str) -> io::Result<libc::mode_t> {
