@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,8 +44,8 @@ pub fn open(path: &Path) -> io::Result<File> {
     if !trusted_dir(&meta, nix::unistd::geteuid().as_raw()) {
         return Err(io::Error::other(format!(
             "is a symbolic link in a directory that others can write (refused: owned by uid {}, mode {:o})",
-            std::os::unix::fs::MetadataExt::uid(&meta),
-            std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777
+            meta.uid(),
+            meta.mode() & 0o7777
         )));
     }
     // The directory checked is the one opened in, even if its path is swapped meanwhile.
@@ -55,7 +55,6 @@ pub fn open(path: &Path) -> io::Result<File> {
 /// A directory in which only root or `euid` can have put a symbolic link: owned by either, and
 /// writable by neither its group nor others.
 fn trusted_dir(meta: &std::fs::Metadata, euid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
     (meta.uid() == 0 || meta.uid() == euid) && meta.mode() & 0o022 == 0
 }
 
