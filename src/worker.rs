@@ -103,6 +103,7 @@ fn serve<A>(
         Role::Single(..) => None,
     };
     let mut metrics_note = None;
+    let mut socket_files = SocketFiles(Vec::new());
     let (listeners, log_path, generation, master, shared_metrics) = match role {
         Role::UnderMaster(h) => {
             let shared = match h.metrics {
@@ -126,7 +127,13 @@ fn serve<A>(
                 }
                 None => None,
             };
-            (listen::resolve(&specs, inherited)?, log_path, 1, None, None)
+            let mut bound = listen::resolve(&specs, inherited)?;
+            // Removed when this process ends, whatever ends it.
+            socket_files.0 = bound.iter_mut().filter_map(|b| b.unix_path.take()).collect();
+            if let Some(user) = &opts.user {
+                supervised::give_sockets(socket_files.0.iter().map(|p| p.as_path()), user, opts.group.as_deref())?;
+            }
+            (bound, log_path, 1, None, None)
         }
     };
     baton_supervise::log::init("worker");
@@ -203,6 +210,25 @@ fn serve<A>(
     rt.shutdown_timeout(RUNTIME_EXIT_WAIT);
     crate::access_log::flush();
     result
+}
+
+/// The unix socket files a process without a master bound: removed when it ends, as the
+/// master removes its own.
+struct SocketFiles(Vec<std::path::PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                    "cannot remove socket file {} (the next start replaces it): {}",
+                    p.display(),
+                    baton_supervise::describe_io(&e)
+                ),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// How long a worker's exit waits for its runtime's threads (the end of [`serve`]); the master

@@ -347,11 +347,24 @@ fn start_failures_exit_1_with_the_reason_and_leave_nothing() {
     std::fs::create_dir(d.dir.join(&long)).unwrap();
     let long_pid = format!("{long}/x.pid");
     let long_unix = format!("unix:{long}/s.sock");
+    // A unix listener beside the TCP one: its socket file is bound before the log and the pid
+    // file are made, and was left behind when either failed.
+    std::fs::create_dir(d.dir.join("u")).unwrap();
+    let unix = format!("unix:{}/s.sock", d.dir.join("u").display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &taken_addr], "address already in use"),
-        (vec!["start", "-p", "x.pid", "-l", "no/such/dir/x.log", "--listen", &listen], "no such file or directory"),
+        (
+            vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &unix, "--listen", &taken_addr],
+            "address already in use",
+        ),
+        (
+            vec!["start", "-p", "x.pid", "-l", "no/such/dir/x.log", "--listen", &listen, "--listen", &unix],
+            "no such file or directory",
+        ),
         (vec!["start", "-p", "no/such/dir/x.pid", "-l", "x.log", "--listen", &listen], "no such file or directory"),
-        (vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--fail-start"], "--fail-start was given"),
+        (
+            vec!["start", "-p", "x.pid", "-l", "x.log", "--listen", &listen, "--listen", &unix, "--fail-start"],
+            "--fail-start was given",
+        ),
         // Paths too long for a unix socket's address: the control socket next to the pid
         // file, and a unix listener.
         (
@@ -374,6 +387,7 @@ fn start_failures_exit_1_with_the_reason_and_leave_nothing() {
             assert!(!d.dir.join("x.log").exists(), "{args:?}: an empty log file left behind");
         }
         assert_eq!(std::fs::read_dir(d.dir.join(&long)).unwrap().count(), 0, "{args:?}: files left behind");
+        assert_eq!(std::fs::read_dir(d.dir.join("u")).unwrap().count(), 0, "{args:?}: socket file left behind");
         assert!(port_free(d.addr()), "{args:?}: port still bound");
     }
     // The failed worker's own words reached the log.
@@ -688,6 +702,46 @@ fn a_worker_whose_user_cannot_reach_the_notify_socket_says_so_at_once() {
     let want = format!("user nobody cannot reach the master's notify socket {}/baton-", private.display());
     assert!(d.log().contains(&want), "{}", d.log());
     assert!(d.log().contains("must let it in: permission denied"), "{}", d.log());
+}
+
+#[test]
+#[ignore = "needs root (CI runs as root)"]
+fn unix_sockets_belong_to_the_workers_user_unless_others_could_swap_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let nobody = support::nobody();
+    let d = Daemon::new("user-unix");
+    assert_eq!(std::fs::metadata(d.dir.path()).unwrap().uid(), 0, "the test directory is root's");
+    let sock = d.dir.join("s.sock");
+    let unix = format!("unix:{}", sock.display());
+    let out = d.start(&["--delay", "0", "--user", "nobody", "--listen", &unix]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Left root's, only root could connect: not a proxy in the workers' group.
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (nobody.uid.as_raw(), nobody.gid.as_raw()));
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+    std::fs::remove_file(d.dir.join("x.log")).unwrap();
+    // In a directory anyone can write, the socket could be swapped for a link to another file
+    // before the change of owner: refused, leaving nothing.
+    let open = d.dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let unix = format!("unix:{}", open.join("s.sock").display());
+    let out = d.start(&["--delay", "0", "--user", "nobody", "--listen", &unix]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let want = format!(
+        "cannot give unix socket {}/s.sock to the workers' user (uid {}, gid {}): its directory can be written by others (owned by uid 0, mode 777)",
+        open.display(),
+        nobody.uid,
+        nobody.gid
+    );
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "socket file left behind");
+    for left in ["x.pid", "x.pid.ctl", "x.log"] {
+        assert!(!d.dir.join(left).exists(), "{left} is left behind");
+    }
 }
 
 #[test]

@@ -830,6 +830,13 @@ fn listens_on_ipv4_ipv6_and_unix_sockets() {
     signal(h.pid, Signal::SIGTERM);
     assert!(h.wait_exit(Duration::from_secs(30)).success());
     assert!(!sock.exists(), "the socket file is removed on exit");
+    // Without a master too (it was left behind).
+    let unix = format!("unix:{}", sock.display());
+    let mut h = Hello::start(&hello_bin(), &["--delay", "0", "--no-master", "--listen", &unix]);
+    UnixStream::connect(&sock).unwrap();
+    signal(h.pid, Signal::SIGTERM);
+    assert!(h.wait_exit(Duration::from_secs(30)).success());
+    assert!(!sock.exists(), "the socket file is removed on exit without a master");
     // A file that is not a socket is never replaced.
     std::fs::write(&sock, "precious").unwrap();
     let out = std::process::Command::new(hello_bin())

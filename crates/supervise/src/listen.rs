@@ -25,7 +25,8 @@ pub enum ListenAddr {
     /// `0.0.0.0:P` and `[::]:P` can both be given.
     Tcp(SocketAddr),
     /// A unix stream socket at this path. A stale socket file (nobody accepts on it) is
-    /// replaced; any other existing file is an error. The socket file gets mode 0660.
+    /// replaced; any other existing file is an error. The socket file gets mode 0660, and with
+    /// `--user` belongs to the workers' user and group ([`give_sockets`]).
     Unix(PathBuf),
 }
 
@@ -175,6 +176,96 @@ impl Bound {
 }
 
 const BACKLOG: i32 = 1024;
+
+/// The sockets of a start that may still fail: dropped before [`Binding::keep`], they are
+/// closed and the unix socket files among them removed, so that a start refused after its
+/// sockets were bound (a log file it cannot open, a pid file it cannot write) leaves no file
+/// behind.
+#[derive(Debug)]
+pub struct Binding(Vec<Bound>);
+
+impl Binding {
+    /// Guards `bound`.
+    pub fn new(bound: Vec<Bound>) -> Binding {
+        Binding(bound)
+    }
+
+    /// The start went through: the sockets, to be removed by whoever owns them now.
+    pub fn keep(mut self) -> Vec<Bound> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for Binding {
+    type Target = [Bound];
+
+    fn deref(&self) -> &[Bound] {
+        &self.0
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        for b in &mut self.0 {
+            b.remove_socket_file();
+        }
+    }
+}
+
+/// Gives unix socket files this process bound (see [`Bound::unix_path`]) to the workers' user and group (`--user`,
+/// `--group`), as the log file is: left root's (mode 0660), only root could connect to them,
+/// not a proxy in the workers' group. Each file is changed through its directory's
+/// descriptor, without following a link, and only in a directory where no one but root or
+/// this user can have replaced it meanwhile with a link to another file, which the change
+/// would give away: one that no one else can write, or a sticky one (`/tmp`) of theirs, where
+/// no one else can remove or rename a file of theirs. Elsewhere it is an error.
+pub fn give_sockets<'a>(
+    paths: impl IntoIterator<Item = &'a std::path::Path>,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> Result<()> {
+    for path in paths {
+        give_socket(path, uid, gid).map_err(|e| {
+            Error::io(
+                ErrorKind::Listen,
+                format!("cannot give unix socket {} to the workers' user (uid {uid}, gid {gid})", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn give_socket(path: &std::path::Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
+    use nix::fcntl::AtFlags;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("no file name"));
+    };
+    let dir = std::fs::File::open(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })?;
+    let meta = dir.metadata()?;
+    if !chown_safe_in(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw()) {
+        return Err(io::Error::other(format!(
+            "its directory can be written by others (owned by uid {}, mode {:o}), who could swap the socket for a link to any file before the change: bind it in a directory only root can write, or in a sticky one such as /tmp",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other("it is no longer a socket"));
+    }
+    nix::unistd::fchownat(Some(dir.as_raw_fd()), name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+/// Whether, in a directory owned by `owner` with `mode`, only root or `euid` can remove or
+/// replace a file root made: the directory is theirs, and writable by no one else or sticky
+/// (`S_ISVTX`).
+fn chown_safe_in(owner: u32, mode: u32, euid: u32) -> bool {
+    (owner == 0 || owner == euid) && (mode & 0o022 == 0 || mode & 0o1000 != 0)
+}
 
 /// Binds every spec; nothing is left bound if one fails.
 fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
@@ -373,6 +464,20 @@ pub fn take_inherited() -> Result<Option<Vec<Bound>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_files_are_given_away_only_where_no_one_else_can_swap_them() {
+        let root_only = [(0, 0o755), (0, 0o700), (1000, 0o755)];
+        let sticky = [(0, 0o1777), (1000, 0o1770)];
+        for (owner, mode) in root_only.into_iter().chain(sticky) {
+            assert!(chown_safe_in(owner, mode, 1000), "uid {owner} mode {mode:o}");
+        }
+        // Another user's directory (even sticky: its owner removes any file in it), or one
+        // its group or anyone can write.
+        for (owner, mode) in [(1001, 0o755), (1001, 0o1777), (0, 0o775), (0, 0o757), (1000, 0o777)] {
+            assert!(!chown_safe_in(owner, mode, 1000), "uid {owner} mode {mode:o}");
+        }
+    }
 
     #[test]
     fn addresses_that_cannot_be_bound_together_are_named() {

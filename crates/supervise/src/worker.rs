@@ -88,6 +88,17 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<()> {
         .map_err(|e| Error::io(ErrorKind::Io, format!("cannot switch to user {user}"), e))
 }
 
+/// Gives the unix socket files a process without a master bound to the user (and group) it is
+/// about to switch to, as the master gives its own ([`crate::listen::give_sockets`]).
+pub fn give_sockets<'a>(
+    paths: impl IntoIterator<Item = &'a std::path::Path>,
+    user: &str,
+    group: Option<&str>,
+) -> Result<()> {
+    let (uid, gid) = crate::exe::lookup_user(user, group)?;
+    crate::listen::give_sockets(paths, uid, gid)
+}
+
 /// Makes this process get SIGTERM when the master dies (and fails if it already has). Call it
 /// after [`drop_privileges`]: changing credentials clears the parent-death signal.
 pub fn die_with_master(master: i32) -> Result<()> {

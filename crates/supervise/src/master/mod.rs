@@ -120,7 +120,11 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
     let mut pidfile = pid_path.as_deref().map(PidFile::lock).transpose()?;
     // Bound before the log is opened: an address in use (the most common failure of a start)
     // is told on the terminal and leaves no empty log file behind.
-    let listeners = listen::resolve(&cfg.listen, inherited)?;
+    // Until the master runs, a failed start removes the socket files it made.
+    let listeners = listen::Binding::new(listen::resolve(&cfg.listen, inherited)?);
+    if let Some((uid, gid)) = log_owner {
+        listen::give_sockets(listeners.iter().filter_map(|b| b.unix_path.as_deref()), uid, gid)?;
+    }
     let log_file = match &log_path {
         Some(p) => Some(open_log(p, log_owner)?),
         None => None,
@@ -202,7 +206,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             exe,
             argv: std::env::args_os().collect(),
             worker_env: cfg.worker_env,
-            listeners,
+            listeners: listeners.keep(),
             log_path,
             log_owner,
             orig_mask,
