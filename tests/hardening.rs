@@ -276,8 +276,22 @@ fn symlinks_planted_at_the_log_or_pid_path_are_refused_and_their_targets_untouch
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(planted), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+    // A hard link instead (where the kernel lets others link a file: protected_hardlinks=0;
+    // made here by root, the link's owner): root would append to the file and chown it.
+    std::fs::remove_file(d.dir.join("x.log")).unwrap();
+    std::fs::hard_link(&target, d.dir.join("x.log")).unwrap();
+    let out = d.hello(&["reopen-logs", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let linked = "has 2 names (hard links): refused";
+    assert!(text(&out).contains(linked), "{}", text(&out));
     let out = d.hello(&["stop", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
+    let listen = d.addr().to_string();
+    let out = d.hello(&["start", "--delay", "0", "--listen", &listen, "-l", "x.log", "-p", "x.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(linked), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n", "hard-linked target untouched");
+    assert!(!d.dir.join("x.pid").exists(), "pid file left behind");
 }
 
 /// A log that is a symbolic link where only root (or the user running it) can have put it is

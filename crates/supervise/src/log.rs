@@ -25,7 +25,31 @@ use crate::sys;
 /// could otherwise point it at any file. So `-l /dev/stdout`, or a log linked to it as in
 /// nginx's container images, works, and a link planted in `/tmp` or an app's own directory is
 /// refused.
+///
+/// A regular file with another name besides `path` (a hard link) is refused too: whoever can
+/// write the log's directory could otherwise link any file there (where the kernel lets them:
+/// `fs.protected_hardlinks=0`), and root would append to it and give it to the workers' user.
 pub fn open(path: &Path) -> io::Result<File> {
+    let f = open_maybe_linked(path)?;
+    let opened = f.metadata()?;
+    if opened.is_file() {
+        // One `stat` of the name: `path` is the only name of the file opened. (Checking the
+        // opened file's link count alone would miss a link removed right after the open.)
+        let named = std::fs::metadata(path)?;
+        if (named.dev(), named.ino()) != (opened.dev(), opened.ino()) {
+            return Err(io::Error::other("was replaced while it was opened (refused)"));
+        }
+        if named.nlink() > 1 {
+            return Err(io::Error::other(format!(
+                "has {} names (hard links): refused, as it could be any file linked there",
+                named.nlink()
+            )));
+        }
+    }
+    Ok(f)
+}
+
+fn open_maybe_linked(path: &Path) -> io::Result<File> {
     let nofollow = OpenOptions::new()
         .append(true)
         .create(true)
@@ -328,6 +352,23 @@ pub fn clf_time(out: &mut String, t: SystemTime) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_log_file_with_another_name_is_refused_and_left_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("baton-log-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let precious = dir.join("precious");
+        std::fs::write(&precious, "keep me\n").unwrap();
+        let log = dir.join("x.log");
+        std::fs::hard_link(&precious, &log).unwrap();
+        let e = open(&log).unwrap_err();
+        assert!(e.to_string().contains("has 2 names (hard links): refused"), "{e}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+        // Once it is the file's only name, it is opened as any log.
+        std::fs::remove_file(&precious).unwrap();
+        open(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rust_log_keeps_what_parses_and_names_what_does_not() {
