@@ -715,7 +715,7 @@ fn unix_sockets_belong_to_the_workers_user_unless_others_could_swap_them() {
     let unix = format!("unix:{}", sock.display());
     let out = d.start(&["--delay", "0", "--user", "nobody", "--listen", &unix]);
     assert!(out.status.success(), "{}", text(&out));
-    // Left root's, only root could connect: not a proxy in the workers' group.
+    // The workers' user and group own it (it was root's: a proxy in that group could not connect).
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (nobody.uid.as_raw(), nobody.gid.as_raw()));
     assert_eq!(meta.mode() & 0o777, 0o660);

@@ -212,13 +212,13 @@ impl Drop for Binding {
     }
 }
 
-/// Gives unix socket files this process bound (see [`Bound::unix_path`]) to the workers' user and group (`--user`,
-/// `--group`), as the log file is: left root's (mode 0660), only root could connect to them,
-/// not a proxy in the workers' group. Each file is changed through its directory's
-/// descriptor, without following a link, and only in a directory where no one but root or
-/// this user can have replaced it meanwhile with a link to another file, which the change
-/// would give away: one that no one else can write, or a sticky one (`/tmp`) of theirs, where
-/// no one else can remove or rename a file of theirs. Elsewhere it is an error.
+/// Gives unix socket files this process bound (see [`Bound::unix_path`]) to the workers' user
+/// and group (`--user`, `--group`), as the log file is: left root's (mode 0660), only root
+/// could connect to them, not a proxy in the workers' group. Each file is changed through its
+/// directory's descriptor, without following a link, and only in a directory where no one but
+/// root or this user can have replaced it meanwhile with a link to another file, which the
+/// change would give away: one that no one else can write, or a sticky one (`/tmp`) of theirs,
+/// where no one else can remove or rename a file of theirs. Elsewhere it is an error.
 pub fn give_sockets<'a>(
     paths: impl IntoIterator<Item = &'a std::path::Path>,
     uid: nix::unistd::Uid,
@@ -467,9 +467,10 @@ mod tests {
 
     #[test]
     fn socket_files_are_given_away_only_where_no_one_else_can_swap_them() {
-        let root_only = [(0, 0o755), (0, 0o700), (1000, 0o755)];
+        // Root's or this user's (1000), which no one else can write, or sticky.
+        let theirs = [(0, 0o755), (0, 0o700), (1000, 0o755)];
         let sticky = [(0, 0o1777), (1000, 0o1770)];
-        for (owner, mode) in root_only.into_iter().chain(sticky) {
+        for (owner, mode) in theirs.into_iter().chain(sticky) {
             assert!(chown_safe_in(owner, mode, 1000), "uid {owner} mode {mode:o}");
         }
         // Another user's directory (even sticky: its owner removes any file in it), or one
