@@ -240,12 +240,10 @@ fn give_socket(path: &std::path::Path, uid: nix::unistd::Uid, gid: nix::unistd::
     use nix::fcntl::AtFlags;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::other("no file name"));
-    };
-    let dir = std::fs::File::open(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })?;
+    let (dir, name) = sys::open_parent(path).ok_or_else(|| io::Error::other("no file name"))??;
     let meta = dir.metadata()?;
-    if !chown_safe_in(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw()) {
+    // A sticky one will do: there no one else can remove or rename the socket root made.
+    if !sys::trusted_dir(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw(), true) {
         return Err(io::Error::other(format!(
             "its directory can be written by others (owned by uid {}, mode {:o}), who could swap the socket for a link to any file before the change: bind it in a directory only root can write, or in a sticky one such as /tmp",
             meta.uid(),
@@ -258,13 +256,6 @@ fn give_socket(path: &std::path::Path, uid: nix::unistd::Uid, gid: nix::unistd::
     }
     nix::unistd::fchownat(Some(dir.as_raw_fd()), name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
     Ok(())
-}
-
-/// Whether, in a directory owned by `owner` with `mode`, only root or `euid` can remove or
-/// replace a file root made: the directory is theirs, and writable by no one else or sticky
-/// (`S_ISVTX`).
-fn chown_safe_in(owner: u32, mode: u32, euid: u32) -> bool {
-    (owner == 0 || owner == euid) && (mode & 0o022 == 0 || mode & 0o1000 != 0)
 }
 
 /// Binds every spec; nothing is left bound if one fails.
@@ -466,17 +457,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_files_are_given_away_only_where_no_one_else_can_swap_them() {
+    fn directories_trusted_with_a_socket_file_or_a_log_link() {
         // Root's or this user's (1000), which no one else can write, or sticky.
         let theirs = [(0, 0o755), (0, 0o700), (1000, 0o755)];
         let sticky = [(0, 0o1777), (1000, 0o1770)];
         for (owner, mode) in theirs.into_iter().chain(sticky) {
-            assert!(chown_safe_in(owner, mode, 1000), "uid {owner} mode {mode:o}");
+            assert!(sys::trusted_dir(owner, mode, 1000, true), "uid {owner} mode {mode:o}");
+        }
+        // A sticky directory will not do for a log's symbolic link: others plant their own.
+        for (owner, mode) in sticky {
+            assert!(!sys::trusted_dir(owner, mode, 1000, false), "uid {owner} mode {mode:o}");
         }
         // Another user's directory (even sticky: its owner removes any file in it), or one
         // its group or anyone can write.
         for (owner, mode) in [(1001, 0o755), (1001, 0o1777), (0, 0o775), (0, 0o757), (1000, 0o777)] {
-            assert!(!chown_safe_in(owner, mode, 1000), "uid {owner} mode {mode:o}");
+            assert!(!sys::trusted_dir(owner, mode, 1000, true), "uid {owner} mode {mode:o}");
         }
     }
 

@@ -60,12 +60,13 @@ fn open_maybe_linked(path: &Path) -> io::Result<File> {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
         opened => return opened,
     }
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(parent) = sys::open_parent(path) else {
         return Err(io::Error::other("is a symbolic link (refused)"));
     };
-    let dir = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+    let (dir, name) = parent?;
     let meta = dir.metadata()?;
-    if !trusted_dir(&meta, nix::unistd::geteuid().as_raw()) {
+    // Not a sticky one: there others can plant links of their own.
+    if !sys::trusted_dir(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw(), false) {
         return Err(io::Error::other(format!(
             "is a symbolic link in a directory that others can write (refused: owned by uid {}, mode {:o})",
             meta.uid(),
@@ -74,12 +75,6 @@ fn open_maybe_linked(path: &Path) -> io::Result<File> {
     }
     // The directory checked is the one opened in, even if its path is swapped meanwhile.
     sys::open_append_in(&dir, name, 0o640)
-}
-
-/// A directory in which only root or `euid` can have put a symbolic link: owned by either, and
-/// writable by neither its group nor others.
-fn trusted_dir(meta: &std::fs::Metadata, euid: u32) -> bool {
-    (meta.uid() == 0 || meta.uid() == euid) && meta.mode() & 0o022 == 0
 }
 
 /// Opens `path` afresh and points stdout and stderr at it (what USR1 does after logrotate).

@@ -89,6 +89,23 @@ pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The directory holding `path` (`.` for a bare name), opened, and `path`'s name in it, to
+/// work through the directory's fd; `None` for a path that names no file (`/`, `..`).
+pub(crate) fn open_parent(path: &std::path::Path) -> Option<io::Result<(File, &OsStr)>> {
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    Some(File::open(dir).map(|d| (d, name)))
+}
+
+/// Whether, in a directory owned by `owner` with `mode`, no one but root or `euid` can have put
+/// a file (a symbolic link, a hard link) or replaced one: the directory is owned by either and
+/// writable by neither its group nor others (as OpenSSH's `StrictModes` judges). With
+/// `sticky_will_do`, a sticky one of theirs (`/tmp`) will do too, for a file root made: there
+/// others can add files of their own, but not remove or rename one of root's.
+pub(crate) fn trusted_dir(owner: u32, mode: u32, euid: u32, sticky_will_do: bool) -> bool {
+    (owner == 0 || owner == euid) && (mode & 0o022 == 0 || (sticky_will_do && mode & 0o1000 != 0))
+}
+
 /// Opens (creating, mode `mode`) `name` in the directory `dir` for appending, close-on-exec,
 /// following a symbolic link there: the directory is the one `dir` holds, whatever its path
 /// names by now (the log's symlink check).
