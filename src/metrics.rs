@@ -125,6 +125,8 @@ pub(crate) struct Exposition {
     pub(crate) sockets: Mutex<Vec<Option<OwnedFd>>>,
     pub(crate) version: String,
     pub(crate) binary: String,
+    /// When this generation's TLS certificate expires, in seconds since the Unix epoch.
+    pub(crate) tls_not_after: Option<i64>,
 }
 
 impl Exposition {
@@ -238,6 +240,15 @@ impl Exposition {
             label(&self.version),
             label(&self.binary)
         );
+        if let Some(t) = self.tls_not_after {
+            head(
+                &mut o,
+                "tls_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When the TLS certificate of the generation answering this scrape expires, in seconds since the Unix epoch.",
+            );
+            let _ = writeln!(o, "baton_tls_certificate_expiry_timestamp_seconds {t}");
+        }
         let start = ms.start_time.load(Relaxed);
         if start != 0 {
             head(&mut o, "start_time_seconds", "gauge", "When the master started, in seconds since the Unix epoch.");
@@ -314,6 +325,7 @@ mod tests {
             sockets: Mutex::new(Vec::new()),
             version: "1.0 \"beta\"".into(),
             binary: "/bin/app".into(),
+            tls_not_after: Some(4_318_312_413),
         };
         let text = e.render();
         assert!(text.contains("baton_requests_total{listener=\"http\",code=\"2xx\"} 1\n"), "{text}");
@@ -324,6 +336,7 @@ mod tests {
         assert!(text.contains("baton_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("baton_request_duration_seconds_count 3\n"), "{text}");
         assert!(text.contains("baton_build_info{version=\"1.0 \\\"beta\\\"\",binary=\"/bin/app\"} 1\n"), "{text}");
+        assert!(text.contains("\nbaton_tls_certificate_expiry_timestamp_seconds 4318312413\n"), "{text}");
         // Every series has its HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -143,9 +143,17 @@ fn serve<A>(
     let metrics = crate::metrics::Metrics::new(shared_metrics);
     // Before the privilege drop: the key is often readable by root only.
     #[cfg(feature = "tls")]
-    {
-        http.tls = opts.tls_paths(under_master).map(|(cert, key)| crate::tls::load(&cert, &key)).transpose()?;
-    }
+    let tls_cert = match opts.tls_paths(under_master) {
+        Some((cert, key)) => {
+            let loaded = crate::tls::load(&cert, &key)?;
+            http.tls = Some(loaded.config);
+            if let Some(w) = loaded.validity.and_then(|v| v.warning(&cert, crate::tls::now())) {
+                tracing::warn!("{w}");
+            }
+            loaded.validity.map(|v| (cert, v))
+        }
+        None => None,
+    };
     if let Some(user) = &opts.user {
         supervised::drop_privileges(user, opts.group.as_deref())?;
         // The master's socket, reached as this user: failing, this worker could never say it
@@ -197,6 +205,8 @@ fn serve<A>(
         on_shutdown,
         metrics,
         version,
+        #[cfg(feature = "tls")]
+        tls_cert,
     };
     let result =
         rt.block_on(tracing::Instrument::instrument(run.serve(), baton_supervise::log::process_span("worker")));
@@ -249,6 +259,9 @@ struct Run<A> {
     on_shutdown: Option<crate::ready::Hook>,
     metrics: crate::metrics::Metrics,
     version: String,
+    /// The TLS certificate's path and validity, when it could be read.
+    #[cfg(feature = "tls")]
+    tls_cert: Option<(std::path::PathBuf, crate::tls::Validity)>,
 }
 
 impl<A> Run<A> {
@@ -266,6 +279,8 @@ impl<A> Run<A> {
             on_shutdown,
             metrics,
             version,
+            #[cfg(feature = "tls")]
+            tls_cert,
         } = self;
         let notify = |msg: &str| {
             if let Some(n) = &notifier {
@@ -295,6 +310,10 @@ impl<A> Run<A> {
             sockets: std::sync::Mutex::new(listeners.iter().map(|b| b.fd.try_clone().ok()).collect()),
             version,
             binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
+            #[cfg(feature = "tls")]
+            tls_not_after: tls_cert.as_ref().map(|(_, v)| v.not_after),
+            #[cfg(not(feature = "tls"))]
+            tls_not_after: None,
         });
         let app = match sigs.unless_stopped(factory(args)).await {
             Err(sig) => return Ok(start_abandoned(sig)),
@@ -311,10 +330,14 @@ impl<A> Run<A> {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
         #[cfg(feature = "tls")]
-        let tls_note = if http.tls.is_some() && listeners.iter().any(|l| matches!(l, Listener::Tcp(_))) {
-            " (TLS on TCP listeners)"
-        } else {
-            ""
+        let tls_note = match &tls_cert {
+            _ if http.tls.is_none() || !listeners.iter().any(|l| matches!(l, Listener::Tcp(_))) => String::new(),
+            Some((_, v)) => format!(
+                " (TLS on TCP listeners, certificate {} {})",
+                if v.not_after < crate::tls::now() { "expired at" } else { "valid until" },
+                crate::tls::date(v.not_after)
+            ),
+            None => " (TLS on TCP listeners)".to_owned(),
         };
         #[cfg(not(feature = "tls"))]
         let tls_note = "";
@@ -340,6 +363,18 @@ impl<A> Run<A> {
                     tick.tick().await;
                     let conns = shared.open_conns.load(std::sync::atomic::Ordering::Relaxed);
                     let _ = n.send(&format!("{}\n{}", Message::HEARTBEAT, Message::conns(conns)));
+                }
+            });
+        }
+        #[cfg(feature = "tls")]
+        if let Some((cert, v)) = tls_cert {
+            // A worker can serve for months: the warning is repeated daily once it is due.
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(86_400)).await;
+                    if let Some(w) = v.warning(&cert, crate::tls::now()) {
+                        tracing::warn!("{w}");
+                    }
                 }
             });
         }

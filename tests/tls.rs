@@ -122,7 +122,7 @@ fn der(pem_file: &str) -> Vec<u8> {
     CertificateDer::from_pem_file(fixture(pem_file)).unwrap().to_vec()
 }
 
-/// Puts fixture `name` (`one` or `two`) at `cert.pem`/`key.pem` in `dir`, as a renewal does.
+/// Puts fixture `name` (`one`, `two` or `expired`) at `cert.pem`/`key.pem` in `dir`, as a renewal does.
 fn install_cert(dir: &Path, name: &str) {
     for (from, to) in [(format!("{name}.pem"), "cert.pem"), (format!("{name}.key"), "key.pem")] {
         std::fs::copy(fixture(&from), dir.join("new")).unwrap();
@@ -148,7 +148,9 @@ fn tls_serves_h1_and_h2_by_alpn_and_reload_renews_the_certificate() {
     assert_eq!((h2.alpn.as_deref(), h2.version.as_str(), h2.status), (Some(&b"h2"[..]), "HTTP/2.0", 200));
     let first: i32 = h2.body.parse().unwrap();
     assert_ne!(first, master, "served by a worker");
-    assert!(d.log().contains("serving on http=127.0.0.1") && d.log().contains("(TLS on TCP listeners)"), "{}", d.log());
+    let serving = "(TLS on TCP listeners, certificate valid until 2126-11-01T11:53:33Z)";
+    assert!(d.log().contains("serving on http=127.0.0.1") && d.log().contains(serving), "{}", d.log());
+    assert!(!d.log().contains("WARN"), "a certificate valid for 100 years is not warned of: {}", d.log());
 
     // A keep-alive TLS connection open across the reload: its next request is still answered
     // by the old worker, with `Connection: close`, as on plain TCP.
@@ -182,6 +184,39 @@ fn tls_serves_h1_and_h2_by_alpn_and_reload_renews_the_certificate() {
     assert!(text(&out).contains("cert.pem: invalid PEM"), "reason missing: {}", text(&out));
     let still = rt.block_on(fetch(d.addr(), b"h2", "/pid")).unwrap();
     assert_eq!((still.body, still.leaf), (after.body, der("two.pem")));
+    assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
+}
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning_in_the_log() {
+    let d = Daemon::new("tls-expired");
+    install_cert(d.dir.path(), "expired");
+    let out = d.start(&["--delay", "0", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+    assert!(out.status.success(), "refused rather than served: {}", text(&out));
+    let cert = d.dir.join("cert.pem");
+    let warning = format!(
+        "WARN  worker[{}] TLS certificate {} expired at 2026-12-04T21:08:06Z, ",
+        // The worker's pid, from the serving line.
+        d.log().split("worker[").nth(1).and_then(|r| r.split(']').next()).unwrap_or("?"),
+        cert.display()
+    );
+    let log = d.log();
+    assert!(log.contains(&warning) && log.contains(" ago: clients refuse it; renew it and reload\n"), "{log}");
+    assert!(log.contains("(TLS on TCP listeners, certificate expired at 2026-12-04T21:08:06Z)"), "{log}");
+    // Served: a client is shown the certificate, and refuses it for its dates.
+    let err = rt()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(d.addr()).await?;
+            connector(rustls::RootCertStore::empty(), b"http/1.1")
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid peer certificate: Expired"), "{err}");
+    // A reload warns again, from the new worker.
+    let out = d.hello(&["reload", "-p", "x.pid"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(d.log().matches(" expired at 2026-12-04T21:08:06Z, ").count(), 2, "{}", d.log());
     assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
 }
 
