@@ -315,6 +315,31 @@ fn production_defaults() {
     assert_eq!(r.header("x-request-id"), Some("abc-42"));
 }
 
+/// `--max-body-bytes` above axum's own 2 MiB cap (which its `Bytes`, `String`, `Json` and
+/// `Form` extractors apply unless told otherwise) is the limit the app's extractor sees:
+/// regression test, such a body was refused 413 by axum at 2 MiB. The limit still holds.
+#[test]
+fn a_body_limit_above_two_mib_reaches_axums_extractors() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--max-body-bytes", "3MiB"]);
+    let a = h.addr();
+    let three_mib = 3 * 1024 * 1024;
+    for len in [2_500_000, three_mib] {
+        let body = "x".repeat(len);
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+        let r = request(a, format!("{head}{body}").as_bytes()).unwrap();
+        assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes with a length");
+        let chunked = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
+        );
+        let r = request(a, chunked.as_bytes()).unwrap();
+        assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes chunked");
+    }
+    // One byte more is refused by its length, before any of the body is sent.
+    let over =
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", three_mib + 1);
+    assert_eq!(request(a, over.as_bytes()).unwrap().status, 413);
+}
+
 /// HTTP/2 responses carry the request id without churning the connection's HPACK table: the
 /// first response adds the header to the table, the later ones name it from there and send
 /// their own value never indexed. Checked on the wire (the frames' header blocks, parsed by

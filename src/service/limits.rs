@@ -33,7 +33,7 @@ pub(crate) fn bad_host(version: Version, n: usize) -> Option<Response<Body>> {
 /// The request with its body limited to `max` bytes and to a minimum pace after `slow` (an
 /// ended body replaced by an empty one); `start`: when the request began.
 pub(crate) fn limit<B>(
-    req: Request<B>,
+    mut req: Request<B>,
     max: u64,
     slow: Option<Duration>,
     start: impl FnOnce() -> Instant,
@@ -42,6 +42,14 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    // axum's extractors (`Bytes`, `String`, `Json`, `Form`) cap a body at their own 2 MiB
+    // unless told otherwise: above that, `--max-body-bytes` would be silently lowered to it.
+    // This body is limited here, so theirs is turned off (the app's own `DefaultBodyLimit`
+    // on a route still applies: it is set after this). At or below 2 MiB theirs never bites
+    // first, and the default path pays no extension.
+    if max > AXUM_DEFAULT_BODY_LIMIT && !req.body().is_end_stream() {
+        axum::extract::DefaultBodyLimit::disable().apply(&mut req);
+    }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     req.map(|b| match slow {
         // No body (most requests): nothing to limit, and an empty body costs no allocation.
@@ -54,6 +62,9 @@ where
         _ => Body::new(http_body_util::Limited::new(b, max)),
     })
 }
+
+/// The body limit axum's extractors apply by default (`axum_core`'s `DEFAULT_LIMIT`).
+const AXUM_DEFAULT_BODY_LIMIT: u64 = 2 * 1024 * 1024;
 
 /// The pace a body must keep after its grace, on average since the request began.
 const MIN_RATE: u64 = 1024;
