@@ -42,24 +42,26 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    // No body (most requests): nothing to limit, and an empty body costs no allocation.
+    if req.body().is_end_stream() {
+        return req.map(|_| Body::empty());
+    }
     // axum's extractors (`Bytes`, `String`, `Json`, `Form`) cap a body at their own 2 MiB
     // unless told otherwise: above that, `--max-body-bytes` would be silently lowered to it.
     // This body is limited here, so theirs is turned off (the app's own `DefaultBodyLimit`
     // on a route still applies: it is set after this). At or below 2 MiB theirs never bites
     // first, and the default path pays no extension.
-    if max > AXUM_DEFAULT_BODY_LIMIT && !req.body().is_end_stream() {
+    if max > AXUM_DEFAULT_BODY_LIMIT {
         axum::extract::DefaultBodyLimit::disable().apply(&mut req);
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     req.map(|b| match slow {
-        // No body (most requests): nothing to limit, and an empty body costs no allocation.
-        _ if b.is_end_stream() => Body::empty(),
         Some(grace) => {
             // Limited outermost: the app's extractor recognises its error (413).
             let paced = Paced { inner: Box::pin(b), start: start(), grace, bytes: 0, timer: None };
             Body::new(http_body_util::Limited::new(paced, max))
         }
-        _ => Body::new(http_body_util::Limited::new(b, max)),
+        None => Body::new(http_body_util::Limited::new(b, max)),
     })
 }
 
