@@ -1,6 +1,6 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
-//! JSON API, static files next to the binary's launch directory, its own `tracing` events,
-//! `ConnectInfo`, and a shutdown hook.
+//! JSON API, static files next to the binary's launch directory, an upload route with a body
+//! limit of its own, its own `tracing` events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 #[derive(clap::Args, Debug)]
 struct Args {
@@ -106,6 +106,9 @@ fn main() -> ExitCode {
                 .route("/api/hits", get(hits))
                 .route("/whoami", get(whoami))
                 .route("/conn", get(conn))
+                // Uploads up to 16 MiB here; every other route keeps `--max-body-bytes`.
+                .route("/upload", post(upload).layer(baton::BodyLimit::max(16 << 20)))
+                .route("/api/note", post(note))
                 .nest_service("/static", statics)
                 .with_state(state))
         })
@@ -120,6 +123,17 @@ async fn greet(State(s): State<Arc<AppState>>) -> String {
 async fn hits(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     let body = format!("{{\"hits\":{}}}", s.hits.load(Ordering::Relaxed));
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// An upload (kept in memory here; a real app would stream it to storage).
+async fn upload(body: axum::body::Bytes) -> String {
+    format!("received {} bytes\n", body.len())
+}
+
+/// A short note, under the server's own body limit.
+async fn note(text: String) -> String {
+    tracing::info!(len = text.len(), "note taken");
+    format!("noted {} bytes\n", text.len())
 }
 
 async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {

@@ -32,6 +32,7 @@
 
 mod access_log;
 mod app;
+pub mod body_limit;
 mod cli;
 #[doc(hidden)]
 pub mod metrics;
@@ -53,6 +54,7 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use app::{App, IntoApp, NoArgs, serve};
+pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{TempDir, alive, free_port, get, install, install_script, text, wait_until};
+use support::{TempDir, alive, free_port, get, install, install_script, request, text, wait_until};
 
 fn realistic_bin() -> PathBuf {
     support::examples_dir().join("realistic")
@@ -284,4 +284,59 @@ fn where_a_request_came_in_on_tcp_and_unix_listeners() {
     s.read_to_end(&mut buf).unwrap();
     let resp = support::parse(&buf).unwrap();
     assert_eq!(resp.body, format!("peer=none local={unix}"));
+}
+
+/// `baton::BodyLimit` on a route: `/upload` takes up to 16 MiB while `/api/note` keeps
+/// `--max-body-bytes` (default 2 MiB), with a length and chunked. A length over a route's
+/// limit is answered 413 without `100 Continue`, before the client sends the body.
+#[test]
+fn a_route_sets_its_own_body_limit() {
+    let app = App::new("app-body-limit");
+    let out = app.start(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = app.addr();
+    let post = |path: &str, len: usize, chunked: bool| {
+        let body = "x".repeat(len);
+        let raw = if chunked {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
+            )
+        } else {
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}")
+        };
+        request(a, raw.as_bytes()).unwrap()
+    };
+    for chunked in [false, true] {
+        let r = post("/upload", 5_000_000, chunked);
+        assert_eq!((r.status, r.body.as_str()), (200, "received 5000000 bytes\n"), "chunked: {chunked}");
+        let r = post("/upload", 16 << 20, chunked);
+        assert_eq!(r.status, 200, "exactly 16 MiB, chunked: {chunked}");
+        let r = post("/api/note", 2 << 20, chunked);
+        assert_eq!((r.status, r.body.as_str()), (200, "noted 2097152 bytes\n"), "chunked: {chunked}");
+        assert_eq!(post("/api/note", (2 << 20) + 1, chunked).status, 413, "chunked: {chunked}");
+    }
+    // Declared over a limit, the body not sent: answered at once, with no `100 Continue`.
+    for (path, len) in [("/api/note", 3_000_000), ("/upload", (16 << 20) + 1)] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(request(a, head.as_bytes()).unwrap().status, 413, "{path} {len}");
+    }
+    // Under `--max-body-bytes 1KiB`, the upload route keeps its own 16 MiB.
+    drop(app);
+    let app = App::new("app-body-limit-small");
+    let out = app.start(&["--max-body-bytes", "1KiB"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = app.addr();
+    let body = "x".repeat(3_000_000);
+    let r = request(
+        a,
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 3000000\r\nConnection: close\r\n\r\n{body}")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "received 3000000 bytes\n"));
+    let r =
+        request(a, b"POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(r.status, 413);
 }

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Frame;
 
+use crate::body_limit::{RouteLimit, RouteLimited};
+
 /// 413 when the request declares (`content_length`) a body larger than `max`.
 pub(crate) fn refuse(content_length: Option<&HeaderValue>, max: u64) -> Option<Response<Body>> {
     let declared: Option<u64> = content_length?.to_str().ok()?.parse().ok();
@@ -31,10 +33,12 @@ pub(crate) fn bad_host(version: Version, n: usize) -> Option<Response<Body>> {
 }
 
 /// The request with its body limited to `max` bytes and to a minimum pace after `slow` (an
-/// ended body replaced by an empty one); `start`: when the request began.
+/// ended body replaced by an empty one); `start`: when the request began; `routes`: some
+/// route may set its own limit (see [`crate::body_limit`]).
 pub(crate) fn limit<B>(
     mut req: Request<B>,
     max: u64,
+    routes: bool,
     slow: Option<Duration>,
     start: impl FnOnce() -> Instant,
 ) -> Request<Body>
@@ -53,6 +57,19 @@ where
     // first, and the default path pays no extension.
     if max > AXUM_DEFAULT_BODY_LIMIT {
         axum::extract::DefaultBodyLimit::disable().apply(&mut req);
+    }
+    // Some route sets its own limit (`baton::BodyLimit`): the body's limit is read when it is
+    // first read, after routing.
+    if routes {
+        let cell = RouteLimit::new(max);
+        req.extensions_mut().insert(cell.clone());
+        return req.map(|b| match slow {
+            Some(grace) => {
+                let paced = Paced { inner: Box::pin(b), start: start(), grace, bytes: 0, timer: None };
+                Body::new(RouteLimited::new(paced, cell))
+            }
+            None => Body::new(RouteLimited::new(b, cell)),
+        });
     }
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     req.map(|b| match slow {

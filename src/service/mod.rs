@@ -225,8 +225,11 @@ where
     // What the defaults need of the headers, in one pass, copied out (reference counts)
     // before the request changes.
     let seen = headers::Seen::of(req.headers());
-    let early =
-        limits::bad_host(version, seen.hosts).or_else(|| limits::refuse(seen.content_length, cfg.max_body_bytes));
+    // With routes that set their own body limit, a declared length is refused here only
+    // over the largest of them (the route's own is checked when its body is first read).
+    let routes = crate::body_limit::routes_largest();
+    let refuse_over = routes.map_or(cfg.max_body_bytes, |r| r.max(cfg.max_body_bytes));
+    let early = limits::bad_host(version, seen.hosts).or_else(|| limits::refuse(seen.content_length, refuse_over));
     let incoming_rid = seen.request_id.cloned();
     let log_headers = logged.then(|| (seen.user_agent.cloned(), seen.referer.cloned()));
     let (rid, rid_made) = match cfg.request_id.then(|| request_id::ensure(&mut req, incoming_rid)) {
@@ -251,7 +254,8 @@ where
             done: Unanswered { done: Some(Done { version, rid, record, guard }), polling: false },
         },
         None => {
-            let req = limits::limit(req, cfg.max_body_bytes, cfg.body_timeout, || shared.instant_at(start));
+            let req =
+                limits::limit(req, cfg.max_body_bytes, routes.is_some(), cfg.body_timeout, || shared.instant_at(start));
             // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
             // has begun, which the access log (written at the end) cannot.
             tracing::debug!(
