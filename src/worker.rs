@@ -329,18 +329,29 @@ impl<A> Run<A> {
             .map(Listener::from_bound)
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| Error::io(ErrorKind::Listen, "cannot register listener", e))?;
+        // The certificate's expiry, in the serving line and in what `status` and `reload`
+        // show of this generation (a renewal's reload shows the new date).
         #[cfg(feature = "tls")]
-        let tls_note = match &tls_cert {
-            _ if http.tls.is_none() || !listeners.iter().any(|l| matches!(l, Listener::Tcp(_))) => String::new(),
-            Some((_, v)) => format!(
-                " (TLS on TCP listeners, certificate {} {})",
-                if v.not_after < crate::tls::now() { "expired at" } else { "valid until" },
-                crate::tls::date(v.not_after)
-            ),
-            None => " (TLS on TCP listeners)".to_owned(),
+        let tls_valid = tls_cert.as_ref().map(|(_, v)| {
+            let verb = if v.not_after < crate::tls::now() { "expired at" } else { "valid until" };
+            format!("certificate {verb} {}", crate::tls::date(v.not_after))
+        });
+        #[cfg(feature = "tls")]
+        let (tls_note, info) = match &tls_valid {
+            _ if http.tls.is_none() || !listeners.iter().any(|l| matches!(l, Listener::Tcp(_))) => {
+                (String::new(), readiness.info.clone())
+            }
+            Some(valid) => {
+                let info = match &readiness.info {
+                    Some(i) => format!("{i}; TLS {valid}"),
+                    None => format!("TLS {valid}"),
+                };
+                (format!(" (TLS on TCP listeners, {valid})"), Some(info))
+            }
+            None => (" (TLS on TCP listeners)".to_owned(), readiness.info.clone()),
         };
         #[cfg(not(feature = "tls"))]
-        let tls_note = "";
+        let (tls_note, info) = ("", readiness.info.clone());
         let shared = Arc::new(Shared::new(http, metrics));
         // Before accepting anything: a worker that fails here has taken no connection.
         let gate = crate::ready::gate(readiness.check.as_ref(), readiness.probe.as_deref(), &app, &shared);
@@ -383,7 +394,7 @@ impl<A> Run<A> {
         let (rx, weak) = server.drain_signal();
         crate::shutdown::install(rx, weak, shared.cfg.drain_spread);
         tracing::info!("generation {generation} serving on {}{tls_note}", names.join(", "));
-        notify(&Message::ready(generation, readiness.info.as_deref()));
+        notify(&Message::ready(generation, info.as_deref()));
 
         let stop = loop {
             tokio::select! {

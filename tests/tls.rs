@@ -213,10 +213,21 @@ fn an_expired_certificate_is_served_with_a_warning_in_the_log() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("invalid peer certificate: Expired"), "{err}");
+    // `status` shows the generation's certificate.
+    let out = d.hello(&["status", "-p", "x.pid"]);
+    assert!(text(&out).contains("; TLS certificate expired at 2026-12-04T21:08:06Z)\n"), "{}", text(&out));
     // A reload warns again, from the new worker.
     let out = d.hello(&["reload", "-p", "x.pid"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(d.log().matches(" expired at 2026-12-04T21:08:06Z, ").count(), 2, "{}", d.log());
+    // Renewed: the reload and `status` name the new certificate's expiry.
+    install_cert(d.dir.path(), "one");
+    let out = d.hello(&["reload", "-p", "x.pid"]);
+    assert!(text(&out).contains("; TLS certificate valid until 2126-11-01T11:53:33Z)"), "{}", text(&out));
+    let status = text(&d.hello(&["status", "-p", "x.pid"]));
+    let serving: Vec<&str> = status.lines().filter(|l| l.contains(" serving (")).collect();
+    assert_eq!(serving.len(), 1, "{status}");
+    assert!(serving[0].ends_with("; TLS certificate valid until 2126-11-01T11:53:33Z)"), "{status}");
     assert!(d.hello(&["stop", "-p", "x.pid"]).status.success());
 }
 
