@@ -1,6 +1,7 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
-//! JSON API, static files next to the binary's launch directory, an upload route with a body
-//! limit of its own, its own `tracing` events, `ConnectInfo`, and a shutdown hook.
+//! JSON API, static files next to the binary's launch directory, routes with a body limit or
+//! a request timeout of their own, its own `tracing` events, `ConnectInfo`, and a shutdown
+//! hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
         .default_listen("127.0.0.1:8080")
         // The app's own production defaults; the command line overrides each.
         .health_path("/healthz")
-        .drain_timeout(std::time::Duration::from_secs(7))
+        .drain_timeout(Duration::from_secs(7))
         // An app's own subcommand: `realistic migrate --to 3`, no server involved.
         .command(
             clap::Command::new("migrate").about("Migrate the database schema").arg(
@@ -109,6 +111,10 @@ fn main() -> ExitCode {
                 // Uploads up to 16 MiB here; every other route keeps `--max-body-bytes`.
                 .route("/upload", post(upload).layer(baton::BodyLimit::max(16 << 20)))
                 .route("/api/note", post(note))
+                // A report may take minutes; a lookup that has not answered in half a second
+                // is given up (its callers retry elsewhere); the rest: `--request-timeout`.
+                .route("/api/report/{ms}", get(slow).layer(baton::RequestTimeout::new(Duration::from_secs(600))))
+                .route("/api/lookup/{ms}", get(slow).layer(baton::RequestTimeout::new(Duration::from_millis(500))))
                 .nest_service("/static", statics)
                 .with_state(state))
         })
@@ -128,6 +134,12 @@ async fn hits(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 /// An upload (kept in memory here; a real app would stream it to storage).
 async fn upload(body: axum::body::Bytes) -> String {
     format!("received {} bytes\n", body.len())
+}
+
+/// Work that takes `ms` milliseconds.
+async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("done in {ms} ms\n")
 }
 
 /// A short note, under the server's own body limit.

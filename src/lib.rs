@@ -37,6 +37,7 @@ mod cli;
 #[doc(hidden)]
 pub mod metrics;
 mod ready;
+pub mod request_timeout;
 mod serve;
 mod service;
 mod shutdown;
@@ -56,6 +57,7 @@ use tower::util::BoxCloneSyncService;
 pub use app::{App, IntoApp, NoArgs, serve};
 pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
+pub use request_timeout::RequestTimeout;
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};
 
 /// The directory the app was started from (`run` or `start`), whatever the process's current

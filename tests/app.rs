@@ -340,3 +340,20 @@ fn a_route_sets_its_own_body_limit() {
         request(a, b"POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(r.status, 413);
 }
+
+/// `baton::RequestTimeout` on a route, under `--request-timeout 1s`: `/api/report` (600 s)
+/// answers after 1.5 s, `/api/lookup` (500 ms) is cut at 503 after 0.8 s, with the usual
+/// `request timeout` line, and answers when it is quick.
+#[test]
+fn a_route_sets_its_own_request_timeout() {
+    let app = App::new("app-timeout");
+    let out = app.start(&["--request-timeout", "1s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = get(app.addr(), "/api/report/1500").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "done in 1500 ms\n"));
+    let r = get(app.addr(), "/api/lookup/800").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (503, "request timeout\n"));
+    assert!(app.log().contains("request timeout on GET /api/lookup/800"), "{}", app.log());
+    let r = get(app.addr(), "/api/lookup/10").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "done in 10 ms\n"));
+}

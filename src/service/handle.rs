@@ -1,7 +1,8 @@
 //! The app's future with three defaults around it, in one struct: panic in a handler -> 500
 //! (the panic is caught while polling, so the connection and the worker live on; needs
 //! `panic = "unwind"`, see `Cargo.toml`), the request timeout (`--request-timeout`: a response
-//! not started in time becomes a 503), and the request span the app's events carry. One struct
+//! not started in time becomes a 503, or in a route's own time: `baton::RequestTimeout`), and
+//! the request span the app's events carry. One struct
 //! rather than three nested wrappers: each layer would move the whole request into the next
 //! (measured with callgrind: a copy of several hundred bytes per layer and request), and the
 //! timer is only created for a handler that did not answer on its first poll.
@@ -16,6 +17,7 @@ use axum::body::Body;
 use http::Response;
 
 use crate::AppFuture;
+use crate::request_timeout::RouteTimeout;
 
 /// How the app's future ended.
 pub(crate) enum Outcome {
@@ -36,20 +38,33 @@ pin_project_lite::pin_project! {
         deadline: Option<Duration>,
         // Created the first time the app's future is pending (most answer at once).
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Where a route's `baton::RequestTimeout` sets its own (`None`: no route can).
+        route: Option<RouteTimeout>,
     }
 }
 
 impl Handle {
     // Inlined: see `AppService::call`.
     #[inline(always)]
-    pub(crate) fn new(fut: AppFuture, catch_panic: bool, span: tracing::Span, deadline: Option<Duration>) -> Handle {
+    pub(crate) fn new(
+        fut: AppFuture,
+        catch_panic: bool,
+        span: tracing::Span,
+        deadline: Option<Duration>,
+        route: Option<RouteTimeout>,
+    ) -> Handle {
         let span = (!span.is_disabled()).then_some(span);
-        Handle { fut, catch_panic, span, deadline, sleep: None }
+        Handle { fut, catch_panic, span, deadline, sleep: None, route }
     }
 
     /// Polls the app's future; `shared` turns the deadline into an `Instant` the first time
-    /// the future is pending.
-    pub(crate) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, shared: &super::Shared) -> Poll<Outcome> {
+    /// the future is pending; `start`: the request's start, on the same clock.
+    pub(crate) fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        shared: &super::Shared,
+        start: Duration,
+    ) -> Poll<Outcome> {
         let this = self.project();
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         let fut = this.fut;
@@ -63,6 +78,11 @@ impl Handle {
         };
         if let Poll::Ready(Ok(resp)) = polled {
             return Poll::Ready(Outcome::Done(resp));
+        }
+        // A route's own timeout, set while routing (in this poll or an earlier one).
+        if let Some(after) = this.route.as_ref().and_then(RouteTimeout::take) {
+            *this.deadline = after.map(|d| start.saturating_add(d));
+            *this.sleep = None;
         }
         if let Some(at) = *this.deadline {
             let sleep =

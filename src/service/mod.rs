@@ -254,7 +254,7 @@ where
             done: Unanswered { done: Some(Done { version, rid, record, guard }), polling: false },
         },
         None => {
-            let req =
+            let mut req =
                 limits::limit(req, cfg.max_body_bytes, routes.is_some(), cfg.body_timeout, || shared.instant_at(start));
             // Off by default (`RUST_LOG=baton=debug` turns it on): tells when a handler
             // has begun, which the access log (written at the end) cannot.
@@ -275,7 +275,13 @@ where
             };
             // On the request's clock: an `Instant` only once a timer is needed.
             let deadline = cfg.request_timeout.map(|t| start + t);
-            let handle = handle::Handle::new(app.call(req), cfg.catch_panic, span, deadline);
+            // Some route may set its own timeout (`baton::RequestTimeout`): where it says so.
+            let route = crate::request_timeout::in_use().then(|| {
+                let t = crate::request_timeout::RouteTimeout::default();
+                req.extensions_mut().insert(t.clone());
+                t
+            });
+            let handle = handle::Handle::new(app.call(req), cfg.catch_panic, span, deadline, route);
             ConnFuture {
                 stage: Stage::App { handle, line },
                 done: Unanswered { done: Some(Done { version, rid, record, guard }), polling: false },
@@ -417,7 +423,7 @@ impl Future for ConnFuture {
             StageProj::App { handle, line } => {
                 let done = this.done.done.as_ref().expect("polled after completion");
                 this.done.polling = true;
-                let outcome = handle.poll(cx, done.guard.shared());
+                let outcome = handle.poll(cx, done.guard.shared(), done.guard.start);
                 this.done.polling = false;
                 let outcome = std::task::ready!(outcome);
                 let request_line = || {
