@@ -1,7 +1,7 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
-//! a request timeout of their own, its own `tracing` events, `ConnectInfo`, and a shutdown
-//! hook.
+//! a request timeout of their own, a route left out of the access log, its own `tracing`
+//! events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
@@ -111,6 +111,8 @@ fn main() -> ExitCode {
                 // Uploads up to 16 MiB here; every other route keeps `--max-body-bytes`.
                 .route("/upload", post(upload).layer(baton::BodyLimit::max(16 << 20)))
                 .route("/api/note", post(note))
+                // A load balancer's ping every second: counted, not logged.
+                .route("/ping", get(|| async { "pong" }).layer(baton::NoAccessLog))
                 // A report may take minutes; a lookup that has not answered in half a second
                 // is given up (its callers retry elsewhere); the rest: `--request-timeout`.
                 .route("/api/report/{ms}", get(slow).layer(baton::RequestTimeout::new(Duration::from_secs(600))))

@@ -36,6 +36,7 @@ pub mod body_limit;
 mod cli;
 #[doc(hidden)]
 pub mod metrics;
+pub mod no_access_log;
 mod ready;
 pub mod request_timeout;
 mod serve;
@@ -57,6 +58,7 @@ use tower::util::BoxCloneSyncService;
 pub use app::{App, IntoApp, NoArgs, serve};
 pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
+pub use no_access_log::NoAccessLog;
 pub use request_timeout::RequestTimeout;
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};
 

@@ -459,8 +459,11 @@ impl Future for ConnFuture {
             headers.insert(request_id::X_REQUEST_ID.clone(), rid);
         }
         drain::mark_closing(headers, status, version, guard.shared());
-        if let Some(r) = record.as_mut() {
-            r.status = status;
+        match record.as_mut() {
+            // A route left out of the log (`baton::NoAccessLog`); still counted.
+            Some(_) if resp.extensions().get::<crate::NoAccessLog>().is_some() => record = None,
+            Some(r) => r.status = status,
+            None => {}
         }
         guard.status = status.as_u16();
         if guard.status == 101 {
