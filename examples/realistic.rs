@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         // The app's own production defaults; the command line overrides each.
         .health_path("/healthz")
         .drain_timeout(Duration::from_secs(7))
+        // Deployed behind a proxy on this host (TCP or a unix socket): the access log names
+        // the client it forwards for.
+        .trusted_proxies("127.0.0.1, unix")
         // An app's own subcommand: `realistic migrate --to 3`, no server involved.
         .command(
             clap::Command::new("migrate").about("Migrate the database schema").arg(

@@ -251,6 +251,12 @@ impl App {
         self.option_default("ready_probe", path.to_owned())
     }
 
+    /// `--trusted-proxy`: the load balancers or proxies whose `X-Forwarded-For` the access log
+    /// believes, separated by commas (`"10.0.0.0/8, unix"`). Default: none.
+    pub fn trusted_proxies(self, list: &str) -> Self {
+        self.option_default("trusted_proxy", list.to_owned())
+    }
+
     /// `--access-log`: `combined`, `json` or `off`. Default: `combined`.
     pub fn access_log(self, format: &str) -> Self {
         self.option_default("access_log", format.to_owned())
@@ -525,6 +531,7 @@ impl App {
             idle_grace: self.idle_grace,
             drain_spread: opts.drain_spread()?,
             tcp_nodelay: opts.tcp_nodelay,
+            trusted: service::Trusted(opts.trusted_proxy.clone()),
             #[cfg(feature = "tls")]
             tls: None,
         };

@@ -398,3 +398,22 @@ fn a_route_left_out_of_the_access_log() {
     assert!(log.contains("\"GET /api/hits HTTP/1.1\" 200") && log.contains("\"GET /whoami HTTP/1.1\" 200"), "{log}");
     assert!(!log.contains("/ping"), "{log}");
 }
+
+/// `App::trusted_proxies` (realistic trusts `127.0.0.1, unix`): the access log names the
+/// client in `X-Forwarded-For`; `--trusted-proxy` on the command line replaces the app's list.
+#[test]
+fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
+    for (extra, want) in [(&[][..], "198.51.100.7 - - ["), (&["--trusted-proxy", "10.0.0.0/8"][..], "127.0.0.1 - - [")]
+    {
+        let app = App::new("app-proxy");
+        let out = app.start(extra);
+        assert!(out.status.success(), "{}", text(&out));
+        let head = "GET /api/hits HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n";
+        assert_eq!(request(app.addr(), head.as_bytes()).unwrap().status, 200);
+        assert!(app.ctl(&["stop"]).status.success());
+        let log = app.log();
+        let line =
+            log.lines().find(|l| l.contains("\"GET /api/hits HTTP/1.1\" 200")).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.starts_with(want), "{extra:?}: {line}");
+    }
+}

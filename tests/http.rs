@@ -742,7 +742,7 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(reason), "{listen}: {err}");
     }
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 17] = [
         (&["--group", "nogroup"], "--user <USER>"),
         (&["--health-path", "healthz"], "must be a path starting with /"),
         // Matched on the path alone, it would never answer (it was taken, and 404 forever).
@@ -759,6 +759,16 @@ fn bad_command_lines_name_the_bad_value() {
         (&["--max-body-bytes", "10MB"], "\"MB\" is ambiguous (1000 or 1024?): write KiB, MiB or GiB"),
         (&["--max-body-bytes", "1X"], "unknown unit \"X\""),
         (&["--max-header-bytes", "4KiB"], "below the minimum, 8KiB"),
+        // A typo for 10.1.0.0/16, or a host; anything else believed would be anyone's header.
+        (
+            &["--trusted-proxy", "10.1.0.0/8"],
+            "'10.1.0.0/8' for '--trusted-proxy <ADDR>': bits are set past the /8 prefix: write 10.0.0.0/8",
+        ),
+        (&["--trusted-proxy", "lb.internal"], "host names are not resolved: write an IP address or a network"),
+        (
+            &["--trusted-proxy", "10.0.0.0/8,,unix"],
+            "'' for '--trusted-proxy <ADDR>': expected an IP address, a network",
+        ),
         // A pid file no one writes: `status -p` and `stop -p` said "not running" while it served.
         (&["--no-master", "-p", "one.pid"], "'--no-master' cannot be used with '--pid <FILE>'"),
         (&["--no-master", "--probation", "1s"], "'--no-master' cannot be used with '--probation <DURATION>'"),
@@ -994,4 +1004,36 @@ fn a_client_that_stops_reading_is_cut_at_the_send_timeout() {
         // And the client's connection task ended with it.
         tokio::time::timeout(Duration::from_secs(20), conn).await.expect("the connection ended").unwrap().ok();
     });
+}
+
+/// `--trusted-proxy`: from a trusted peer, the access log names the client its
+/// `X-Forwarded-For` gives (the rightmost address that is not a trusted proxy); from anyone
+/// else, and without the option, the header is ignored and the peer is logged.
+#[test]
+fn a_trusted_proxy_names_the_client_in_the_access_log() {
+    let send = |h: &Hello, xff: &str, path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n");
+        assert_eq!(request(h.addr(), head.as_bytes()).unwrap().status, 404);
+    };
+    let logged = |h: &Hello, path: &str| {
+        let line = format!(" \"GET {path} HTTP/1.1\" 404 ");
+        wait_until(Duration::from_secs(10), &line, || h.log_text().contains(&line));
+        let log = h.log_text();
+        log.lines().find(|l| l.contains(&line)).unwrap().split(' ').next().unwrap().to_owned()
+    };
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--trusted-proxy", "10.0.0.0/8, 127.0.0.1"]);
+    send(&h, "1.1.1.1, 198.51.100.7, 10.0.0.9", "/a");
+    send(&h, "198.51.100.7, unknown", "/b");
+    send(&h, "10.0.0.5", "/c");
+    assert_eq!(logged(&h, "/a"), "198.51.100.7", "past the trusted 10.0.0.9, not the client's own claim");
+    assert_eq!(logged(&h, "/b"), "127.0.0.1", "not an address: the peer");
+    assert_eq!(logged(&h, "/c"), "10.0.0.5", "trusted all the way: the leftmost");
+    drop(h);
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--trusted-proxy", "10.0.0.0/8"]);
+    send(&h, "198.51.100.7", "/d");
+    assert_eq!(logged(&h, "/d"), "127.0.0.1", "the peer is not a trusted proxy");
+    drop(h);
+    let h = Hello::start(&hello_bin(), &["--delay", "0"]);
+    send(&h, "198.51.100.7", "/e");
+    assert_eq!(logged(&h, "/e"), "127.0.0.1", "no proxy is trusted by default");
 }

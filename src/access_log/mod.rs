@@ -95,6 +95,8 @@ pub(crate) struct Record {
     start: Duration,
     pub(crate) status: StatusCode,
     pub(crate) bytes: u64,
+    /// The client a trusted proxy named (`--trusted-proxy`), written instead of the peer.
+    pub(crate) client: Option<std::net::IpAddr>,
 }
 
 thread_local! {
@@ -167,12 +169,15 @@ impl Record {
             start,
             status: StatusCode::OK,
             bytes: 0,
+            client: None,
         }
     }
 
     /// Formats the line (the request from `remote` ended at `end` on the request clock,
     /// wall-clock `wall`, as the time since the Unix epoch) and queues it.
     pub(crate) fn write(&self, remote: &Remote, end: Duration, wall: Duration) {
+        let client = self.client.map(|ip| Remote::new(Some(SocketAddr::new(ip, 0))));
+        let remote = client.as_ref().unwrap_or(remote);
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();

@@ -2,10 +2,10 @@
 //! (the panic is caught while polling, so the connection and the worker live on; needs
 //! `panic = "unwind"`, see `Cargo.toml`), the request timeout (`--request-timeout`: a response
 //! not started in time becomes a 503, or in a route's own time: `baton::RequestTimeout`), and
-//! the request span the app's events carry. One struct
-//! rather than three nested wrappers: each layer would move the whole request into the next
-//! (measured with callgrind: a copy of several hundred bytes per layer and request), and the
-//! timer is only created for a handler that did not answer on its first poll.
+//! the request span the app's events carry. One struct rather than three nested wrappers:
+//! each layer would move the whole request into the next (measured with callgrind: a copy of
+//! several hundred bytes per layer and request), and the timer is only created for a handler
+//! that did not answer on its first poll.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

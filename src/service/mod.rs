@@ -13,7 +13,10 @@ mod handle;
 mod headers;
 mod health;
 mod limits;
+mod proxy;
 mod request_id;
+
+pub(crate) use proxy::{Proxy, Trusted};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,6 +62,8 @@ pub(crate) struct HttpConfig {
     /// own random moment within this long after the drain starts.
     pub(crate) drain_spread: Duration,
     pub(crate) tcp_nodelay: bool,
+    /// `--trusted-proxy`.
+    pub(crate) trusted: Trusted,
     /// TLS for TCP listeners (loaded by the worker).
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
@@ -243,8 +248,14 @@ where
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
     }
     req.extensions_mut().insert(conn.info.clone());
-    let record = log_headers
-        .map(|(ua, referer)| Box::new(Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start)));
+    let record = log_headers.map(|(ua, referer)| {
+        let mut r = Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start);
+        if !cfg.trusted.is_empty() {
+            let forwarded = req.headers().get_all(&proxy::X_FORWARDED_FOR).iter();
+            r.client = cfg.trusted.client(conn.peer.map(|p| p.ip()), forwarded);
+        }
+        Box::new(r)
+    });
     let early = early.or_else(|| health::answer(&req, shared));
     // Each arm builds the whole future where it is returned: a stage built first and
     // then put in the future is copied once more (a memcpy of its 456 bytes, callgrind).
