@@ -1,7 +1,7 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
-//! a request timeout of their own, a route left out of the access log, its own `tracing`
-//! events, `ConnectInfo`, and a shutdown hook.
+//! a request timeout of their own, a route left out of the access log, the client's address
+//! behind a trusted proxy, its own `tracing` events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
@@ -110,6 +110,7 @@ fn main() -> ExitCode {
                 .route("/", get(greet))
                 .route("/api/hits", get(hits))
                 .route("/whoami", get(whoami))
+                .route("/api/client", get(client))
                 .route("/conn", get(conn))
                 // Uploads up to 16 MiB here; every other route keeps `--max-body-bytes`.
                 .route("/upload", post(upload).layer(baton::BodyLimit::max(16 << 20)))
@@ -151,6 +152,11 @@ async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
 async fn note(text: String) -> String {
     tracing::info!(len = text.len(), "note taken");
     format!("noted {} bytes\n", text.len())
+}
+
+/// The client as the access log names it: behind the trusted proxy, the one it forwards for.
+async fn client(ip: Option<baton::ClientIp>) -> String {
+    ip.map_or("unknown".to_owned(), |baton::ClientIp(ip)| ip.to_string())
 }
 
 async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {

@@ -34,6 +34,7 @@ mod access_log;
 mod app;
 pub mod body_limit;
 mod cli;
+mod client_ip;
 #[doc(hidden)]
 pub mod metrics;
 pub mod no_access_log;
@@ -58,6 +59,7 @@ use tower::util::BoxCloneSyncService;
 pub use app::{App, IntoApp, NoArgs, serve};
 pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
+pub use client_ip::ClientIp;
 pub use no_access_log::NoAccessLog;
 pub use request_timeout::RequestTimeout;
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};

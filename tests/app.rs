@@ -285,6 +285,15 @@ fn where_a_request_came_in_on_tcp_and_unix_listeners() {
     s.read_to_end(&mut buf).unwrap();
     let resp = support::parse(&buf).unwrap();
     assert_eq!(resp.body, format!("peer=none local={unix}"));
+    // A unix socket has no client address, unless the proxy behind it (trusted by realistic)
+    // names one.
+    for (xff, client) in [("", "unknown"), ("X-Forwarded-For: 203.0.113.9\r\n", "203.0.113.9")] {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        write!(s, "GET /api/client HTTP/1.1\r\nHost: t\r\n{xff}Connection: close\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        assert_eq!(support::parse(&buf).unwrap().body, client);
+    }
 }
 
 /// `baton::BodyLimit` on a route: `/upload` takes up to 16 MiB while `/api/note` keeps
@@ -399,8 +408,9 @@ fn a_route_left_out_of_the_access_log() {
     assert!(!log.contains("/ping"), "{log}");
 }
 
-/// `App::trusted_proxies` (realistic trusts `127.0.0.1, unix`): the access log names the
-/// client in `X-Forwarded-For`; `--trusted-proxy` on the command line replaces the app's list.
+/// `App::trusted_proxies` (realistic trusts `127.0.0.1, unix`): the access log and the app's
+/// `baton::ClientIp` name the client in `X-Forwarded-For`; `--trusted-proxy` on the command
+/// line replaces the app's list.
 #[test]
 fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
     for (extra, want) in [(&[][..], "198.51.100.7 - - ["), (&["--trusted-proxy", "10.0.0.0/8"][..], "127.0.0.1 - - [")]
@@ -410,6 +420,10 @@ fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
         assert!(out.status.success(), "{}", text(&out));
         let head = "GET /api/hits HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n";
         assert_eq!(request(app.addr(), head.as_bytes()).unwrap().status, 200);
+        // The app's `baton::ClientIp` is the same address.
+        let head = head.replace("/api/hits", "/api/client");
+        let ip = want.split(' ').next().unwrap();
+        assert_eq!(request(app.addr(), head.as_bytes()).unwrap().body, ip, "{extra:?}");
         assert!(app.ctl(&["stop"]).status.success());
         let log = app.log();
         let line =

@@ -248,12 +248,20 @@ where
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
     }
     req.extensions_mut().insert(conn.info.clone());
+    // Behind a trusted proxy: the client it names, for the log and the app (`baton::ClientIp`).
+    let forwarded = if cfg.trusted.is_empty() {
+        None
+    } else {
+        let client =
+            cfg.trusted.client(conn.peer.map(|p| p.ip()), req.headers().get_all(&proxy::X_FORWARDED_FOR).iter());
+        if let Some(ip) = client {
+            req.extensions_mut().insert(crate::ClientIp(ip));
+        }
+        client
+    };
     let record = log_headers.map(|(ua, referer)| {
         let mut r = Record::new(cfg.access_log, &req, ua, referer, rid.clone(), rid_made, start);
-        if !cfg.trusted.is_empty() {
-            let forwarded = req.headers().get_all(&proxy::X_FORWARDED_FOR).iter();
-            r.client = cfg.trusted.client(conn.peer.map(|p| p.ip()), forwarded);
-        }
+        r.client = forwarded;
         Box::new(r)
     });
     let early = early.or_else(|| health::answer(&req, shared));
