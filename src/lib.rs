@@ -25,6 +25,15 @@
 //! | USR2, HUP | reload: start a worker from the binary on disk; once ready the old one drains; if it fails, it is killed and the old one keeps serving |
 //! | USR1 | reopen the log file |
 //!
+//! In the app, beside axum's own extractors and layers:
+//! - [`BodyLimit`] and [`RequestTimeout`]: a route's own body limit and request timeout,
+//!   higher or lower than `--max-body-bytes` and `--request-timeout`;
+//! - [`NoAccessLog`]: routes (or responses) left out of the access log;
+//! - [`ClientIp`]: the client's address, behind a trusted proxy (`--trusted-proxy`) too;
+//! - [`Shutdown`]: when the worker drains, and holding it until a handler is done;
+//! - [`sse`] and `ws`: event streams and WebSockets that close cleanly on a reload;
+//! - [`config`], [`launch_dir`]: the `--config` file, the directory the app was started in.
+//!
 //! Cargo features, both on by default: `tls`: `--tls-cert`/`--tls-key` with rustls and
 //! `ring`; `ws`: `baton::ws`, WebSockets that close cleanly when a worker drains.
 //!
