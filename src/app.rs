@@ -252,7 +252,7 @@ impl App {
     }
 
     /// `--trusted-proxy`: the load balancers or proxies whose `X-Forwarded-For` the access log
-    /// believes, separated by commas (`"10.0.0.0/8, unix"`). Default: none.
+    /// and [`crate::ClientIp`] believe, separated by commas (`"10.0.0.0/8, unix"`). Default: none.
     pub fn trusted_proxies(self, list: &str) -> Self {
         self.option_default("trusted_proxy", list.to_owned())
     }

@@ -231,7 +231,7 @@ pub(crate) struct ServeOpts {
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
     pub(crate) metrics_listen: Option<baton_supervise::listen::ListenSpec>,
     /// A load balancer or reverse proxy whose `X-Forwarded-For` names the client for the access
-    /// log: an address (`10.0.0.7`), a network (`10.0.0.0/8`, `fd00::/8`) or `unix` (requests
+    /// log and the app (`baton::ClientIp`): an address (`10.0.0.7`), a network (`10.0.0.0/8`, `fd00::/8`) or `unix` (requests
     /// over unix sockets); repeatable, or separated by commas. From a trusted peer, the header
     /// is read from the right, past every trusted address, to the first that is not (as
     /// nginx's `real_ip_recursive`). Off by default: the header is anyone's to send.
