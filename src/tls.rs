@@ -256,7 +256,7 @@ pub(crate) async fn serve(
                 };
                 answer.record(
                     shared,
-                    &crate::access_log::Remote::new(peer),
+                    &crate::access_log::Remote::new(peer.map(|p| p.ip())),
                     via.listener,
                     ctx.metrics_on(via.listener).is_some(),
                 );

@@ -63,7 +63,7 @@ impl ConnState {
         let now = shared.now_ms();
         ConnState {
             shared: shared.clone(),
-            remote: crate::access_log::Remote::new(peer),
+            remote: crate::access_log::Remote::new(peer.map(|p| p.ip())),
             peer,
             info: crate::Connection { peer, local: via.local },
             listener: via.listener,
