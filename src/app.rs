@@ -237,7 +237,7 @@ impl App {
         max_header_bytes: u32 => "max_header_bytes",
         /// `--max-headers`: the most header fields in an HTTP/1 request.
         max_headers: u32 => "max_headers",
-        /// `--max-body-bytes`: the largest request body.
+        /// `--max-body-bytes`: the largest request body (`u64::MAX`: no limit).
         max_body_bytes: u64 => "max_body_bytes",
     }
 

@@ -209,7 +209,8 @@ pub(crate) struct ServeOpts {
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = parse_header_bytes)]
     pub(crate) max_header_bytes: u32,
     /// Largest request body in bytes (or with `KiB`, `MiB`, `GiB`: `10MiB`); larger gets 413.
-    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024, value_parser = parse_bytes)]
+    /// `off`: no limit (one in front, or the routes' own `baton::BodyLimit`, may still apply).
+    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024, value_parser = parse_body_bytes)]
     pub(crate) max_body_bytes: u64,
     /// Set TCP_NODELAY on accepted connections: lower latency for responses streamed in many
     /// small writes (server-sent events), some throughput for small responses. Off by default,
@@ -443,6 +444,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     value.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
+/// `--max-body-bytes`: a size, or `off` (no limit: `u64::MAX`, which no body reaches).
+fn parse_body_bytes(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "off" => Ok(u64::MAX),
+        // A word (`none`, `unlimited`): the one word taken is named; a number keeps its error.
+        t if t.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+            Err(format!("invalid size {s:?}: expected bytes, a whole number with KiB, MiB or GiB (e.g. 10MiB), or off"))
+        }
+        _ => parse_bytes(s),
+    }
+}
+
 /// `--drain-timeout`: unlike the request's timeouts, 0 cannot turn it off (it would cut every
 /// request in flight at once).
 fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
@@ -571,6 +584,10 @@ mod tests {
         assert_eq!(parse_bytes("10M"), Ok(10 << 20));
         assert_eq!(parse_bytes("10 MiB"), Ok(10 << 20));
         assert!(parse_bytes("-1").unwrap_err().contains("cannot be negative"));
+        assert_eq!(parse_body_bytes("off"), Ok(u64::MAX));
+        assert_eq!(parse_body_bytes("2MiB"), Ok(2 << 20));
+        assert!(parse_body_bytes("unlimited").unwrap_err().ends_with("(e.g. 10MiB), or off"));
+        assert!(parse_bytes("off").is_err(), "an app's own sizes have no `off`");
         assert_eq!(parse_bytes("2g"), Ok(2 << 30));
         assert!(parse_bytes("10MB").unwrap_err().contains("ambiguous"), "{:?}", parse_bytes("10MB"));
         assert!(parse_bytes("1X").unwrap_err().contains("unknown unit \"X\""));

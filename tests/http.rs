@@ -340,6 +340,31 @@ fn a_body_limit_above_two_mib_reaches_axums_extractors() {
     assert_eq!(request(a, over.as_bytes()).unwrap().status, 413);
 }
 
+/// `--max-body-bytes off`: no limit, neither baton's nor axum's extractors' 2 MiB; a declared
+/// 10 GiB is not refused but asked for (`100 Continue`).
+#[test]
+fn max_body_bytes_off_lifts_the_limit() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--max-body-bytes", "off"]);
+    let a = h.addr();
+    let len = 5_000_000;
+    let body = "x".repeat(len);
+    let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    let r = request(a, format!("{head}{body}").as_bytes()).unwrap();
+    assert_eq!((r.status, r.body), (200, len.to_string()), "with a length");
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
+    );
+    let r = request(a, chunked.as_bytes()).unwrap();
+    assert_eq!((r.status, r.body), (200, len.to_string()), "chunked");
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ten_gib = 10u64 << 30;
+    write!(s, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {ten_gib}\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
 /// HTTP/2 responses carry the request id without churning the connection's HPACK table: the
 /// first response adds the header to the table, the later ones name it from there and send
 /// their own value never indexed. Checked on the wire (the frames' header blocks, parsed by
@@ -742,7 +767,7 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(reason), "{listen}: {err}");
     }
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 17] = [
+    let cases: [(&[&str], &str); 18] = [
         (&["--group", "nogroup"], "--user <USER>"),
         (&["--health-path", "healthz"], "must be a path starting with /"),
         // Matched on the path alone, it would never answer (it was taken, and 404 forever).
@@ -758,6 +783,7 @@ fn bad_command_lines_name_the_bad_value() {
         (&["--request-timeout", "--no-master"], "a value is required for '--request-timeout <DURATION>'"),
         (&["--max-body-bytes", "10MB"], "\"MB\" is ambiguous (1000 or 1024?): write KiB, MiB or GiB"),
         (&["--max-body-bytes", "1X"], "unknown unit \"X\""),
+        (&["--max-body-bytes", "unlimited"], "a whole number with KiB, MiB or GiB (e.g. 10MiB), or off"),
         (&["--max-header-bytes", "4KiB"], "below the minimum, 8KiB"),
         // A typo for 10.1.0.0/16, or a host; anything else believed would be anyone's header.
         (
