@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         .default_listen("127.0.0.1:8080")
         // The app's own production defaults; the command line overrides each.
         .health_path("/healthz")
+        // The load balancer probes every second: its checks stay out of the access log.
+        .health_log(false)
         .drain_timeout(Duration::from_secs(7))
         // Deployed behind a proxy on this host (TCP or a unix socket): the access log names
         // the client it forwards for.

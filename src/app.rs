@@ -246,6 +246,12 @@ impl App {
         self.option_default("health_path", path.to_owned())
     }
 
+    /// `--health-log`: `false` leaves the health route's answers out of the access log.
+    /// Default: `true`.
+    pub fn health_log(self, on: bool) -> Self {
+        self.option_default("health_log", if on { "on" } else { "off" }.to_owned())
+    }
+
     /// `--ready-probe`: the request each new worker sends through its app before it is ready.
     pub fn ready_probe(self, path: &str) -> Self {
         self.option_default("ready_probe", path.to_owned())
@@ -526,6 +532,7 @@ impl App {
             max_headers: opts.max_headers as usize,
             max_body_bytes: opts.max_body_bytes,
             health_path: opts.health_path.clone(),
+            health_log: opts.health_log == crate::cli::OnOff::On,
             drain_timeout: opts.drain_timeout,
             shutdown_delay: opts.shutdown_delay,
             idle_grace: self.idle_grace,

@@ -242,6 +242,18 @@ pub(crate) struct ServeOpts {
     /// app's routes (an app route at that path is never reached). Off by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) health_path: Option<String>,
+    /// Whether the health route's answers are written to the access log: `off` leaves them out
+    /// (a load balancer's probes every few seconds), still counted in the metrics.
+    #[arg(long, value_name = "ON|OFF", default_value = "on")]
+    pub(crate) health_log: OnOff,
+}
+
+/// A switch given as a value (`--health-log off`), so that an app's default can be turned
+/// either way on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
 }
 
 impl ControlArgs {

@@ -180,10 +180,16 @@ fn the_app_sets_serving_defaults_and_the_command_line_overrides_them() {
     assert_eq!(get(app.addr(), "/healthz").unwrap().body, "ok\n", "the app's --health-path default");
     let out = app.ctl(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = app.start(&["--health-path", "/alive"]);
+    // Its `--health-log off` default: the probe was not logged (the log is complete once
+    // `stop` returns).
+    assert!(app.log().contains("worker[") && !app.log().contains("/healthz"), "{}", app.log());
+    let out = app.start(&["--health-path", "/alive", "--health-log", "on"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(get(app.addr(), "/alive").unwrap().body, "ok\n", "the command line overrides it");
     assert_eq!(get(app.addr(), "/healthz").unwrap().status, 404);
+    let out = app.ctl(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(app.log().contains("\"GET /alive HTTP/1.1\" 200 "), "{}", app.log());
 }
 
 #[test]

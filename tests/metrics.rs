@@ -436,3 +436,30 @@ fn exposition_passes_promtool() {
     assert!(out.status.success(), "promtool: {said}\n{text}");
     assert!(said.trim().is_empty(), "promtool has remarks (lint): {said}");
 }
+
+/// `--health-log off` leaves the health route's answers out of the access log, and they are
+/// still counted; by default they are logged.
+#[test]
+fn health_answers_left_out_of_the_access_log_are_still_counted() {
+    for (extra, logged) in [(&["--health-log", "off"][..], 0), (&[][..], 3)] {
+        let args = [&["--health-path", "/healthz"][..], extra].concat();
+        let (mut h, metrics) = start(&args);
+        let counted = || scrape(metrics).map(|t| http_requests(&samples(&t))).unwrap_or(-1.0);
+        // Whatever the start's own readiness checks sent, counted first.
+        let mut before = -1.0;
+        wait_until(Duration::from_secs(10), "a steady count", || {
+            let now = counted();
+            std::mem::replace(&mut before, now) == now && now >= 0.0
+        });
+        for _ in 0..3 {
+            assert_eq!(get(h.addr(), "/healthz").unwrap().body, "ok\n");
+        }
+        assert_eq!(get(h.addr(), "/after-the-probes").unwrap().status, 404);
+        wait_until(Duration::from_secs(10), "4 more requests counted", || counted() == before + 4.0);
+        signal(h.pid, Signal::SIGTERM);
+        assert!(h.wait_exit(Duration::from_secs(30)).success());
+        let log = h.log_text();
+        assert!(log.contains("\"GET /after-the-probes HTTP/1.1\" 404 "), "{log}");
+        assert_eq!(log.matches("\"GET /healthz HTTP/1.1\" 200 ").count(), logged, "{extra:?}: {log}");
+    }
+}

@@ -13,9 +13,13 @@ pub(crate) fn answer<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Bo
     if shared.cfg.health_path.as_deref() != Some(req.uri().path()) {
         return None;
     }
-    Some(if shared.unhealthy.load(Ordering::Relaxed) {
+    let mut resp = if shared.unhealthy.load(Ordering::Relaxed) {
         super::plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         super::plain(StatusCode::OK, "ok\n")
-    })
+    };
+    if !shared.cfg.health_log {
+        resp.extensions_mut().insert(crate::NoAccessLog);
+    }
+    Some(resp)
 }

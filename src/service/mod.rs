@@ -55,6 +55,8 @@ pub(crate) struct HttpConfig {
     pub(crate) max_headers: usize,
     pub(crate) max_body_bytes: u64,
     pub(crate) health_path: Option<String>,
+    /// The health route's answers are written to the access log (`--health-log`).
+    pub(crate) health_log: bool,
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) idle_grace: Duration,
