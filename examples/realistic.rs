@@ -1,7 +1,8 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
 //! a request timeout of their own, a route left out of the access log, the client's address
-//! behind a trusted proxy, its own `tracing` events, `ConnectInfo`, and a shutdown hook.
+//! behind a trusted proxy, counters kept across reloads (`baton::Counter`), its own `tracing`
+//! events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
@@ -10,8 +11,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,7 +33,9 @@ struct Args {
 }
 
 struct AppState {
-    hits: AtomicU64,
+    /// Greetings answered, by every generation since the master started (served on
+    /// `--metrics-listen` as `realistic_greetings_total`).
+    hits: baton::Counter,
     greeting: String,
     /// From `--config` (or `REALISTIC_MOTD`, frozen at `start` like all of the environment).
     motd: String,
@@ -106,7 +108,8 @@ fn main() -> ExitCode {
             }
             let span = tracing::info_span!("startup", greeting = %args.greeting);
             span.in_scope(|| tracing::info!("realistic app starting"));
-            let state = Arc::new(AppState { hits: AtomicU64::new(0), greeting: args.greeting, motd });
+            let greetings = baton::Counter::new("realistic_greetings_total", "Greetings answered (GET /).");
+            let state = Arc::new(AppState { hits: greetings, greeting: args.greeting, motd });
             let statics = tower_http::services::ServeDir::new(baton::launch_dir().join("static"));
             Ok(Router::new()
                 .route("/", get(greet))
@@ -129,13 +132,13 @@ fn main() -> ExitCode {
 }
 
 async fn greet(State(s): State<Arc<AppState>>) -> String {
-    let n = s.hits.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::info!(n, "greeted");
+    s.hits.inc();
+    tracing::info!(n = s.hits.get(), "greeted");
     format!("{} {}\n", s.greeting, s.motd).trim_end().to_owned()
 }
 
 async fn hits(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let body = format!("{{\"hits\":{}}}", s.hits.load(Ordering::Relaxed));
+    let body = format!("{{\"hits\":{}}}", s.hits.get());
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -152,6 +155,15 @@ async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
 
 /// A short note, under the server's own body limit.
 async fn note(text: String) -> String {
+    static EMPTY: LazyLock<baton::Counter> =
+        LazyLock::new(|| baton::Counter::with_labels("realistic_notes_total", "Notes taken.", &[("kind", "empty")]));
+    static TEXT: LazyLock<baton::Counter> =
+        LazyLock::new(|| baton::Counter::with_labels("realistic_notes_total", "Notes taken.", &[("kind", "text")]));
+    if text.is_empty() {
+        EMPTY.inc()
+    } else {
+        TEXT.inc()
+    }
     tracing::info!(len = text.len(), "note taken");
     format!("noted {} bytes\n", text.len())
 }

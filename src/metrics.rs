@@ -38,19 +38,15 @@ impl Metrics {
         }
     }
 
-    /// This thread's shard (threads take one each in turn).
+    /// This thread's shard.
     #[inline]
     fn shard(&self) -> &'static Shard {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let i = SHARD.with(|s| {
-            let mut i = s.get();
-            if i == usize::MAX {
-                i = NEXT.fetch_add(1, Relaxed) % m::SHARDS;
-                s.set(i);
-            }
-            i
-        });
-        &self.region.shards[i]
+        &self.region.shards[shard_index()]
+    }
+
+    /// The region counted in.
+    pub(crate) fn region(&self) -> &'static Region {
+        self.region
     }
 
     /// A request answered on listener `listener` with `status`, after `took`.
@@ -113,6 +109,20 @@ impl Metrics {
             s.draining.store(1, Relaxed);
         }
     }
+}
+
+/// This thread's shard of the region's counters (threads take one each in turn).
+#[inline]
+pub(crate) fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    SHARD.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Relaxed) % m::SHARDS;
+            s.set(i);
+        }
+        i
+    })
 }
 
 /// What the exposition needs besides the region.
@@ -254,6 +264,7 @@ impl Exposition {
             head(&mut o, "start_time_seconds", "gauge", "When the master started, in seconds since the Unix epoch.");
             let _ = writeln!(o, "baton_start_time_seconds {start}");
         }
+        crate::counter::render(&mut o, crate::counter::region());
         o
     }
 }

@@ -437,3 +437,69 @@ fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
         assert!(line.starts_with(want), "{extra:?}: {line}");
     }
 }
+
+/// `baton::Counter`: the app's own counters are served on `--metrics-listen` with baton's and
+/// go on counting across a reload and a crash restart (realistic's `realistic_greetings_total`
+/// and `realistic_notes_total{kind}`); `/api/hits` reads the same count.
+#[test]
+fn the_apps_counters_are_kept_across_reloads_and_crashes() {
+    let app = App::new("app-counters");
+    let metrics = free_port();
+    let out = app.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = app.addr();
+    let note = |body: &str| {
+        let raw = format!(
+            "POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(request(a, raw.as_bytes()).unwrap().status, 200);
+    };
+    for _ in 0..2 {
+        assert_eq!(get(a, "/").unwrap().status, 200);
+    }
+    note("hi");
+    let out = app.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(a, "/").unwrap().status, 200);
+    note("");
+    // A crash: the master starts a worker again, which counts on.
+    let master: i32 = std::fs::read_to_string(app.dir.join("x.pid")).unwrap().trim().parse().unwrap();
+    wait_until(Duration::from_secs(40), "the replaced generation to exit", || support::children(master).len() == 1);
+    let worker = support::children(master)[0];
+    support::signal(worker, nix::sys::signal::Signal::SIGKILL);
+    wait_until(Duration::from_secs(20), "a worker started again", || {
+        support::children(master).iter().any(|p| *p != worker) && get(a, "/api/hits").is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(get(a, "/").unwrap().status, 200);
+    assert_eq!(get(a, "/api/hits").unwrap().body, "{\"hits\":4}");
+    let text = get(([127, 0, 0, 1], metrics).into(), "/metrics").unwrap().body;
+    let value = |series: &str| text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(str::to_owned);
+    assert_eq!(value("realistic_greetings_total").as_deref(), Some("4"), "{text}");
+    assert_eq!(value("realistic_notes_total{kind=\"text\"}").as_deref(), Some("1"), "{text}");
+    assert_eq!(value("realistic_notes_total{kind=\"empty\"}").as_deref(), Some("1"), "{text}");
+    assert!(
+        text.contains(
+            "# HELP realistic_greetings_total Greetings answered (GET /).\n# TYPE realistic_greetings_total counter\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("# TYPE realistic_notes_total counter\n").count(), 1, "one family: {text}");
+    assert!(text.contains("baton_worker_crashes_total 1"), "{text}");
+}
+
+/// The app's counters pass `promtool check metrics` with baton's, labelled or not.
+#[test]
+#[ignore = "needs promtool (Debian package prometheus)"]
+fn the_apps_counters_pass_promtool() {
+    let app = App::new("app-promtool");
+    let metrics = free_port();
+    let out = app.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(app.addr(), "/").unwrap().status, 200);
+    let raw = b"POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    assert_eq!(request(app.addr(), raw).unwrap().status, 200);
+    let text = get(([127, 0, 0, 1], metrics).into(), "/metrics").unwrap().body;
+    assert!(text.contains("realistic_notes_total{kind=\"text\"} 1"), "{text}");
+    support::promtool_check(&text);
+}

@@ -421,20 +421,7 @@ fn exposition_passes_promtool() {
         get(h.addr(), "/").unwrap();
     }
     h.ctl(&["reload"]);
-    let text = scrape(maddr).unwrap();
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool: {said}\n{text}");
-    assert!(said.trim().is_empty(), "promtool has remarks (lint): {said}");
+    support::promtool_check(&scrape(maddr).unwrap());
 }
 
 /// `--health-log off` leaves the health route's answers out of the access log, and they are

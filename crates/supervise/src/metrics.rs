@@ -10,6 +10,9 @@
 //!   master hands each worker a slot and clears it when the worker is reaped, so a worker
 //!   killed mid-request leaves no gauge behind.
 //! - **master**: what only the master knows (generation, reloads, starts, crashes).
+//! - **the app's own counters** ([`AppSeries`]): each series is registered once by name, by
+//!   whichever worker first counts it, and found again by name by every later one; its value
+//!   is sharded per worker thread like the request counters.
 //!
 //! The region is handed over like a listener: an fd placed right after the listeners, named
 //! by `BATON_METRICS` (`<fd>:<slot>`). A worker whose build has another layout (a deploy of
@@ -33,7 +36,12 @@ pub const REQUEST_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 /// Upper bounds of the reload duration histogram, in seconds (`+Inf` follows).
 pub const RELOAD_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-const MAGIC: u64 = u64::from_be_bytes(*b"batonmx1");
+/// The app's own counter series the region holds.
+pub const APP_SERIES: usize = 256;
+/// The longest series name (`name{labels}`) and help text of an app's counter, in bytes.
+pub const APP_TEXT: usize = 128;
+
+const MAGIC: u64 = u64::from_be_bytes(*b"batonmx2");
 
 /// A histogram: cumulative counts are computed by the reader.
 #[repr(C)]
@@ -124,6 +132,51 @@ pub struct MasterStats {
     pub worker_crashes: AtomicU64,
 }
 
+/// A text of at most [`APP_TEXT`] bytes, in words that can be written by one process and read
+/// by others (no unsafe shared bytes): published by the [`AppSeries`] state that follows it.
+#[repr(C)]
+#[derive(Debug)]
+struct Text {
+    len: AtomicU64,
+    words: [AtomicU64; APP_TEXT / 8],
+}
+
+impl Text {
+    fn write(&self, s: &[u8]) {
+        debug_assert!(s.len() <= APP_TEXT);
+        for (w, chunk) in self.words.iter().zip(s.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        self.len.store(s.len() as u64, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Vec<u8> {
+        let len = (self.len.load(Ordering::Relaxed) as usize).min(APP_TEXT);
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
+        out.truncate(len);
+        out
+    }
+}
+
+/// [`AppSeries::state`]: free.
+const FREE: u64 = 0;
+/// [`AppSeries::state`]: claimed, its name being written.
+const WRITING: u64 = 1;
+/// [`AppSeries::state`]: registered; its name and help are final.
+const READY: u64 = 2;
+
+/// One series of an app's own counter: its name (`name{labels}`, as the text format writes
+/// it) and help. Its value is in [`Region::app_values`], summed over the shards.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AppSeries {
+    state: AtomicU64,
+    name: Text,
+    help: Text,
+}
+
 /// The whole shared region.
 #[repr(C)]
 #[derive(Debug)]
@@ -136,6 +189,11 @@ pub struct Region {
     pub slots: [Slot; SLOTS],
     /// The request counters, one shard per worker thread.
     pub shards: [Shard; SHARDS],
+    /// The app's own counter series, registered by name.
+    pub app: [AppSeries; APP_SERIES],
+    /// Their values, one row per worker thread (a thread adds to its row only: no cache line
+    /// shared between threads that count at once).
+    pub app_values: [[AtomicU64; APP_SERIES]; SHARDS],
 }
 
 /// The fd and slot of a worker's region (`BATON_METRICS=<fd>:<slot>`).
@@ -224,6 +282,56 @@ impl Region {
     pub fn live_slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0)
     }
+
+    /// The index of the app's counter series `name` (`name{labels}`, at most [`APP_TEXT`]
+    /// bytes, as is `help`): the one registered under that name by any process since the
+    /// master started, else a free one registered now. `None` when all [`APP_SERIES`] are
+    /// taken. Two processes registering one name at the same moment may each take one: the
+    /// readers sum series of the same name ([`Region::app_counters`]).
+    pub fn app_series(&self, name: &str, help: &str) -> Option<usize> {
+        assert!(name.len() <= APP_TEXT && help.len() <= APP_TEXT, "an app series' name or help is too long");
+        let found =
+            self.app.iter().position(|s| s.state.load(Ordering::Acquire) == READY && s.name.read() == name.as_bytes());
+        found.or_else(|| {
+            let (i, s) =
+                self.app.iter().enumerate().find(|(_, s)| {
+                    s.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                })?;
+            s.name.write(name.as_bytes());
+            s.help.write(help.as_bytes());
+            s.state.store(READY, Ordering::Release);
+            Some(i)
+        })
+    }
+
+    /// Adds `n` to series `i` (from [`Region::app_series`]) in shard `shard`.
+    #[inline]
+    pub fn app_add(&self, shard: usize, i: usize, n: u64) {
+        self.app_values[shard % SHARDS][i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Series `i`'s value, summed over the shards.
+    pub fn app_value(&self, i: usize) -> u64 {
+        self.app_values.iter().map(|row| row[i].load(Ordering::Relaxed)).sum()
+    }
+
+    /// Every registered series of the app's counters, in the order they were registered, as
+    /// (name, help, value); series registered twice under one name are one, their values summed.
+    pub fn app_counters(&self) -> Vec<(String, String, u64)> {
+        let mut out: Vec<(String, String, u64)> = Vec::new();
+        for (i, s) in self.app.iter().enumerate() {
+            if s.state.load(Ordering::Acquire) != READY {
+                continue;
+            }
+            let name = String::from_utf8_lossy(&s.name.read()).into_owned();
+            let value = self.app_value(i);
+            match out.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(seen) => seen.2 += value,
+                None => out.push((name, String::from_utf8_lossy(&s.help.read()).into_owned(), value)),
+            }
+        }
+        out
+    }
 }
 
 /// Resident memory of process `pid` in bytes (Linux `/proc/<pid>/statm`); `None` elsewhere or
@@ -266,5 +374,43 @@ mod tests {
         assert_eq!(bucket(&REQUEST_BUCKETS, 0.0001), 0);
         assert_eq!(bucket(&REQUEST_BUCKETS, 0.001), 1);
         assert_eq!(bucket(&REQUEST_BUCKETS, 99.0), REQUEST_BUCKETS.len());
+    }
+
+    #[test]
+    fn app_counters_are_registered_once_by_name_across_processes() {
+        let (fd, master) = Region::create(&std::env::temp_dir()).unwrap();
+        // Two workers' mappings of the one region.
+        let one = Region::map(fd.try_clone().unwrap()).unwrap();
+        let two = Region::map(fd).unwrap();
+        let long = "x".repeat(APP_TEXT - 6) + "_total";
+        let a = one.app_series("orders_total", "Orders placed.").unwrap();
+        let b = one.app_series(&long, "").unwrap();
+        one.app_add(0, a, 2);
+        one.app_add(SHARDS + 3, b, 1);
+        // Found again by name in another mapping (a later worker), not registered twice.
+        assert_eq!(two.app_series("orders_total", "another help, ignored"), Some(a));
+        two.app_add(5, a, 3);
+        assert_eq!(master.app_value(a), 5);
+        assert_eq!(
+            master.app_counters(),
+            [("orders_total".into(), "Orders placed.".into(), 5), (long.clone(), String::new(), 1)]
+        );
+        // Registered twice (two workers at the same moment): one series, the values summed.
+        let again = &master.app[2];
+        again.state.store(WRITING, Ordering::Relaxed);
+        again.name.write(b"orders_total");
+        again.help.write(b"");
+        again.state.store(READY, Ordering::Release);
+        master.app_add(1, 2, 10);
+        assert_eq!(master.app_counters()[0], ("orders_total".into(), "Orders placed.".into(), 15));
+        // A series claimed but never finished (its worker killed while writing) is not shown.
+        master.app[3].state.store(WRITING, Ordering::Relaxed);
+        assert_eq!(master.app_counters().len(), 2);
+        // Full: none.
+        for i in 0..APP_SERIES - 4 {
+            assert!(one.app_series(&format!("c{i}_total"), "").is_some());
+        }
+        assert_eq!(two.app_series("one_more_total", ""), None);
+        assert_eq!(two.app_series("orders_total", ""), Some(a), "a registered one is still found");
     }
 }
