@@ -1,7 +1,7 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
 //! a request timeout of their own, a route left out of the access log, the client's address
-//! behind a trusted proxy, counters kept across reloads (`baton::Counter`), its own `tracing`
+//! behind a trusted proxy, metrics kept across reloads (`baton::Counter`, `baton::Gauge`), its own `tracing`
 //! events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
@@ -149,6 +149,18 @@ async fn upload(body: axum::body::Bytes) -> String {
 
 /// Work that takes `ms` milliseconds.
 async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
+    // In progress, every generation's: this worker's own count, summed by the exposition.
+    static WORKING: LazyLock<baton::Gauge> =
+        LazyLock::new(|| baton::Gauge::new("realistic_slow_requests", "Slow requests in progress."));
+    struct Working;
+    impl Drop for Working {
+        // Also when the request is cut (its timeout, its client gone).
+        fn drop(&mut self) {
+            WORKING.dec();
+        }
+    }
+    WORKING.inc();
+    let _working = Working;
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("done in {ms} ms\n")
 }

@@ -30,7 +30,7 @@
 //!   higher or lower than `--max-body-bytes` and `--request-timeout`;
 //! - [`NoAccessLog`]: routes (or responses) left out of the access log;
 //! - [`ClientIp`]: the client's address, behind a trusted proxy (`--trusted-proxy`) too;
-//! - [`Counter`]: the app's own counters, served with baton's metrics and kept across reloads;
+//! - [`Counter`], [`Gauge`]: the app's own metrics, served with baton's and kept across reloads;
 //! - [`Shutdown`]: when the worker drains, and holding it until a handler is done;
 //! - [`sse`] and `ws`: event streams and WebSockets that close cleanly on a reload;
 //! - [`config`], [`launch_dir`]: the `--config` file, the directory the app was started in.
@@ -42,10 +42,10 @@
 
 mod access_log;
 mod app;
+pub mod app_metrics;
 pub mod body_limit;
 mod cli;
 mod client_ip;
-pub mod counter;
 #[doc(hidden)]
 pub mod metrics;
 pub mod no_access_log;
@@ -68,10 +68,10 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use app::{App, IntoApp, NoArgs, serve};
+pub use app_metrics::{Counter, Gauge};
 pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
 pub use client_ip::ClientIp;
-pub use counter::Counter;
 pub use no_access_log::NoAccessLog;
 pub use request_timeout::RequestTimeout;
 pub use shutdown::{DrainReason, Shutdown, ShutdownGuard};

@@ -44,9 +44,10 @@ impl Metrics {
         &self.region.shards[shard_index()]
     }
 
-    /// The region counted in.
-    pub(crate) fn region(&self) -> &'static Region {
-        self.region
+    /// The region counted in, and this worker's slot there.
+    pub(crate) fn place(&self) -> (&'static Region, Option<usize>) {
+        let slot = self.slot.and_then(|s| self.region.slots.iter().position(|o| std::ptr::eq(o, s)));
+        (self.region, slot)
     }
 
     /// A request answered on listener `listener` with `status`, after `took`.
@@ -264,7 +265,7 @@ impl Exposition {
             head(&mut o, "start_time_seconds", "gauge", "When the master started, in seconds since the Unix epoch.");
             let _ = writeln!(o, "baton_start_time_seconds {start}");
         }
-        crate::counter::render(&mut o, crate::counter::region());
+        crate::app_metrics::render(&mut o, crate::app_metrics::region());
         o
     }
 }

@@ -141,7 +141,8 @@ fn serve<A>(
         tracing::warn!("counting in this worker's own memory: {e}");
     }
     let metrics = crate::metrics::Metrics::new(shared_metrics);
-    crate::counter::serve_from(metrics.region());
+    let (region, slot) = metrics.place();
+    crate::app_metrics::serve_from(region, slot);
     // Before the privilege drop: the key is often readable by root only.
     #[cfg(feature = "tls")]
     let tls_cert = match opts.tls_paths(under_master) {

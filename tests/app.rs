@@ -440,7 +440,8 @@ fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
 
 /// `baton::Counter`: the app's own counters are served on `--metrics-listen` with baton's and
 /// go on counting across a reload and a crash restart (realistic's `realistic_greetings_total`
-/// and `realistic_notes_total{kind}`); `/api/hits` reads the same count.
+/// and `realistic_notes_total{kind}`); `/api/hits` reads the same count. `baton::Gauge`: summed
+/// over the live workers, a draining one's included.
 #[test]
 fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     let app = App::new("app-counters");
@@ -486,9 +487,22 @@ fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     );
     assert_eq!(text.matches("# TYPE realistic_notes_total counter\n").count(), 1, "one family: {text}");
     assert!(text.contains("baton_worker_crashes_total 1"), "{text}");
+    // A gauge (`realistic_slow_requests`): a slow request in flight counts while its worker
+    // drains after a reload, and not once it is done.
+    let scrape = || get(([127, 0, 0, 1], metrics).into(), "/metrics").unwrap().body;
+    let slow = |text: &str| text.lines().find_map(|l| l.strip_prefix("realistic_slow_requests ")).map(str::to_owned);
+    let report = std::thread::spawn(move || get(a, "/api/report/2000"));
+    wait_until(Duration::from_secs(10), "the slow request counted", || slow(&scrape()).as_deref() == Some("1"));
+    let out = app.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let text = scrape();
+    assert_eq!(slow(&text).as_deref(), Some("1"), "the draining worker's: {text}");
+    assert!(text.contains("# TYPE realistic_slow_requests gauge\n"), "{text}");
+    assert_eq!(report.join().unwrap().unwrap().status, 200);
+    wait_until(Duration::from_secs(10), "the slow request done", || slow(&scrape()).as_deref() == Some("0"));
 }
 
-/// The app's counters pass `promtool check metrics` with baton's, labelled or not.
+/// The app's counters and gauges pass `promtool check metrics` with baton's, labelled or not.
 #[test]
 #[ignore = "needs promtool (Debian package prometheus)"]
 fn the_apps_counters_pass_promtool() {
@@ -499,7 +513,9 @@ fn the_apps_counters_pass_promtool() {
     assert_eq!(get(app.addr(), "/").unwrap().status, 200);
     let raw = b"POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
     assert_eq!(request(app.addr(), raw).unwrap().status, 200);
+    assert_eq!(get(app.addr(), "/api/report/1").unwrap().status, 200);
     let text = get(([127, 0, 0, 1], metrics).into(), "/metrics").unwrap().body;
     assert!(text.contains("realistic_notes_total{kind=\"text\"} 1"), "{text}");
+    assert!(text.contains("realistic_slow_requests 0"), "{text}");
     support::promtool_check(&text);
 }

@@ -10,9 +10,10 @@
 //!   master hands each worker a slot and clears it when the worker is reaped, so a worker
 //!   killed mid-request leaves no gauge behind.
 //! - **master**: what only the master knows (generation, reloads, starts, crashes).
-//! - **the app's own counters** ([`AppSeries`]): each series is registered once by name, by
-//!   whichever worker first counts it, and found again by name by every later one; its value
-//!   is sharded per worker thread like the request counters.
+//! - **the app's own counters and gauges** ([`AppSeries`]): each series is registered once by
+//!   name, by whichever worker first uses it, and found again by name by every later one. A
+//!   counter's value is sharded per worker thread like the request counters; a gauge's is
+//!   one per worker slot, summed over the live workers like baton's own gauges.
 //!
 //! The region is handed over like a listener: an fd placed right after the listeners, named
 //! by `BATON_METRICS` (`<fd>:<slot>`). A worker whose build has another layout (a deploy of
@@ -36,7 +37,7 @@ pub const REQUEST_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 /// Upper bounds of the reload duration histogram, in seconds (`+Inf` follows).
 pub const RELOAD_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The app's own counter series the region holds.
+/// The app's own counter and gauge series the region holds.
 pub const APP_SERIES: usize = 256;
 /// The longest series name (`name{labels}`) and help text of an app's counter, in bytes.
 pub const APP_TEXT: usize = 128;
@@ -167,8 +168,10 @@ const WRITING: u64 = 1;
 /// [`AppSeries::state`]: registered; its name and help are final.
 const READY: u64 = 2;
 
-/// One series of an app's own counter: its name (`name{labels}`, as the text format writes
-/// it) and help. Its value is in [`Region::app_values`], summed over the shards.
+/// One series of an app's own counter or gauge: its name (`name{labels}`, as the text format
+/// writes it) and help. A counter's name ends in `_total` ([`is_counter`]) and its value is in
+/// [`Region::app_values`], summed over the shards; a gauge's is in [`Region::app_gauges`],
+/// summed over the live worker slots.
 #[repr(C)]
 #[derive(Debug)]
 pub struct AppSeries {
@@ -189,11 +192,29 @@ pub struct Region {
     pub slots: [Slot; SLOTS],
     /// The request counters, one shard per worker thread.
     pub shards: [Shard; SHARDS],
-    /// The app's own counter series, registered by name.
+    /// The app's own counter and gauge series, registered by name.
     pub app: [AppSeries; APP_SERIES],
-    /// Their values, one row per worker thread (a thread adds to its row only: no cache line
-    /// shared between threads that count at once).
+    /// The counters' values, one row per worker thread (a thread adds to its row only: no
+    /// cache line shared between threads that count at once).
     pub app_values: [[AtomicU64; APP_SERIES]; SHARDS],
+    /// The gauges' values (two's complement), one row per worker slot, cleared when the slot
+    /// is given to a new worker.
+    pub app_gauges: [[AtomicU64; APP_SERIES]; SLOTS],
+}
+
+/// Whether an app's series (`name{labels}`) is a counter's (its name ends in `_total`), not a
+/// gauge's.
+pub fn is_counter(series: &str) -> bool {
+    series.split('{').next().unwrap_or(series).ends_with("_total")
+}
+
+/// The value of an app's series, summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppValue {
+    /// A counter's, over the shards.
+    Counter(u64),
+    /// A gauge's, over the live workers.
+    Gauge(i64),
 }
 
 /// The fd and slot of a worker's region (`BATON_METRICS=<fd>:<slot>`).
@@ -267,6 +288,9 @@ impl Region {
         for g in [&s.draining, &s.in_flight, &s.conns.h1, &s.conns.h2, &s.conns.upgraded, &s.conns.tls] {
             g.store(0, Ordering::Relaxed);
         }
+        for g in &self.app_gauges[i] {
+            g.store(0, Ordering::Relaxed);
+        }
         s.generation.store(generation, Ordering::Relaxed);
         s.pid.store(u64::from(pid), Ordering::Release);
     }
@@ -310,23 +334,46 @@ impl Region {
         self.app_values[shard % SHARDS][i].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Series `i`'s value, summed over the shards.
+    /// Counter series `i`'s value, summed over the shards.
     pub fn app_value(&self, i: usize) -> u64 {
-        self.app_values.iter().map(|row| row[i].load(Ordering::Relaxed)).sum()
+        self.app_values.iter().map(|row| row[i].load(Ordering::Relaxed)).fold(0, u64::wrapping_add)
     }
 
-    /// Every registered series of the app's counters, in the order they were registered, as
-    /// (name, help, value); series registered twice under one name are one, their values summed.
-    pub fn app_counters(&self) -> Vec<(String, String, u64)> {
-        let mut out: Vec<(String, String, u64)> = Vec::new();
+    /// Gauge series `i` of the worker in slot `slot`.
+    #[inline]
+    pub fn app_gauge(&self, slot: usize, i: usize) -> &AtomicU64 {
+        &self.app_gauges[slot][i]
+    }
+
+    /// Gauge series `i`'s value, summed over the live workers.
+    pub fn app_gauge_sum(&self, i: usize) -> i64 {
+        let live = self.slots.iter().zip(&self.app_gauges).filter(|(s, _)| s.pid.load(Ordering::Acquire) != 0);
+        live.map(|(_, row)| row[i].load(Ordering::Relaxed) as i64).fold(0, i64::wrapping_add)
+    }
+
+    /// Every registered series of the app's counters and gauges, in the order they were
+    /// registered, as (name, help, value); series registered twice under one name are one,
+    /// their values summed.
+    pub fn app_metrics(&self) -> Vec<(String, String, AppValue)> {
+        let mut out: Vec<(String, String, AppValue)> = Vec::new();
         for (i, s) in self.app.iter().enumerate() {
             if s.state.load(Ordering::Acquire) != READY {
                 continue;
             }
             let name = String::from_utf8_lossy(&s.name.read()).into_owned();
-            let value = self.app_value(i);
+            let value = if is_counter(&name) {
+                AppValue::Counter(self.app_value(i))
+            } else {
+                AppValue::Gauge(self.app_gauge_sum(i))
+            };
             match out.iter_mut().find(|(n, _, _)| *n == name) {
-                Some(seen) => seen.2 += value,
+                Some((_, _, seen)) => {
+                    *seen = match (*seen, value) {
+                        (AppValue::Counter(a), AppValue::Counter(b)) => AppValue::Counter(a.wrapping_add(b)),
+                        (AppValue::Gauge(a), AppValue::Gauge(b)) => AppValue::Gauge(a.wrapping_add(b)),
+                        (seen, _) => seen,
+                    }
+                }
                 None => out.push((name, String::from_utf8_lossy(&s.help.read()).into_owned(), value)),
             }
         }
@@ -392,8 +439,11 @@ mod tests {
         two.app_add(5, a, 3);
         assert_eq!(master.app_value(a), 5);
         assert_eq!(
-            master.app_counters(),
-            [("orders_total".into(), "Orders placed.".into(), 5), (long.clone(), String::new(), 1)]
+            master.app_metrics(),
+            [
+                ("orders_total".into(), "Orders placed.".into(), AppValue::Counter(5)),
+                (long.clone(), String::new(), AppValue::Counter(1))
+            ]
         );
         // Registered twice (two workers at the same moment): one series, the values summed.
         let again = &master.app[2];
@@ -402,12 +452,25 @@ mod tests {
         again.help.write(b"");
         again.state.store(READY, Ordering::Release);
         master.app_add(1, 2, 10);
-        assert_eq!(master.app_counters()[0], ("orders_total".into(), "Orders placed.".into(), 15));
+        assert_eq!(master.app_metrics()[0], ("orders_total".into(), "Orders placed.".into(), AppValue::Counter(15)));
         // A series claimed but never finished (its worker killed while writing) is not shown.
         master.app[3].state.store(WRITING, Ordering::Relaxed);
-        assert_eq!(master.app_counters().len(), 2);
+        assert_eq!(master.app_metrics().len(), 2);
+        // A gauge: each worker's own value, summed over the live workers; a reaped worker's
+        // is gone, and a new worker in its slot starts at 0.
+        let q = one.app_series("queue_depth{queue=\"mail\"}", "Jobs waiting.").unwrap();
+        assert!(!is_counter("queue_depth{queue=\"mail_total\"}") && is_counter("x_total{k=\"v\"}"));
+        master.claim_slot(0, 101, 1);
+        master.claim_slot(1, 102, 2);
+        one.app_gauge(0, q).store(7, Ordering::Relaxed);
+        two.app_gauge(1, q).fetch_add(-3i64 as u64, Ordering::Relaxed);
+        assert_eq!(master.app_gauge_sum(q), 4);
+        master.free_slot(101);
+        assert_eq!(master.app_metrics()[2].2, AppValue::Gauge(-3));
+        master.claim_slot(0, 103, 3);
+        assert_eq!(one.app_gauge(0, q).load(Ordering::Relaxed), 0);
         // Full: none.
-        for i in 0..APP_SERIES - 4 {
+        for i in 0..APP_SERIES - 5 {
             assert!(one.app_series(&format!("c{i}_total"), "").is_some());
         }
         assert_eq!(two.app_series("one_more_total", ""), None);
