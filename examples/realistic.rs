@@ -1,7 +1,7 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
 //! a request timeout of their own, a route left out of the access log, the client's address
-//! behind a trusted proxy, metrics kept across reloads (`baton::Counter`, `baton::Gauge`), its own `tracing`
+//! behind a trusted proxy, metrics kept across reloads (`baton::Counter`, `baton::Gauge`, `baton::Histogram`), its own `tracing`
 //! events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
@@ -159,9 +159,15 @@ async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
             WORKING.dec();
         }
     }
+    // How long they took, every generation's.
+    static TOOK: LazyLock<baton::Histogram> = LazyLock::new(|| {
+        baton::Histogram::new("realistic_slow_request_seconds", "Slow requests' time.", baton::Histogram::SECONDS)
+    });
     WORKING.inc();
     let _working = Working;
+    let start = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(ms)).await;
+    TOOK.observe_duration(start.elapsed());
     format!("done in {ms} ms\n")
 }
 

@@ -30,7 +30,8 @@
 //!   higher or lower than `--max-body-bytes` and `--request-timeout`;
 //! - [`NoAccessLog`]: routes (or responses) left out of the access log;
 //! - [`ClientIp`]: the client's address, behind a trusted proxy (`--trusted-proxy`) too;
-//! - [`Counter`], [`Gauge`]: the app's own metrics, served with baton's and kept across reloads;
+//! - [`Counter`], [`Gauge`], [`Histogram`]: the app's own metrics, served with baton's and
+//!   kept across reloads;
 //! - [`Shutdown`]: when the worker drains, and holding it until a handler is done;
 //! - [`sse`] and `ws`: event streams and WebSockets that close cleanly on a reload;
 //! - [`config`], [`launch_dir`]: the `--config` file, the directory the app was started in.
@@ -68,7 +69,7 @@ use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 pub use app::{App, IntoApp, NoArgs, serve};
-pub use app_metrics::{Counter, Gauge};
+pub use app_metrics::{Counter, Gauge, Histogram};
 pub use body_limit::BodyLimit;
 pub use cli::{parse_bytes, parse_duration};
 pub use client_ip::ClientIp;

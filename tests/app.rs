@@ -441,7 +441,8 @@ fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
 /// `baton::Counter`: the app's own counters are served on `--metrics-listen` with baton's and
 /// go on counting across a reload and a crash restart (realistic's `realistic_greetings_total`
 /// and `realistic_notes_total{kind}`); `/api/hits` reads the same count. `baton::Gauge`: summed
-/// over the live workers, a draining one's included.
+/// over the live workers, a draining one's included. `baton::Histogram`: one worker's
+/// observations served by the next.
 #[test]
 fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     let app = App::new("app-counters");
@@ -500,9 +501,24 @@ fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     assert!(text.contains("# TYPE realistic_slow_requests gauge\n"), "{text}");
     assert_eq!(report.join().unwrap().unwrap().status, 200);
     wait_until(Duration::from_secs(10), "the slow request done", || slow(&scrape()).as_deref() == Some("0"));
+    // A histogram (`realistic_slow_request_seconds`): observed by the draining worker, served
+    // by the new one.
+    let text = scrape();
+    assert!(text.contains("# TYPE realistic_slow_request_seconds histogram\n"), "{text}");
+    for line in [
+        "realistic_slow_request_seconds_bucket{le=\"1\"} 0",
+        "realistic_slow_request_seconds_bucket{le=\"2.5\"} 1",
+        "realistic_slow_request_seconds_bucket{le=\"+Inf\"} 1",
+        "realistic_slow_request_seconds_count 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}: {text}");
+    }
+    let sum = text.lines().find_map(|l| l.strip_prefix("realistic_slow_request_seconds_sum ")).unwrap();
+    assert!((2.0..2.5).contains(&sum.parse::<f64>().unwrap()), "{text}");
 }
 
-/// The app's counters and gauges pass `promtool check metrics` with baton's, labelled or not.
+/// The app's counters, gauges and histograms pass `promtool check metrics` with baton's,
+/// labelled or not.
 #[test]
 #[ignore = "needs promtool (Debian package prometheus)"]
 fn the_apps_counters_pass_promtool() {
@@ -517,5 +533,6 @@ fn the_apps_counters_pass_promtool() {
     let text = get(([127, 0, 0, 1], metrics).into(), "/metrics").unwrap().body;
     assert!(text.contains("realistic_notes_total{kind=\"text\"} 1"), "{text}");
     assert!(text.contains("realistic_slow_requests 0"), "{text}");
+    assert!(text.contains("realistic_slow_request_seconds_count 1"), "{text}");
     support::promtool_check(&text);
 }

@@ -167,17 +167,43 @@ const FREE: u64 = 0;
 const WRITING: u64 = 1;
 /// [`AppSeries::state`]: registered; its name and help are final.
 const READY: u64 = 2;
+/// [`AppSeries::state`]: a histogram replaced by one of other buckets: not shown, not reused.
+const RETIRED: u64 = 3;
 
-/// One series of an app's own counter or gauge: its name (`name{labels}`, as the text format
-/// writes it) and help. A counter's name ends in `_total` ([`is_counter`]) and its value is in
-/// [`Region::app_values`], summed over the shards; a gauge's is in [`Region::app_gauges`],
-/// summed over the live worker slots.
+/// What an app's series is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Kind {
+    /// A counter: its value sharded per thread.
+    Counter = 1,
+    /// A gauge: its value one per worker slot.
+    Gauge = 2,
+    /// A histogram's head: its buckets, then its sum, follow as [`Kind::Part`]s.
+    Histogram = 3,
+    /// A histogram's bucket (named by its upper bound: `0.25`, `+Inf`) or its sum (`sum`).
+    Part = 4,
+}
+
+/// One entry of the app's own series: a counter's or a gauge's series, or a histogram's head
+/// or one of its parts. Its name (`name{labels}`, as the text format writes it; a part's: its
+/// bound) and help are published by its state. A counter's and a histogram part's values are
+/// in [`Region::app_values`], summed over the shards (a histogram's sum as `f64` bits); a
+/// gauge's in [`Region::app_gauges`], summed over the live worker slots.
 #[repr(C)]
 #[derive(Debug)]
 pub struct AppSeries {
     state: AtomicU64,
+    kind: AtomicU64,
+    /// A histogram head's parts: its buckets (`+Inf` included) and its sum.
+    parts: AtomicU64,
     name: Text,
     help: Text,
+}
+
+impl AppSeries {
+    fn ready(&self, kind: Kind) -> bool {
+        self.state.load(Ordering::Acquire) == READY && self.kind.load(Ordering::Relaxed) == kind as u64
+    }
 }
 
 /// The whole shared region.
@@ -202,20 +228,25 @@ pub struct Region {
     pub app_gauges: [[AtomicU64; APP_SERIES]; SLOTS],
 }
 
-/// Whether an app's series (`name{labels}`) is a counter's (its name ends in `_total`), not a
-/// gauge's.
-pub fn is_counter(series: &str) -> bool {
-    series.split('{').next().unwrap_or(series).ends_with("_total")
-}
-
 /// The value of an app's series, summed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AppValue {
     /// A counter's, over the shards.
     Counter(u64),
     /// A gauge's, over the live workers.
     Gauge(i64),
+    /// A histogram's.
+    Histogram {
+        /// Each bucket's upper bound (`+Inf` last) with its count (not cumulative).
+        buckets: Vec<(String, u64)>,
+        /// The sum of the observations.
+        sum: f64,
+    },
 }
+
+/// An app's series registered under another kind: its name, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindConflict(pub Kind);
 
 /// The fd and slot of a worker's region (`BATON_METRICS=<fd>:<slot>`).
 pub const BATON_METRICS: &str = "BATON_METRICS";
@@ -307,31 +338,108 @@ impl Region {
         self.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0)
     }
 
-    /// The index of the app's counter series `name` (`name{labels}`, at most [`APP_TEXT`]
-    /// bytes, as is `help`): the one registered under that name by any process since the
-    /// master started, else a free one registered now. `None` when all [`APP_SERIES`] are
-    /// taken. Two processes registering one name at the same moment may each take one: the
-    /// readers sum series of the same name ([`Region::app_counters`]).
-    pub fn app_series(&self, name: &str, help: &str) -> Option<usize> {
+    /// The index of the app's counter or gauge series `name` (`name{labels}`, at most
+    /// [`APP_TEXT`] bytes, as is `help`): the one registered under that name by any process
+    /// since the master started, else a free one registered now. `Ok(None)` when all
+    /// [`APP_SERIES`] are taken; an error when the name is another kind's. Two processes
+    /// registering one name at the same moment may each take one: the readers sum series of
+    /// the same name ([`Region::app_metrics`]).
+    pub fn app_series(&self, name: &str, help: &str, kind: Kind) -> Result<Option<usize>, KindConflict> {
         assert!(name.len() <= APP_TEXT && help.len() <= APP_TEXT, "an app series' name or help is too long");
-        let found =
-            self.app.iter().position(|s| s.state.load(Ordering::Acquire) == READY && s.name.read() == name.as_bytes());
-        found.or_else(|| {
-            let (i, s) =
-                self.app.iter().enumerate().find(|(_, s)| {
-                    s.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                })?;
-            s.name.write(name.as_bytes());
-            s.help.write(help.as_bytes());
-            s.state.store(READY, Ordering::Release);
-            Some(i)
-        })
+        assert!(matches!(kind, Kind::Counter | Kind::Gauge), "a histogram is registered by app_histogram");
+        if let Some(i) = self.find(name, kind)? {
+            return Ok(Some(i));
+        }
+        let Some(i) = self.claim(1) else { return Ok(None) };
+        self.publish(i, name, help, kind, 0);
+        Ok(Some(i))
+    }
+
+    /// The head index of the app's histogram series `name` with buckets `bounds` (their upper
+    /// bounds as the text format writes them, `+Inf` not included): the one registered by any
+    /// process with the same bounds, else a new one. A histogram registered with other bounds
+    /// is retired (no longer shown: its counts start over with the new bounds). Its parts
+    /// follow the head: bucket `b` at `head + 1 + b` (`+Inf` at `head + 1 + bounds.len()`), the
+    /// sum (`f64` bits, added by [`Region::app_add_f64`]) after them. `Ok(None)` when there is
+    /// no room for them.
+    pub fn app_histogram(&self, name: &str, help: &str, bounds: &[&str]) -> Result<Option<usize>, KindConflict> {
+        assert!(name.len() <= APP_TEXT && help.len() <= APP_TEXT, "an app series' name or help is too long");
+        let mut parts: Vec<&str> = bounds.to_vec();
+        parts.extend(["+Inf", "sum"]);
+        if let Some(head) = self.find(name, Kind::Histogram)? {
+            let same = self.app[head].parts.load(Ordering::Relaxed) as usize == parts.len()
+                && parts.iter().enumerate().all(|(j, p)| self.app[head + 1 + j].name.read() == p.as_bytes());
+            if same {
+                return Ok(Some(head));
+            }
+            // Others may have retired it, or found it, meanwhile: they go on counting into it
+            // unseen, or retire the new one in turn (bounds that differ again).
+            let _ = self.app[head].state.compare_exchange(READY, RETIRED, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        let Some(head) = self.claim(1 + parts.len()) else { return Ok(None) };
+        for (j, p) in parts.iter().enumerate() {
+            self.publish(head + 1 + j, p, "", Kind::Part, 0);
+        }
+        self.publish(head, name, help, Kind::Histogram, parts.len() as u64);
+        Ok(Some(head))
+    }
+
+    /// The ready series `name` of `kind`, or an error if it is another kind's.
+    fn find(&self, name: &str, kind: Kind) -> Result<Option<usize>, KindConflict> {
+        for (i, s) in self.app.iter().enumerate() {
+            if s.state.load(Ordering::Acquire) != READY || s.name.read() != name.as_bytes() {
+                continue;
+            }
+            match s.kind.load(Ordering::Relaxed) {
+                k if k == kind as u64 => return Ok(Some(i)),
+                k if k == Kind::Part as u64 => {}
+                k if k == Kind::Counter as u64 => return Err(KindConflict(Kind::Counter)),
+                k if k == Kind::Gauge as u64 => return Err(KindConflict(Kind::Gauge)),
+                _ => return Err(KindConflict(Kind::Histogram)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims `n` free entries in a row: the first's index.
+    fn claim(&self, n: usize) -> Option<usize> {
+        let take =
+            |s: &AppSeries| s.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        'start: for start in 0..=APP_SERIES.checked_sub(n)? {
+            for j in 0..n {
+                if !take(&self.app[start + j]) {
+                    // Given back: none of them was published.
+                    for s in &self.app[start..start + j] {
+                        s.state.store(FREE, Ordering::Release);
+                    }
+                    continue 'start;
+                }
+            }
+            return Some(start);
+        }
+        None
+    }
+
+    fn publish(&self, i: usize, name: &str, help: &str, kind: Kind, parts: u64) {
+        let s = &self.app[i];
+        s.name.write(name.as_bytes());
+        s.help.write(help.as_bytes());
+        s.kind.store(kind as u64, Ordering::Relaxed);
+        s.parts.store(parts, Ordering::Relaxed);
+        s.state.store(READY, Ordering::Release);
     }
 
     /// Adds `n` to series `i` (from [`Region::app_series`]) in shard `shard`.
     #[inline]
     pub fn app_add(&self, shard: usize, i: usize, n: u64) {
         self.app_values[shard % SHARDS][i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds `x` to the `f64` of series `i` (a histogram's sum) in shard `shard`.
+    #[inline]
+    pub fn app_add_f64(&self, shard: usize, i: usize, x: f64) {
+        let v = &self.app_values[shard % SHARDS][i];
+        let _ = v.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((f64::from_bits(b) + x).to_bits()));
     }
 
     /// Counter series `i`'s value, summed over the shards.
@@ -351,29 +459,52 @@ impl Region {
         live.map(|(_, row)| row[i].load(Ordering::Relaxed) as i64).fold(0, i64::wrapping_add)
     }
 
-    /// Every registered series of the app's counters and gauges, in the order they were
-    /// registered, as (name, help, value); series registered twice under one name are one,
-    /// their values summed.
+    /// The histogram whose head is `head`: its buckets and sum.
+    fn app_histogram_value(&self, head: usize) -> AppValue {
+        let parts = (self.app[head].parts.load(Ordering::Relaxed) as usize).min(APP_SERIES - 1 - head);
+        let mut buckets = Vec::with_capacity(parts);
+        let mut sum = 0.0;
+        for j in head + 1..=head + parts {
+            let name = String::from_utf8_lossy(&self.app[j].name.read()).into_owned();
+            if name == "sum" {
+                sum = self.app_values.iter().map(|row| f64::from_bits(row[j].load(Ordering::Relaxed))).sum();
+            } else {
+                buckets.push((name, self.app_value(j)));
+            }
+        }
+        AppValue::Histogram { buckets, sum }
+    }
+
+    /// Every registered series of the app's counters, gauges and histograms, in the order
+    /// they were registered, as (name, help, value); counters or gauges registered twice
+    /// under one name are one, their values summed.
     pub fn app_metrics(&self) -> Vec<(String, String, AppValue)> {
         let mut out: Vec<(String, String, AppValue)> = Vec::new();
         for (i, s) in self.app.iter().enumerate() {
-            if s.state.load(Ordering::Acquire) != READY {
-                continue;
-            }
-            let name = String::from_utf8_lossy(&s.name.read()).into_owned();
-            let value = if is_counter(&name) {
+            let value = if s.ready(Kind::Counter) {
                 AppValue::Counter(self.app_value(i))
-            } else {
+            } else if s.ready(Kind::Gauge) {
                 AppValue::Gauge(self.app_gauge_sum(i))
+            } else if s.ready(Kind::Histogram) {
+                self.app_histogram_value(i)
+            } else {
+                continue;
             };
+            let name = String::from_utf8_lossy(&s.name.read()).into_owned();
             match out.iter_mut().find(|(n, _, _)| *n == name) {
-                Some((_, _, seen)) => {
-                    *seen = match (*seen, value) {
-                        (AppValue::Counter(a), AppValue::Counter(b)) => AppValue::Counter(a.wrapping_add(b)),
-                        (AppValue::Gauge(a), AppValue::Gauge(b)) => AppValue::Gauge(a.wrapping_add(b)),
-                        (seen, _) => seen,
+                Some((_, _, seen)) => match (seen, value) {
+                    (AppValue::Counter(a), AppValue::Counter(b)) => *a = a.wrapping_add(b),
+                    (AppValue::Gauge(a), AppValue::Gauge(b)) => *a = a.wrapping_add(b),
+                    // Registered twice at once with the same bounds (with others, two processes
+                    // of different versions at the same moment: the first is shown).
+                    (AppValue::Histogram { buckets: a, sum: sa }, AppValue::Histogram { buckets: b, sum: sb })
+                        if a.iter().map(|(le, _)| le).eq(b.iter().map(|(le, _)| le)) =>
+                    {
+                        a.iter_mut().zip(b).for_each(|((_, n), (_, m))| *n = n.wrapping_add(m));
+                        *sa += sb;
                     }
-                }
+                    _ => {}
+                },
                 None => out.push((name, String::from_utf8_lossy(&s.help.read()).into_owned(), value)),
             }
         }
@@ -424,18 +555,18 @@ mod tests {
     }
 
     #[test]
-    fn app_counters_are_registered_once_by_name_across_processes() {
+    fn app_series_are_registered_once_by_name_across_processes() {
         let (fd, master) = Region::create(&std::env::temp_dir()).unwrap();
         // Two workers' mappings of the one region.
         let one = Region::map(fd.try_clone().unwrap()).unwrap();
         let two = Region::map(fd).unwrap();
         let long = "x".repeat(APP_TEXT - 6) + "_total";
-        let a = one.app_series("orders_total", "Orders placed.").unwrap();
-        let b = one.app_series(&long, "").unwrap();
+        let a = one.app_series("orders_total", "Orders placed.", Kind::Counter).unwrap().unwrap();
+        let b = one.app_series(&long, "", Kind::Counter).unwrap().unwrap();
         one.app_add(0, a, 2);
         one.app_add(SHARDS + 3, b, 1);
         // Found again by name in another mapping (a later worker), not registered twice.
-        assert_eq!(two.app_series("orders_total", "another help, ignored"), Some(a));
+        assert_eq!(two.app_series("orders_total", "another help, ignored", Kind::Counter), Ok(Some(a)));
         two.app_add(5, a, 3);
         assert_eq!(master.app_value(a), 5);
         assert_eq!(
@@ -445,21 +576,19 @@ mod tests {
                 (long.clone(), String::new(), AppValue::Counter(1))
             ]
         );
+        // Another kind under a taken name: refused, saying whose it is.
+        assert_eq!(two.app_series("orders_total", "", Kind::Gauge), Err(KindConflict(Kind::Counter)));
         // Registered twice (two workers at the same moment): one series, the values summed.
-        let again = &master.app[2];
-        again.state.store(WRITING, Ordering::Relaxed);
-        again.name.write(b"orders_total");
-        again.help.write(b"");
-        again.state.store(READY, Ordering::Release);
+        master.claim(1).unwrap();
+        master.publish(2, "orders_total", "", Kind::Counter, 0);
         master.app_add(1, 2, 10);
         assert_eq!(master.app_metrics()[0], ("orders_total".into(), "Orders placed.".into(), AppValue::Counter(15)));
         // A series claimed but never finished (its worker killed while writing) is not shown.
-        master.app[3].state.store(WRITING, Ordering::Relaxed);
+        assert_eq!(master.claim(1), Some(3));
         assert_eq!(master.app_metrics().len(), 2);
         // A gauge: each worker's own value, summed over the live workers; a reaped worker's
         // is gone, and a new worker in its slot starts at 0.
-        let q = one.app_series("queue_depth{queue=\"mail\"}", "Jobs waiting.").unwrap();
-        assert!(!is_counter("queue_depth{queue=\"mail_total\"}") && is_counter("x_total{k=\"v\"}"));
+        let q = one.app_series("queue_depth{queue=\"mail\"}", "Jobs waiting.", Kind::Gauge).unwrap().unwrap();
         master.claim_slot(0, 101, 1);
         master.claim_slot(1, 102, 2);
         one.app_gauge(0, q).store(7, Ordering::Relaxed);
@@ -469,11 +598,54 @@ mod tests {
         assert_eq!(master.app_metrics()[2].2, AppValue::Gauge(-3));
         master.claim_slot(0, 103, 3);
         assert_eq!(one.app_gauge(0, q).load(Ordering::Relaxed), 0);
-        // Full: none.
-        for i in 0..APP_SERIES - 5 {
-            assert!(one.app_series(&format!("c{i}_total"), "").is_some());
+        // A histogram: its head, then a part per bucket and its sum, found again with the same
+        // bounds; with other bounds the old one is retired and a new one starts.
+        let h = one.app_histogram("lat_seconds", "Latency.", &["0.1", "1"]).unwrap().unwrap();
+        assert_eq!(h, 5);
+        one.app_add(0, h + 1, 2);
+        two.app_add(1, h + 3, 1);
+        one.app_add_f64(0, h + 4, 0.05);
+        one.app_add_f64(3, h + 4, 2.5);
+        assert_eq!(two.app_histogram("lat_seconds", "", &["0.1", "1"]), Ok(Some(h)));
+        let hist = |buckets: &[(&str, u64)], sum: f64| AppValue::Histogram {
+            buckets: buckets.iter().map(|(b, n)| (b.to_string(), *n)).collect(),
+            sum,
+        };
+        assert_eq!(
+            master.app_metrics()[3],
+            ("lat_seconds".into(), "Latency.".into(), hist(&[("0.1", 2), ("1", 0), ("+Inf", 1)], 2.55))
+        );
+        let h2 = two.app_histogram("lat_seconds", "", &["0.5"]).unwrap().unwrap();
+        assert_eq!(h2, h + 5, "past the old one's head and its 4 parts");
+        assert_eq!(
+            master.app_metrics()[3],
+            ("lat_seconds".into(), String::new(), hist(&[("0.5", 0), ("+Inf", 0)], 0.0))
+        );
+        assert_eq!(master.app_metrics().len(), 4, "the retired one is not shown");
+        // Registered twice at once with the same bounds: one histogram, the counts summed.
+        let d = master.claim(4).unwrap();
+        for (j, p) in ["0.5", "+Inf", "sum"].iter().enumerate() {
+            master.publish(d + 1 + j, p, "", Kind::Part, 0);
         }
-        assert_eq!(two.app_series("one_more_total", ""), None);
-        assert_eq!(two.app_series("orders_total", ""), Some(a), "a registered one is still found");
+        master.publish(d, "lat_seconds", "", Kind::Histogram, 3);
+        master.app_add(0, h2 + 1, 1);
+        master.app_add(2, d + 1, 2);
+        master.app_add(2, d + 2, 1);
+        master.app_add_f64(0, d + 3, 1.5);
+        assert_eq!(master.app_metrics()[3].2, hist(&[("0.5", 3), ("+Inf", 1)], 1.5));
+        // Part names are not series names: a gauge called `sum` is its own.
+        assert!(one.app_series("sum", "", Kind::Gauge).unwrap().is_some());
+        assert_eq!(one.app_series("lat_seconds", "", Kind::Counter), Err(KindConflict(Kind::Histogram)));
+        // Full: none; a histogram needs its parts in a row.
+        let used = master.app.iter().filter(|s| s.state.load(Ordering::Relaxed) != FREE).count();
+        for i in 0..APP_SERIES - used - 2 {
+            assert!(one.app_series(&format!("c{i}_total"), "", Kind::Counter).unwrap().is_some());
+        }
+        assert_eq!(two.app_histogram("big", "", &["1"]), Ok(None), "2 entries left, 4 needed");
+        assert_eq!(master.app.iter().filter(|s| s.state.load(Ordering::Relaxed) == FREE).count(), 2, "given back");
+        assert!(two.app_series("one_more_total", "", Kind::Counter).unwrap().is_some());
+        assert!(two.app_series("last_total", "", Kind::Counter).unwrap().is_some());
+        assert_eq!(two.app_series("none_left_total", "", Kind::Counter), Ok(None));
+        assert_eq!(two.app_series("orders_total", "", Kind::Counter), Ok(Some(a)), "a registered one is still found");
     }
 }
