@@ -20,10 +20,10 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = baton::parse_duration)]
     delay: Duration,
     /// Also serve `/panic` (a handler that panics), `POST /echo` (returns the body size),
-    /// `/bytes/N` (N bytes), `/events` (server-sent ticks until shutdown, then `bye`), `/ticks`
-    /// (server-sent ticks through `baton::sse`) and `/ws` (a WebSocket echo through
-    /// `baton::ws`), for trying the production defaults and long-lived connections across
-    /// reloads.
+    /// `/bytes/N` (N bytes), `/trailers` (a body, then trailers, as gRPC answers), `/events`
+    /// (server-sent ticks until shutdown, then `bye`), `/ticks` (server-sent ticks through
+    /// `baton::sse`) and `/ws` (a WebSocket echo through `baton::ws`), for trying the production
+    /// defaults and long-lived connections across reloads.
     #[arg(long)]
     debug_routes: bool,
     /// Fail in the app's start-up (to try failed starts and rollbacks).
@@ -107,6 +107,7 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
         .route("/panic", get(|| async { panic_route() }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
         .route("/bytes/{n}", get(bytes))
+        .route("/trailers", get(trailers))
         .route("/events", get(events))
         .route("/ticks", get(ticks));
     #[cfg(feature = "ws")]
@@ -119,6 +120,14 @@ pub fn app(delay: Duration, debug_routes: bool) -> Router {
 /// differently for every handler (the benchmarks time `GET /`).
 async fn bytes(axum::extract::Path(n): axum::extract::Path<u64>) -> axum::response::Response {
     axum::response::Response::new(axum::body::Body::new(Repeat { left: n }))
+}
+
+/// `data`, then the trailer `grpc-status: 0`, as a gRPC server ends a response.
+async fn trailers() -> axum::body::Body {
+    use http_body_util::BodyExt;
+    let mut t = axum::http::HeaderMap::new();
+    t.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
+    axum::body::Body::new(http_body_util::Full::new(bytes::Bytes::from("data")).with_trailers(async { Some(Ok(t)) }))
 }
 
 /// A body of `left` more bytes of `x`.

@@ -1063,3 +1063,28 @@ fn a_trusted_proxy_names_the_client_in_the_access_log() {
     send(&h, "198.51.100.7", "/e");
     assert_eq!(logged(&h, "/e"), "127.0.0.1", "no proxy is trusted by default");
 }
+
+/// Response trailers pass through baton's body wrappers to the client: gRPC's `grpc-status`,
+/// after the body, over HTTP/2 (hello's `/trailers`).
+#[test]
+fn response_trailers_reach_an_http2_client() {
+    let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes"]);
+    let addr = h.addr();
+    let (trailers, body) = support::rt().block_on(async move {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}/trailers"))
+            .header("te", "trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        let all = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        (all.trailers().cloned(), all.to_bytes())
+    });
+    assert_eq!(body, "data");
+    let trailers = trailers.expect("the response's trailers");
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+}
