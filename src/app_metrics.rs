@@ -1,5 +1,5 @@
-//! The app's own counters and gauges, served with baton's metrics on `--metrics-listen` and
-//! kept, as baton's own are, across reloads and crashes.
+//! The app's own counters, gauges and histograms, served with baton's metrics on
+//! `--metrics-listen` and kept, as baton's own are, across reloads and crashes.
 //!
 //! ```no_run
 //! use std::sync::LazyLock;
@@ -20,6 +20,12 @@
 //! static QUEUED: LazyLock<baton::Gauge> = LazyLock::new(|| baton::Gauge::new("shop_mails_queued", "Mails waiting."));
 //! # fn enqueue() { QUEUED.inc(); }
 //! # fn sent() { QUEUED.dec(); }
+//!
+//! // A histogram: its buckets' upper bounds (here the usual ones for seconds).
+//! static CHECKOUT: LazyLock<baton::Histogram> = LazyLock::new(|| {
+//!     baton::Histogram::new("shop_checkout_seconds", "Checkout time.", baton::Histogram::SECONDS)
+//! });
+//! # fn checkout(took: std::time::Duration) { CHECKOUT.observe_duration(took); }
 //! ```
 //!
 //! A counter lives in the master's shared memory, as the request counters do: every worker
@@ -34,10 +40,14 @@
 //! generation drains its gauges still count, and a crashed worker's are gone. Fit for
 //! quantities that add up across processes.
 //!
-//! A counter or gauge made outside a worker (an app's tests calling its router, or code that
-//! runs before [`crate::App::serve`]) counts in this process's memory only. The region holds
-//! [`APP_SERIES`] (256) series, counters and gauges together;
-//! one more counts in this process only, and a warning says so.
+//! A [`Histogram`] is kept as counters are (its buckets and its sum); a version that changes
+//! its buckets starts it over.
+//!
+//! One made outside a worker (an app's tests calling its router, or code that runs before
+//! [`crate::App::serve`]) counts in this process's memory only. The region holds [`APP_SERIES`]
+//! (256) entries, a counter or a gauge taking one and a histogram its buckets and 3 more; past
+//! them a counter or a gauge counts in this process only and a histogram counts nothing, and a
+//! warning says so.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -53,7 +63,7 @@ static REGION: OnceLock<(&'static Region, Option<usize>)> = OnceLock::new();
 pub(crate) fn serve_from(region: &'static Region, slot: Option<usize>) {
     if REGION.set((region, slot)).is_err() && !std::ptr::eq(REGION.get().expect("set").0, region) {
         tracing::warn!(
-            "baton::Counter or Gauge made before the worker started: the app's metrics count in this process only (not kept across reloads)"
+            "baton::Counter, Gauge or Histogram made before the worker started: the app's metrics count in this process only (not kept across reloads)"
         );
     }
 }
@@ -95,10 +105,11 @@ fn register(kind: Kind, series: &str, help: &str, bounds: &[String]) -> Option<(
         panic!("baton::{} {series}: the name is a {} of this app's (since the master started)", what(kind), what(other))
     });
     if i.is_none() {
-        tracing::warn!(
-            "baton::{} {series}: the {APP_SERIES} series are taken; it counts in this process only (not served, not kept across reloads)",
-            what(kind)
-        );
+        let fate = match kind {
+            Kind::Histogram => "its observations are not counted",
+            _ => "it counts in this process only (not served, not kept across reloads)",
+        };
+        tracing::warn!("baton::{} {series}: the {APP_SERIES} entries are taken; {fate}", what(kind));
     }
     Some((region, i?))
 }

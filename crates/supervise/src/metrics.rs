@@ -10,10 +10,11 @@
 //!   master hands each worker a slot and clears it when the worker is reaped, so a worker
 //!   killed mid-request leaves no gauge behind.
 //! - **master**: what only the master knows (generation, reloads, starts, crashes).
-//! - **the app's own counters and gauges** ([`AppSeries`]): each series is registered once by
-//!   name, by whichever worker first uses it, and found again by name by every later one. A
-//!   counter's value is sharded per worker thread like the request counters; a gauge's is
-//!   one per worker slot, summed over the live workers like baton's own gauges.
+//! - **the app's own counters, gauges and histograms** ([`AppSeries`]): each series is
+//!   registered once by name, by whichever worker first uses it, and found again by name by
+//!   every later one. A counter's value (and a histogram's buckets and sum) is sharded per
+//!   worker thread like the request counters; a gauge's is one per worker slot, summed over
+//!   the live workers like baton's own gauges.
 //!
 //! The region is handed over like a listener: an fd placed right after the listeners, named
 //! by `BATON_METRICS` (`<fd>:<slot>`). A worker whose build has another layout (a deploy of
@@ -37,9 +38,10 @@ pub const REQUEST_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 /// Upper bounds of the reload duration histogram, in seconds (`+Inf` follows).
 pub const RELOAD_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The app's own counter and gauge series the region holds.
+/// The entries for the app's own series the region holds (a counter or a gauge takes one, a
+/// histogram one per bucket and two more).
 pub const APP_SERIES: usize = 256;
-/// The longest series name (`name{labels}`) and help text of an app's counter, in bytes.
+/// The longest series name (`name{labels}`) and help text of an app's series, in bytes.
 pub const APP_TEXT: usize = 128;
 
 const MAGIC: u64 = u64::from_be_bytes(*b"batonmx2");
@@ -218,7 +220,7 @@ pub struct Region {
     pub slots: [Slot; SLOTS],
     /// The request counters, one shard per worker thread.
     pub shards: [Shard; SHARDS],
-    /// The app's own counter and gauge series, registered by name.
+    /// The app's own series, registered by name.
     pub app: [AppSeries; APP_SERIES],
     /// The counters' values, one row per worker thread (a thread adds to its row only: no
     /// cache line shared between threads that count at once).
@@ -244,7 +246,7 @@ pub enum AppValue {
     },
 }
 
-/// An app's series registered under another kind: its name, and what it is.
+/// An app's series name registered under another kind: that kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindConflict(pub Kind);
 
