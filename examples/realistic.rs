@@ -1,8 +1,8 @@
 //! A realistic app on baton: shared state, its own flags and environment configuration, a
 //! JSON API, static files next to the binary's launch directory, routes with a body limit or
 //! a request timeout of their own, a route left out of the access log, the client's address
-//! behind a trusted proxy, metrics kept across reloads (`baton::Counter`, `baton::Gauge`, `baton::Histogram`), its own `tracing`
-//! events, `ConnectInfo`, and a shutdown hook.
+//! behind a trusted proxy, metrics kept across reloads (`baton::Counter`, `baton::Gauge`,
+//! `baton::Histogram`), its own `tracing` events, `ConnectInfo`, and a shutdown hook.
 //!
 //! ```text
 //! cargo run --example realistic -- start -l app.log -p app.pid --greeting hi
