@@ -515,6 +515,15 @@ fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     }
     let sum = text.lines().find_map(|l| l.strip_prefix("realistic_slow_request_seconds_sum ")).unwrap();
     assert!((2.0..2.5).contains(&sum.parse::<f64>().unwrap()), "{text}");
+    // The same in `status --json`, by series.
+    let out = app.ctl(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let own = &json["app_metrics"];
+    assert_eq!(own["realistic_greetings_total"], 4, "{json}");
+    assert_eq!(own["realistic_notes_total{kind=\"empty\"}"], 1, "{json}");
+    assert_eq!(own["realistic_slow_requests"], 0, "{json}");
+    assert_eq!(own["realistic_slow_request_seconds"]["count"], 1, "{json}");
+    assert!((2.0..2.5).contains(&own["realistic_slow_request_seconds"]["sum"].as_f64().unwrap()), "{json}");
 }
 
 /// The app's counters, gauges and histograms pass `promtool check metrics` with baton's,

@@ -614,11 +614,22 @@ impl Runner {
                 .num("failed", c.reloads[1])
                 .num("rolled_back", c.reloads[2])
                 .end();
+            // The app's own (`baton::Counter`, `Gauge`, `Histogram`), by series.
+            let app = r.app_metrics().into_iter().fold(Object::default(), |o, (series, _, v)| match v {
+                crate::metrics::AppValue::Counter(n) => o.num(&series, n),
+                crate::metrics::AppValue::Gauge(n) => o.num(&series, n),
+                crate::metrics::AppValue::Histogram { buckets, sum } => {
+                    let count = buckets.iter().fold(0u64, |a, (_, n)| a.wrapping_add(*n));
+                    let sum = if sum.is_finite() { sum.to_string() } else { "null".to_owned() };
+                    o.raw(&series, &Object::default().num("count", count).raw("sum", &sum).end())
+                }
+            });
             o = o
                 .raw("requests", &requests.end())
                 .raw("reloads", &reloads)
                 .num("worker_starts", c.starts)
-                .num("worker_crashes", c.crashes);
+                .num("worker_crashes", c.crashes)
+                .raw("app_metrics", &app.end());
         }
         o.end()
     }
