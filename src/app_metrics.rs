@@ -70,14 +70,8 @@ pub(crate) fn serve_from(region: &'static Region, slot: Option<usize>) {
 
 /// The region the app's series count in (and the exposition reads), and this process's slot.
 fn place() -> (&'static Region, Option<usize>) {
-    *REGION.get_or_init(|| {
-        let r = Region::private();
-        let slot = r.vacant_slot();
-        if let Some(i) = slot {
-            r.claim_slot(i, std::process::id(), 1);
-        }
-        (r, slot)
-    })
+    // Outside a worker: a private region with a slot, as a worker without a master counts in.
+    *REGION.get_or_init(|| crate::metrics::Metrics::new(None).place())
 }
 
 /// The region the app's series count in (and the exposition reads).
