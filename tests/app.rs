@@ -43,6 +43,14 @@ impl App {
         self.cmd(&args).output().unwrap()
     }
 
+    /// Starts it with `--metrics-listen` on a free port, which it returns.
+    fn start_with_metrics(&self) -> u16 {
+        let metrics = free_port();
+        let out = self.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+        assert!(out.status.success(), "{}", text(&out));
+        metrics
+    }
+
     fn ctl(&self, args: &[&str]) -> Output {
         Command::new(realistic_bin()).args(args).args(["-p", "x.pid"]).current_dir(self.dir.path()).output().unwrap()
     }
@@ -392,9 +400,7 @@ fn a_route_sets_its_own_request_timeout() {
 #[test]
 fn a_route_left_out_of_the_access_log() {
     let app = App::new("app-quiet");
-    let metrics = free_port();
-    let out = app.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    assert!(out.status.success(), "{}", text(&out));
+    let metrics = app.start_with_metrics();
     assert_eq!(get(app.addr(), "/api/hits").unwrap().status, 200);
     for _ in 0..3 {
         assert_eq!(get(app.addr(), "/ping").unwrap().body, "pong");
@@ -446,9 +452,7 @@ fn the_apps_trusted_proxies_name_the_client_in_the_access_log() {
 #[test]
 fn the_apps_counters_are_kept_across_reloads_and_crashes() {
     let app = App::new("app-counters");
-    let metrics = free_port();
-    let out = app.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    assert!(out.status.success(), "{}", text(&out));
+    let metrics = app.start_with_metrics();
     let a = app.addr();
     let note = |body: &str| {
         let raw = format!(
@@ -532,9 +536,7 @@ fn the_apps_counters_are_kept_across_reloads_and_crashes() {
 #[ignore = "needs promtool (Debian package prometheus)"]
 fn the_apps_counters_pass_promtool() {
     let app = App::new("app-promtool");
-    let metrics = free_port();
-    let out = app.start(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    assert!(out.status.success(), "{}", text(&out));
+    let metrics = app.start_with_metrics();
     assert_eq!(get(app.addr(), "/").unwrap().status, 200);
     let raw = b"POST /api/note HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
     assert_eq!(request(app.addr(), raw).unwrap().status, 200);

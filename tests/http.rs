@@ -324,20 +324,25 @@ fn a_body_limit_above_two_mib_reaches_axums_extractors() {
     let a = h.addr();
     let three_mib = 3 * 1024 * 1024;
     for len in [2_500_000, three_mib] {
-        let body = "x".repeat(len);
-        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
-        let r = request(a, format!("{head}{body}").as_bytes()).unwrap();
-        assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes with a length");
-        let chunked = format!(
-            "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
-        );
-        let r = request(a, chunked.as_bytes()).unwrap();
-        assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes chunked");
+        assert_echoed(a, len);
     }
     // One byte more is refused by its length, before any of the body is sent.
     let over =
         format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", three_mib + 1);
     assert_eq!(request(a, over.as_bytes()).unwrap().status, 413);
+}
+
+/// `len` bytes to hello's `POST /echo`, with a length and chunked: each answered 200 with its size.
+fn assert_echoed(a: std::net::SocketAddr, len: usize) {
+    let body = "x".repeat(len);
+    let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    let r = request(a, format!("{head}{body}").as_bytes()).unwrap();
+    assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes with a length");
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
+    );
+    let r = request(a, chunked.as_bytes()).unwrap();
+    assert_eq!((r.status, r.body), (200, len.to_string()), "{len} bytes chunked");
 }
 
 /// `--max-body-bytes off`: no limit, neither baton's nor axum's extractors' 2 MiB; a declared
@@ -346,16 +351,7 @@ fn a_body_limit_above_two_mib_reaches_axums_extractors() {
 fn max_body_bytes_off_lifts_the_limit() {
     let h = Hello::start(&hello_bin(), &["--delay", "0", "--debug-routes", "--max-body-bytes", "off"]);
     let a = h.addr();
-    let len = 5_000_000;
-    let body = "x".repeat(len);
-    let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
-    let r = request(a, format!("{head}{body}").as_bytes()).unwrap();
-    assert_eq!((r.status, r.body), (200, len.to_string()), "with a length");
-    let chunked = format!(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
-    );
-    let r = request(a, chunked.as_bytes()).unwrap();
-    assert_eq!((r.status, r.body), (200, len.to_string()), "chunked");
+    assert_echoed(a, 5_000_000);
     let mut s = std::net::TcpStream::connect(a).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let ten_gib = 10u64 << 30;
