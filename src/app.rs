@@ -513,6 +513,14 @@ impl App {
                 }
             }
         }
+        // Given on the command line (an app's own default may say off for a path the command
+        // line leaves out), `--health-log off` with no health route would do nothing.
+        let health_log_from_app = self.option_defaults.iter().any(|(a, v)| *a == "health_log" && v == "off");
+        if opts.health_log == cli::OnOff::Off && opts.health_path.is_none() && !health_log_from_app {
+            return Err(Error::usage(
+                "--health-log off: there is no health route to leave out of the access log (give --health-path too)",
+            ));
+        }
         #[cfg(not(feature = "tls"))]
         if opts.tls_cert.is_some() {
             return Err(Error::usage("--tls-cert: this build has no TLS support (cargo feature `tls`)"));

@@ -763,9 +763,11 @@ fn bad_command_lines_name_the_bad_value() {
         assert!(err.contains(reason), "{listen}: {err}");
     }
     // Refused, not ignored or misread.
-    let cases: [(&[&str], &str); 18] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["--group", "nogroup"], "--user <USER>"),
         (&["--health-path", "healthz"], "must be a path starting with /"),
+        // It would do nothing: hello has no health route of its own.
+        (&["--health-log", "off"], "--health-log off: there is no health route to leave out of the access log"),
         // Matched on the path alone, it would never answer (it was taken, and 404 forever).
         (&["--health-path", "/healthz?full"], "a path without a query"),
         // 0 turns the request's timeouts off, but it would end every start or drain at once.
