@@ -860,3 +860,61 @@ fn start_returns_to_a_caller_that_reads_its_pipe_to_the_end() {
     let fd7 = std::fs::read_link(format!("/proc/{}/fd/7", d.pid())).unwrap();
     assert_eq!(fd7, Path::new("/dev/null"), "the daemon's fd 7");
 }
+
+/// A daemon (its working directory `/`, its paths given relative to where `start` ran)
+/// upgrades itself in place to a deployed binary, and every control command still reaches it
+/// with what it had: `status`, `reopen-logs` (the log's path), `stop` (the pid file). On the
+/// portable OS backend it does not upgrade itself, and says so.
+#[test]
+fn a_daemon_upgrades_itself_in_place_and_still_obeys_every_command() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::new("upgrade");
+    let app = d.dir.join("app");
+    support::install(&support::hello_bin(), &app);
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&app);
+        cmd.args(args).current_dir(d.dir.path());
+        support::private_tmp(&mut cmd, d.dir.path());
+        let out = cmd.output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let listen = format!("127.0.0.1:{}", d.port);
+    let (code, out) =
+        run(&["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen, "--delay", "0", "--probation", "0"]);
+    assert_eq!(code, Some(0), "{out}");
+    let master = d.pid();
+    support::install(&support::hello_next_bin(), &app);
+    let (code, out) = run(&["reload", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    let deployed = std::fs::metadata(&app).unwrap().ino();
+    let running = || std::fs::metadata(format!("/proc/{master}/exe")).unwrap().ino();
+    let portable = cfg!(feature = "portable");
+    if portable {
+        wait_until(Duration::from_secs(20), "the master to say it stays", || {
+            d.log().contains("the master does not upgrade itself on the portable OS backend")
+        });
+        assert_ne!(running(), deployed);
+    } else {
+        wait_until(Duration::from_secs(20), "the master to upgrade itself", || running() == deployed);
+    }
+    let (code, out) = run(&["status", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("pid: {master}")), "{out}");
+    assert_eq!(out.contains("master: upgraded itself in place once"), !portable, "{out}");
+    assert!(get(d.addr(), "/version").unwrap().body.ends_with("+hello_next"));
+    std::fs::rename(d.dir.join("x.log"), d.dir.join("x.log.1")).unwrap();
+    let (code, out) = run(&["reopen-logs", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(d.log().contains("reopened log file"), "the new file: {}", d.log());
+    let (code, out) = run(&["stop", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!alive(master));
+    assert!(!d.dir.join("x.pid").exists() && !d.dir.join("x.pid.ctl").exists());
+    let log = std::fs::read_to_string(d.dir.join("x.log.1")).unwrap();
+    assert_eq!(log.contains("master upgraded in place"), !portable, "{log}");
+    let notify_dirs = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("baton-"));
+    assert_eq!(notify_dirs.count(), 0, "the notify socket's directory is removed");
+}

@@ -86,6 +86,8 @@ fn new_binary_crashing_during_probation_is_rolled_back() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("last reload:") && out.contains("failed: rolled back after"), "{out}");
     assert!(out.contains(&format!("worker: pid {back} generation 3 serving (rollback;")), "{out}");
+    // The master runs only binaries that served: not one rolled back.
+    assert!(!h.log_text().contains("master upgrad"), "{}", h.log_tail(20));
     // A binary that survives its probation stays, and `--wait-probation` says so.
     install(&hello_next_bin(), &app);
     let (code, out) = h.ctl(&["reload", "--wait-probation"]);
@@ -232,8 +234,12 @@ fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
     let app = bin.join("app");
     install(&hello_bin(), &app);
     let h = Hello::start(&app, &["--delay", "0", "--probation", "0"]);
+    // A first deploy, which the master upgrades itself to: an upgrade closes what the master
+    // inherited from its launcher (the test process) and did not hand over.
+    install(&hello_next_bin(), &app);
     h.reload_and_wait();
     h.wait_one_worker();
+    wait_until(Duration::from_secs(20), "the master to upgrade itself", || running_file(h.pid) == file_id(&app));
     let after_one = fd_count(h.pid);
     // Two files deployed in turn (renamed into place as a deploy does): each is pinned while a
     // generation runs it, then closed.
@@ -247,6 +253,10 @@ fn master_fd_count_is_flat_across_deploys_and_crash_restarts() {
         h.reload_and_wait();
     }
     h.wait_one_worker();
+    // Each deploy the master was at rest for (not all: a reload may come while it checks the
+    // last one) it upgraded itself to; the last one in any case.
+    wait_until(Duration::from_secs(20), "the master to upgrade itself", || running_file(h.pid) == file_id(&app));
+    assert!(h.log_text().matches("master upgraded in place").count() >= 2, "{}", h.log_tail(20));
     assert_eq!(fd_count(h.pid), after_one, "after 50 deploys");
     for _ in 0..20 {
         let old = h.worker_pid();
@@ -275,13 +285,7 @@ fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
     let old = h.worker_pid();
     // A request whose body never ends until the test sends the rest: the old generation keeps
     // it in flight, and drains, until then.
-    let mut upload = std::net::TcpStream::connect(h.addr()).unwrap();
-    upload.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 4\r\n\r\nab").unwrap();
-    wait_until(Duration::from_secs(20), "the upload's request to start", || {
-        h.log_text()
-            .lines()
-            .any(|l| l.contains(&format!("worker[{old}]")) && l.ends_with("request started: POST /echo"))
-    });
+    let mut upload = start_upload(&h, old);
 
     // The new binary sleeps in a shell before it execs: a USR1 then would kill it.
     let started = bin.join("started");
@@ -319,11 +323,7 @@ fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
         log.contains(&format!("worker[{old}] reopened log file"))
             && log.contains(&format!("worker[{new}] reopened log file"))
     });
-    upload.write_all(b"cd").unwrap();
-    let mut answer = Vec::new();
-    upload.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    std::io::Read::read_to_end(&mut upload, &mut answer).unwrap();
-    let r = support::parse(&answer).unwrap();
+    let r = finish_upload(&mut upload);
     assert_eq!((r.status, r.body.as_str()), (200, "4"));
     wait_until(Duration::from_secs(20), "the old worker to exit", || !alive(old));
     let rotated = std::fs::read_to_string(h.dir.join("x.log.1")).unwrap()
@@ -332,4 +332,157 @@ fn log_reopen_during_a_deploy_reaches_every_generation_and_kills_none() {
     assert!(!rotated.contains("\"POST /echo HTTP/1.1\""), "the upload logged to a rotated file:\n{rotated}");
     let all = rotated + &h.log_text();
     assert!(!all.contains("killed by SIGUSR1"), "a worker died of USR1:\n{all}");
+}
+
+/// Starts `POST /echo` of 4 bytes on `h` (with `--debug-routes`, `--body-timeout 0` and
+/// request tracing), sends 2, and waits until worker `worker` has begun it: it stays in flight
+/// until [`finish_upload`].
+fn start_upload(h: &Hello, worker: i32) -> std::net::TcpStream {
+    let mut upload = std::net::TcpStream::connect(h.addr()).unwrap();
+    upload.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 4\r\n\r\nab").unwrap();
+    wait_until(Duration::from_secs(20), "the upload's request to start", || {
+        h.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("worker[{worker}]")) && l.ends_with("request started: POST /echo"))
+    });
+    upload
+}
+
+/// Sends the rest of [`start_upload`]'s body; its response.
+fn finish_upload(upload: &mut std::net::TcpStream) -> support::Resp {
+    upload.write_all(b"cd").unwrap();
+    let mut answer = Vec::new();
+    upload.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Read::read_to_end(upload, &mut answer).unwrap();
+    support::parse(&answer).unwrap()
+}
+
+/// The device and inode of the file process `pid` runs (`/proc/PID/exe`).
+fn running_file(pid: i32) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    (m.dev(), m.ino())
+}
+
+fn file_id(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// Once a new binary has served through its probation, the master executes it in its own
+/// place: the same pid and children, the new file running it, the old generation's request in
+/// flight and the load (HTTP/1.1 keep-alive, fresh connections, HTTP/2) served throughout;
+/// twice in a row, then it stops as any master does.
+#[test]
+fn the_master_upgrades_itself_in_place_once_a_new_binary_served() {
+    let bin = TempDir::new("upgrade");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let args = ["-p", "x.pid", "--delay", "0", "--probation", "1s", "--debug-routes", "--body-timeout", "0"];
+    let mut h = Hello::start_traced(&app, &args);
+    let master = h.pid;
+    assert_eq!(running_file(master), file_id(&app));
+    let old = h.worker_pid();
+    // A request whose body ends only when the test sends the rest: the first generation
+    // drains it across both upgrades of the master.
+    let mut upload = start_upload(&h, old);
+    let ctl = Arc::new(load::Control::default());
+    let rt = rt();
+    let runs: Vec<_> = [(load::Mode::KeepAlive, 8), (load::Mode::Fresh, 2), (load::Mode::H2, 2)]
+        .into_iter()
+        .map(|(mode, n)| rt.spawn(load::run(load_cfg(&h, mode, n), ctl.clone())))
+        .collect();
+
+    install(&hello_next_bin(), &app);
+    let (code, out) = h.ctl(&["reload", "--wait-probation"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(20), "the master to upgrade itself", || {
+        h.log_text().contains("master upgraded in place")
+    });
+    assert_eq!(running_file(master), file_id(&app), "the master runs the new file");
+    assert_eq!(std::fs::read_to_string(h.dir.join("x.pid")).unwrap().trim(), master.to_string());
+    assert_eq!(version(&h), next_version());
+    let (code, out) = h.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("master: upgraded itself in place once, runs the binary of "), "{out}");
+    assert!(out.contains(&format!("worker: pid {old} generation 1 draining")), "it still knows the old one: {out}");
+    // It still holds the pid file's lock: a second instance is refused.
+    let mut second = std::process::Command::new(hello_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "-p", "x.pid"])
+        .current_dir(h.dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second instance started beside the upgraded master");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains(&format!("is held by running pid {master}")), "{err}");
+
+    // Back to the first build: the master follows again.
+    install(&hello_bin(), &app);
+    let (code, out) = h.ctl(&["reload", "--wait-probation"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(20), "the master to upgrade itself again", || {
+        h.log_text().matches("master upgraded in place").count() == 2
+    });
+    assert_eq!(running_file(master), file_id(&app));
+    let (_, json) = h.ctl(&["status", "--json"]);
+    assert!(json.contains("\"master_upgrades\":2"), "{json}");
+
+    let r = finish_upload(&mut upload);
+    assert_eq!((r.status, r.body.as_str()), (200, "4"), "the request in flight across both upgrades");
+    ctl.stop.store(true, Ordering::SeqCst);
+    for (run, name) in runs.into_iter().zip(["keep-alive", "fresh", "h2"]) {
+        let s = rt.block_on(run).unwrap();
+        assert_eq!(s.failed, 0, "{name}: failed requests: {:?}", s.failures);
+        assert!(s.ok > 0, "{name}: no requests served");
+    }
+    h.wait_one_worker();
+    assert_eq!(children(master), vec![h.worker_pid()]);
+    assert!(!h.log_text().contains("ERROR"), "{}", h.log_tail(30));
+    let (code, out) = h.ctl(&["stop"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(h.wait_exit(Duration::from_secs(20)).success());
+    assert!(!h.dir.join("x.pid").exists() && !h.dir.join("x.pid.ctl").exists());
+}
+
+/// A new binary whose check says it cannot take over the master's state serves as a worker;
+/// the master stays as it is, says why once, and does not try that binary again.
+#[test]
+fn a_binary_that_cannot_take_over_leaves_the_master_as_it_is() {
+    let bin = TempDir::new("no-upgrade");
+    let app = bin.join("app");
+    install(&hello_bin(), &app);
+    let h = Hello::start(&app, &["-p", "x.pid", "--delay", "0", "--probation", "0"]);
+    let before = running_file(h.pid);
+    let next = hello_next_bin();
+    install_script(
+        &app,
+        &format!(
+            "if [ -n \"$BATON_MASTER_CHECK\" ]; then echo 'check: not this one' >&2; exit 3; fi; exec {} \"$@\"",
+            next.display()
+        ),
+    );
+    let (code, out) = h.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(20), "the master to give up its upgrade", || {
+        h.log_text().contains("master not upgraded: it cannot take over this master's state")
+    });
+    assert!(h.log_text().contains("check: not this one"), "the check's reason is in the log");
+    assert_eq!(running_file(h.pid), before);
+    assert_eq!(version(&h), next_version(), "the worker serves the new binary");
+    // The same binary again: not checked again (a status round-trip lets the master finish
+    // the round of the reload's answer).
+    h.reload_and_wait();
+    let (_, status) = h.ctl(&["status"]);
+    assert!(!status.contains("master: upgraded"), "{status}");
+    assert_eq!(h.log_text().matches("check: not this one").count(), 1, "{}", h.log_tail(20));
 }

@@ -148,6 +148,58 @@ fn systemd_watchdog_is_fed_by_the_master_while_a_worker_serves() {
     wait_until(Duration::from_secs(5), "the stopped worker to be gone", || !alive(worker));
 }
 
+/// After the master upgraded itself to a deployed binary, it is still systemd's main process:
+/// it feeds the watchdog, reports reloads and the stop; its workers see none of systemd's
+/// variables, nor the state it took over.
+#[test]
+fn a_master_upgraded_in_place_keeps_talking_to_systemd() {
+    use std::os::unix::fs::MetadataExt;
+    let systemd = FakeSystemd::new();
+    let bindir = TempDir::new("upgrade-bin");
+    let app = bindir.join("app");
+    support::install(&hello_bin(), &app);
+    let port = free_port();
+    let mut cmd = Command::new(&app);
+    cmd.args(["run", "--delay", "0", "--probation", "0", "-p", "x.pid", "--listen", &format!("127.0.0.1:{port}")]);
+    cmd.env("NOTIFY_SOCKET", &systemd.path).env("WATCHDOG_USEC", "400000");
+    let mut h = Hello::launch(cmd, port);
+    let master = h.pid;
+    // The next message other than a watchdog ping, all from the master.
+    let next = || loop {
+        let (pid, msg) = systemd.recv();
+        assert_eq!(pid, master, "{msg}");
+        if msg != "WATCHDOG=1" {
+            return msg;
+        }
+    };
+    assert!(next().starts_with("READY=1\nSTATUS=generation 1 serving"));
+    support::install(&support::hello_next_bin(), &app);
+    signal(master, Signal::SIGUSR2);
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert!(next().starts_with("READY=1\nSTATUS=generation 2 serving"));
+    let running = || std::fs::metadata(format!("/proc/{master}/exe")).unwrap().ino();
+    let deployed = std::fs::metadata(&app).unwrap().ino();
+    wait_until(Duration::from_secs(20), "the master to upgrade itself", || running() == deployed);
+    for _ in 0..3 {
+        let (pid, msg) = systemd.recv();
+        assert_eq!((pid, msg.as_str()), (master, "WATCHDOG=1"), "the watchdog is still fed");
+    }
+    signal(master, Signal::SIGUSR2);
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=generation 3 serving"), "{ready}");
+    let worker = h.worker_pid();
+    assert!(ready.contains(&format!("(worker pid {worker})")), "{ready}");
+    for var in ["WATCHDOG_USEC", "WATCHDOG_PID", "BATON_MASTER_STATE"] {
+        assert_eq!(support::env_of(worker, var), None, "{var} reached the worker");
+    }
+    let notify = support::env_of(worker, "NOTIFY_SOCKET").unwrap();
+    assert_ne!(notify, systemd.path.as_os_str().as_encoded_bytes(), "the worker talks to the master, not systemd");
+    signal(master, Signal::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    assert!(h.wait_exit(Duration::from_secs(30)).success());
+}
+
 #[test]
 fn shutdown_delay_reports_unhealthy_then_drains() {
     let args = ["--delay", "0", "--health-path", "/healthz", "--shutdown-delay", "3s", "-p", "x.pid"];

@@ -52,6 +52,22 @@ impl BinaryId {
         BinaryId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
     }
 
+    /// As one word, for the master that takes over ([`BinaryId::decode`]).
+    pub(crate) fn encode(&self) -> String {
+        format!("{}:{}:{}:{}", self.dev, self.ino, self.size, self.mtime_ns)
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<BinaryId> {
+        let mut it = s.split(':');
+        let id = BinaryId {
+            dev: it.next()?.parse().ok()?,
+            ino: it.next()?.parse().ok()?,
+            size: it.next()?.parse().ok()?,
+            mtime_ns: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(id)
+    }
+
     /// For `status`: size and modification time.
     pub(crate) fn describe(&self) -> String {
         let mut t = String::new();

@@ -272,7 +272,13 @@ impl Region {
     /// A worker's: maps the master's region from `fd` (closed afterwards: the mapping stays).
     /// Fails if the region is not one of this layout.
     pub fn map(fd: OwnedFd) -> std::io::Result<&'static Region> {
-        let r = sys::map_region(fd.as_fd())?;
+        Region::attach(fd.as_fd())
+    }
+
+    /// Maps the region `fd` holds, which stays open (the master that took over from a
+    /// previous image of itself keeps it for its workers). Fails if it is not of this layout.
+    pub fn attach(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<&'static Region> {
+        let r = sys::map_region(fd)?;
         if r.magic.load(Ordering::Acquire) != MAGIC || r.size.load(Ordering::Acquire) != size_of::<Region>() as u64 {
             return Err(std::io::Error::other("the master's metrics have another layout (a different baton version)"));
         }

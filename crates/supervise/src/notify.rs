@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct Notifier {
     sock: UnixDatagram,
     addr: SocketAddr,
+    /// As `NOTIFY_SOCKET` named it.
+    name: String,
 }
 
 impl Notifier {
@@ -34,7 +36,12 @@ impl Notifier {
             }
         };
         let sock = UnixDatagram::unbound()?;
-        Ok(Notifier { sock, addr })
+        Ok(Notifier { sock, addr, name: name.to_owned() })
+    }
+
+    /// The socket's name, as `NOTIFY_SOCKET` gave it.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Whether this process can reach the socket: a datagram socket is connected to it and
@@ -161,6 +168,16 @@ impl NotifyServer {
                 Err(e)
             }
         }
+    }
+
+    /// The socket a previous image of this master bound (see `master/upgrade`).
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, name: String, dir: PathBuf) -> NotifyServer {
+        NotifyServer { sock: UnixDatagram::from(fd), name, dir }
+    }
+
+    /// The directory the socket is in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Removes the socket and its directory (on exit).

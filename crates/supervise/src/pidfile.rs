@@ -60,6 +60,20 @@ impl PidFile {
         }
     }
 
+    /// The pid file a previous image of this master locked (see `master/upgrade`): the lock
+    /// belongs to the open file, which the exec kept, so taking it again succeeds at once.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> io::Result<PidFile> {
+        match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(file) => Ok(PidFile { path, file }),
+            Err((_, e)) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     /// Writes this process's pid (call after the last fork).
     pub(crate) fn write_pid(&mut self) -> io::Result<()> {
         let f: &mut File = &mut self.file;

@@ -97,6 +97,22 @@ impl ControlServer {
         })
     }
 
+    /// The server a previous image of this master made (see `master/upgrade`): its listening
+    /// socket `fd`, the socket file at `path` and that file's identity.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf, file: (u64, u64)) -> ControlServer {
+        ControlServer { listener: UnixListener::from(fd), path, file, pending: Vec::new() }
+    }
+
+    /// What a master that takes over needs to [`ControlServer::adopt`] it.
+    pub(crate) fn handover(&self) -> (BorrowedFd<'_>, &Path, (u64, u64)) {
+        (self.listener.as_fd(), &self.path, self.file)
+    }
+
+    /// Whether a client's request is still being read (it would be lost by an upgrade).
+    pub(crate) fn reading(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Starts listening (in the master process, after the daemon step).
     pub(crate) fn listen(&self) -> Result<()> {
         socket2::SockRef::from(&self.listener).listen(16).map_err(|e| {

@@ -4,10 +4,12 @@
 //!
 //! This file sets the master up (everything that can fail for a reason the operator must see
 //! happens here: still attached to the terminal, or once detached, told to the waiting
-//! `start`); `state.rs` decides, `run.rs` acts.
+//! `start`); `state.rs` decides, `run.rs` acts, `upgrade/` executes a new binary of the
+//! master in its place.
 
 mod run;
 pub(crate) mod state;
+pub(crate) mod upgrade;
 
 #[cfg(test)]
 mod model;
@@ -75,6 +77,11 @@ pub struct MasterConfig {
 
 /// Runs the master (`run` or `start`) until it stops; returns the process's exit code.
 pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
+    // This process is a master image that a previous one executed in its place (or checks
+    // that it could be): it takes over what that one held.
+    if let Some(text) = std::env::var_os(upgrade::STATE_VAR) {
+        return upgrade::resume(&cfg, text);
+    }
     let abs = |p: &PathBuf, what: &str| {
         std::path::absolute(p).map_err(|e| Error::io(ErrorKind::Usage, format!("{what} {}", p.display()), e))
     };
@@ -160,16 +167,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             .map_err(&mut tell_start)?;
     }
 
-    let handled = [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGCHLD,
-    ];
-    let (signals, orig_mask) = sys::Signals::new(&handled)
+    let (signals, orig_mask) = sys::Signals::new(&HANDLED)
         .map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))
         .map_err(&mut tell_start)?;
     let notify = NotifyServer::bind(&tmp, log_owner)
@@ -191,16 +189,7 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             None
         }
     };
-    let limits = state::Limits {
-        ready_timeout: cfg.ready_timeout,
-        drain_timeout: cfg.drain_timeout,
-        shutdown_delay: cfg.shutdown_delay,
-        after_drain: cfg.after_drain,
-        max_draining: cfg.max_draining as usize,
-        probation: cfg.probation,
-        watchdog: cfg.watchdog,
-        systemd_watchdog: systemd_watchdog(),
-    };
+    let limits = limits(&cfg);
     let mut m = run::Runner::new(
         run::Io {
             exe,
@@ -217,11 +206,38 @@ pub fn run(mut cfg: MasterConfig) -> Result<ExitCode> {
             daemon_status,
             pidfile,
             metrics,
+            tmp,
         },
         cfg.watchdog,
     );
-    Ok(ExitCode::from(m.run(limits)))
+    Ok(ExitCode::from(m.run(state::State::new(limits), true)))
 }
+
+/// The settings the state machine's decisions depend on (systemd's watchdog taken out of the
+/// environment).
+fn limits(cfg: &MasterConfig) -> state::Limits {
+    state::Limits {
+        ready_timeout: cfg.ready_timeout,
+        drain_timeout: cfg.drain_timeout,
+        shutdown_delay: cfg.shutdown_delay,
+        after_drain: cfg.after_drain,
+        max_draining: cfg.max_draining as usize,
+        probation: cfg.probation,
+        watchdog: cfg.watchdog,
+        systemd_watchdog: systemd_watchdog(),
+    }
+}
+
+/// The signals the master handles (through `signalfd`, or the portable backend's self-pipe).
+const HANDLED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+];
 
 /// After [`run`] failed with `why` (printed, into the log when there is one): tells the
 /// `start` that waits on this daemon, if it failed once detached. Until then `start` waits,

@@ -128,6 +128,8 @@ struct Model {
     promised: Option<Instant>,
     /// The text of the last `ok` answer.
     last_ok: Option<String>,
+    /// Times the state was handed over to a master that took over (at rest).
+    handovers: u64,
     /// The last error a control client was answered.
     last_err: Option<String>,
 }
@@ -173,6 +175,7 @@ impl Model {
             promised: None,
             last_ok: None,
             last_err: None,
+            handovers: 0,
         };
         m.feed(Event::Start).unwrap();
         m
@@ -511,6 +514,25 @@ impl Model {
                 prop_assert!(*force_at <= p, "the SIGKILL comes {:?} after a stop's deadline", *force_at - p);
             }
         }
+        if s.busy().is_none() {
+            // At rest, the master may hand over to a new binary of itself: the state read back
+            // writes the same text, has the same deadlines, and the sequence goes on with it,
+            // every invariant holding as before.
+            use super::upgrade::codec::{Writer, records};
+            let write = |st: &State| {
+                let mut w = Writer::new(self.now);
+                st.freeze(&mut w);
+                w.finish()
+            };
+            let text = write(s);
+            let back = records(&text, self.now).and_then(|r| State::thaw(s.limits.clone(), r));
+            let back = back.map_err(|e| TestCaseError::fail(format!("thaw: {e}\n{text}")))?;
+            prop_assert_eq!(&write(&back), &text);
+            prop_assert_eq!(back.next_deadline(), s.next_deadline());
+            self.state = back;
+            self.handovers += 1;
+        }
+        let s = &self.state;
         let tracked: BTreeSet<Pid> = s.gens.iter().map(|g| g.pid).collect();
         let live: BTreeSet<Pid> = self.live.keys().copied().collect();
         prop_assert_eq!(tracked, live, "the master lost track of a child");
@@ -607,6 +629,7 @@ impl Model {
 fn model_master_state_machine_random_sequences() {
     static SEQUENCES: AtomicU64 = AtomicU64::new(0);
     static STEPS: AtomicU64 = AtomicU64::new(0);
+    static HANDOVERS: AtomicU64 = AtomicU64::new(0);
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let sequences = (any::<bool>(), proptest::bool::weighted(0.9), proptest::collection::vec(op(), 1..300));
@@ -615,13 +638,16 @@ fn model_master_state_machine_random_sequences() {
         let r = m.run(first_ready, ops);
         SEQUENCES.fetch_add(1, Ordering::Relaxed);
         STEPS.fetch_add(m.steps, Ordering::Relaxed);
+        HANDOVERS.fetch_add(m.handovers, Ordering::Relaxed);
         r
     });
     println!(
-        "model: {} sequences, {} events checked (shrinking included)",
+        "model: {} sequences, {} events checked, {} handovers to a new master (shrinking included)",
         SEQUENCES.load(Ordering::Relaxed),
-        STEPS.load(Ordering::Relaxed)
+        STEPS.load(Ordering::Relaxed),
+        HANDOVERS.load(Ordering::Relaxed)
     );
+    assert!(HANDOVERS.load(Ordering::Relaxed) > 0, "no sequence came to rest");
     if let Err(e) = result {
         panic!("{e}");
     }

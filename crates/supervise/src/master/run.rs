@@ -14,7 +14,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
-use super::state::{Action, Event, GenState, Limits, Phase, Sig, State, Stopping, WaiterId, Waiting};
+use super::state::{Action, Event, GenState, Phase, Sig, State, Stopping, WaiterId, Waiting};
 use crate::control::protocol::{Command, Reply};
 use crate::control::server::{ControlServer, Waiter};
 use crate::daemon::StatusPipe;
@@ -44,31 +44,40 @@ pub(super) struct Io {
     pub(super) pidfile: Option<PidFile>,
     /// The counters every worker adds to (`None`: shared memory unavailable).
     pub(super) metrics: Option<(std::os::fd::OwnedFd, &'static Region)>,
+    /// The temporary directory (absolute): the notify socket's, the metrics file's.
+    pub(super) tmp: PathBuf,
 }
 
 /// The loop's own bookkeeping around the state machine.
 #[derive(Debug)]
 pub(super) struct Runner {
-    io: Io,
+    pub(super) io: Io,
     /// The environment every worker starts from: the master's own, without the contract's
     /// variables and without those `worker_env` replaces.
-    base_env: Vec<(Vec<u8>, Vec<u8>)>,
-    waiters: HashMap<WaiterId, Waiter>,
+    pub(super) base_env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) waiters: HashMap<WaiterId, Waiter>,
     next_waiter: WaiterId,
     /// An open fd of every binary a generation runs or may run again (see [`State::needs_binary`]).
-    pins: HashMap<BinaryId, std::os::fd::OwnedFd>,
+    pub(super) pins: HashMap<BinaryId, std::os::fd::OwnedFd>,
     watchdog: Option<Duration>,
-    started: Instant,
+    pub(super) started: Instant,
     strangers: Strangers,
     /// Set by [`Action::Exit`]: the exit code and what `start` prints.
     exit: Option<(u8, Option<String>)>,
     /// Control clients that asked for `status --json`.
-    json_waiters: std::collections::HashSet<WaiterId>,
+    pub(super) json_waiters: std::collections::HashSet<WaiterId>,
     /// `reopen-logs` requests waiting for the workers told to reopen.
-    reopens: Vec<PendingReopen>,
+    pub(super) reopens: Vec<PendingReopen>,
     /// When the master last read the clock, and by when at the latest it was to read it
     /// again (the end of its wait, or at once while it runs): see [`Event::Resumed`].
     clock: Clock,
+    /// The binary this master runs (`None`: unknown), and how often it upgraded itself.
+    pub(super) master_binary: Option<BinaryId>,
+    pub(super) upgrades: u64,
+    /// A binary the master does not upgrade itself to (its check failed), and the one whose
+    /// upgrade waits for the master to be at rest (said once in the debug log).
+    pub(super) upgrade_refused: Option<BinaryId>,
+    pub(super) upgrade_waits: Option<BinaryId>,
 }
 
 /// The master's own sense of time passing, to notice when it was not running.
@@ -99,7 +108,7 @@ impl Clock {
 /// A `reopen-logs` request: answered once each worker told to reopen its log has said it did
 /// (or exited), or after [`REOPEN_WAIT`]. Until then a worker may still write to the old file.
 #[derive(Debug)]
-struct PendingReopen {
+pub(super) struct PendingReopen {
     waiter: WaiterId,
     /// The master's own reopen.
     master: std::result::Result<String, String>,
@@ -137,21 +146,31 @@ impl Runner {
             exit: None,
             reopens: Vec::new(),
             clock: Clock::running(Instant::now()),
+            master_binary: None,
+            upgrades: 0,
+            upgrade_refused: None,
+            upgrade_waits: None,
         }
     }
 
-    /// Runs until the state machine says exit; returns the exit code.
-    pub(super) fn run(&mut self, limits: Limits) -> u8 {
-        let names: Vec<String> = self.io.listeners.iter().map(Bound::describe).collect();
-        tracing::info!(
-            "master started (binary {}, {} OS backend), listening on {}",
-            self.io.exe.display(),
-            sys::BACKEND,
-            names.join(", ")
-        );
-        let mut state = State::new(limits);
+    /// Runs until the state machine says exit; returns the exit code. A fresh master starts
+    /// its first worker; one that took over from a previous image of itself (`state` read
+    /// back) goes on.
+    pub(super) fn run(&mut self, mut state: State, fresh: bool) -> u8 {
+        if fresh {
+            let names: Vec<String> = self.io.listeners.iter().map(Bound::describe).collect();
+            tracing::info!(
+                "master started (binary {}, {} OS backend), listening on {}",
+                self.io.exe.display(),
+                sys::BACKEND,
+                names.join(", ")
+            );
+            self.master_binary = binary_id(&self.io.exe).ok();
+        }
         self.clock = Clock::running(Instant::now());
-        self.dispatch(&mut state, Event::Start);
+        if fresh {
+            self.dispatch(&mut state, Event::Start);
+        }
         while self.exit.is_none() {
             let reopen_deadline = self.reopens.iter().map(|r| r.deadline).min();
             self.wait(state.next_deadline().into_iter().chain(reopen_deadline).min());
@@ -160,6 +179,9 @@ impl Runner {
             }
             self.dispatch(&mut state, Event::Tick);
             self.answer_reopens();
+            if self.exit.is_none() {
+                self.maybe_upgrade(&state);
+            }
         }
         self.finish()
     }
@@ -474,6 +496,11 @@ impl Runner {
         let _ = writeln!(s, "state: {what}");
         let _ = writeln!(s, "generation: {}", state.active().map_or(0, |g| g.generation));
         let _ = writeln!(s, "binary: {}", self.io.exe.display());
+        if let (n @ 1.., Some(b)) = (self.upgrades, self.master_binary) {
+            let times = if n == 1 { "once" } else { "times" };
+            let n = if n == 1 { String::new() } else { format!("{n} ") };
+            let _ = writeln!(s, "master: upgraded itself in place {n}{times}, runs the binary of {}", b.describe());
+        }
         for g in &state.gens {
             let mut word = state.gen_word(g).to_owned();
             if let GenState::Probation { until } = g.state {
@@ -589,6 +616,7 @@ impl Runner {
             .str("state", what)
             .num("generation", state.active().map_or(0, |g| g.generation))
             .str("binary", &self.io.exe.display().to_string())
+            .num("master_upgrades", self.upgrades)
             .raw("workers", &array(workers))
             .raw("listeners", &array(listeners))
             .raw("last_reload", &last_reload);
@@ -756,7 +784,7 @@ impl Strangers {
     }
 }
 
-fn describe_status(s: WaitStatus) -> String {
+pub(super) fn describe_status(s: WaitStatus) -> String {
     match s {
         WaitStatus::Exited(_, 0) => "exited with status 0".to_owned(),
         WaitStatus::Exited(_, 127) => "exited with status 127 (could not execute the binary)".to_owned(),

@@ -89,6 +89,68 @@ pub(crate) fn adopt_file(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Takes ownership of a descriptor number the master that executed this one handed over (its
+/// state names it), once it is proven to be of the type `kind` (`libc::S_IFSOCK`,
+/// `libc::S_IFREG`), and marks it close-on-exec again.
+pub(crate) fn adopt_handed_over(raw: RawFd, kind: libc::mode_t) -> io::Result<OwnedFd> {
+    if inherited_type(raw, "descriptor")? != kind {
+        return Err(io::Error::other(format!("fd {raw} is not of the kind handed over")));
+    }
+    // SAFETY: the previous master image placed this descriptor here for this process, and its
+    // state names each number once; nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(fd.as_raw_fd(), true)?;
+    Ok(fd)
+}
+
+/// Sets or clears the close-on-exec flag of `fd`, a descriptor this process owns.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let flags = if on { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
+}
+
+/// Replaces this process's image with the open file `exe` (`path` names it, for systems that
+/// execute paths only), keeping its pid, its children and its descriptors without
+/// close-on-exec. Returns only on failure. A script's interpreter opens the script by its fd
+/// number: on `ENOENT` the fd is kept open across the exec and the exec tried again.
+pub(crate) fn exec_in_place(
+    exe: BorrowedFd<'_>,
+    path: &std::path::Path,
+    argv: &[&OsStr],
+    env: &[(Vec<u8>, Vec<u8>)],
+) -> io::Error {
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"));
+    let prepared = (|| {
+        let argv: Vec<CString> = argv.iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<_>>()?;
+        let env: Vec<CString> =
+            env.iter().map(|(k, v)| cstr(&[k.as_slice(), b"=", v.as_slice()].concat())).collect::<io::Result<_>>()?;
+        Ok::<_, io::Error>((argv, env, cstr(path.as_os_str().as_bytes())?))
+    })();
+    let (argv, env, path) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let env_ptrs: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    // SAFETY: the arrays are NUL-terminated arrays of C strings that live until the call
+    // returns (it returns only on failure).
+    unsafe { backend::child_exec(exe.as_raw_fd(), path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOENT) {
+        return err;
+    }
+    if let Err(e) = set_cloexec(exe.as_raw_fd(), false) {
+        return e;
+    }
+    // SAFETY: as above.
+    unsafe { backend::child_exec(exe.as_raw_fd(), path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    let err = io::Error::last_os_error();
+    let _ = set_cloexec(exe.as_raw_fd(), true);
+    err
+}
+
 /// The directory holding `path` (`.` for a bare name), opened, and `path`'s name in it, to
 /// work through the directory's fd; `None` for a path that names no file (`/`, `..`).
 pub(crate) fn open_parent(path: &std::path::Path) -> Option<io::Result<(File, &OsStr)>> {

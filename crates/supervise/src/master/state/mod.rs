@@ -671,3 +671,6 @@ impl State {
 
 mod deadlines;
 mod failures;
+mod freeze;
+
+pub(crate) use freeze::KEYS;
