@@ -918,3 +918,51 @@ fn a_daemon_upgrades_itself_in_place_and_still_obeys_every_command() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("baton-"));
     assert_eq!(notify_dirs.count(), 0, "the notify socket's directory is removed");
 }
+
+/// With `--user`, the master that took over still gives a reopened log to the workers' user
+/// (taken over as a uid and gid, not looked up again by name), and starts workers as that user.
+#[test]
+#[ignore = "needs root (CI runs as root)"]
+fn an_upgraded_master_keeps_the_workers_user() {
+    use std::os::unix::fs::MetadataExt;
+    let nobody = support::nobody();
+    let d = Daemon::new("upgrade-user");
+    let app = d.dir.join("app");
+    support::install(&support::hello_bin(), &app);
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&app);
+        cmd.args(args).current_dir(d.dir.path());
+        support::private_tmp(&mut cmd, d.dir.path());
+        let out = cmd.output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let listen = format!("127.0.0.1:{}", d.port);
+    let args = ["start", "-l", "x.log", "-p", "x.pid", "--listen", &listen, "--delay", "0", "--probation", "0"];
+    let (code, out) = run(&[&args[..], &["--user", "nobody"]].concat());
+    assert_eq!(code, Some(0), "{out}");
+    let master = d.pid();
+    support::install(&support::hello_next_bin(), &app);
+    let (code, out) = run(&["reload", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    let deployed = std::fs::metadata(&app).unwrap().ino();
+    // (The portable OS backend's master does not upgrade itself: the rest holds all the same.)
+    if !cfg!(feature = "portable") {
+        wait_until(Duration::from_secs(20), "the master to upgrade itself", || {
+            std::fs::metadata(format!("/proc/{master}/exe")).unwrap().ino() == deployed
+        });
+    }
+    let (code, out) = run(&["reload", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    let w: i32 = get(d.addr(), "/pid").unwrap().body.parse().unwrap();
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{w}")).unwrap().uid(),
+        nobody.uid.as_raw(),
+        "the worker runs as nobody"
+    );
+    std::fs::rename(d.dir.join("x.log"), d.dir.join("x.log.1")).unwrap();
+    let (code, out) = run(&["reopen-logs", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(std::fs::metadata(d.dir.join("x.log")).unwrap().uid(), nobody.uid.as_raw());
+    let (code, out) = run(&["stop", "-p", "x.pid"]);
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 
 use super::MasterConfig;
 use super::run::{Io, Runner};
 use super::state::{self, State};
 use crate::control::server::ControlServer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::exe::{BinaryId, lookup_user};
+use crate::exe::BinaryId;
 use crate::listen::Bound;
 use crate::metrics::Region;
 use crate::notify::{Notifier, NotifyServer};
@@ -204,6 +204,10 @@ impl Runner {
         }
         let log = io.log_path.as_deref().map(|p| path(p, "the log's path")).transpose()?;
         w.line("paths").opt_s(log.as_deref()).s(&path(&io.tmp, "the temporary directory")?);
+        // As numbers: the user's name is not looked up again (it may be gone from the system
+        // meanwhile; its processes, the log file and the sockets still belong to its uid).
+        let (uid, gid) = io.log_owner.map(|(u, g)| (u.as_raw(), g.as_raw())).unzip();
+        w.line("owner").opt_n(uid).opt_n(gid);
         for l in &io.listeners {
             let unix = l.unix_path.as_deref().map(|p| path(p, "a socket's path")).transpose()?;
             w.line("listener").n(l.fd.as_raw_fd()).s(&l.name).opt_s(unix.as_deref());
@@ -250,6 +254,7 @@ struct Thawed {
     mask: SigSet,
     log: Option<PathBuf>,
     tmp: PathBuf,
+    owner: Option<(Uid, Gid)>,
     listeners: Vec<(RawFd, String, Option<PathBuf>)>,
     notify: (RawFd, String, PathBuf),
     control: Option<(RawFd, PathBuf, (u64, u64))>,
@@ -278,7 +283,7 @@ impl Thawed {
         let (mut exe, mut argv, mut master, mut mask, mut paths, mut notify) = (None, None, None, None, None, None);
         let (mut base_env, mut listeners, mut pins, mut state_records) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut control, mut pidfile, mut metrics) = (None, None, None);
+        let (mut control, mut pidfile, mut metrics, mut owner) = (None, None, None, None);
         for mut r in records {
             r.written_before(gap);
             if state::KEYS.contains(&r.key.as_str()) {
@@ -306,6 +311,13 @@ impl Thawed {
                     continue;
                 }
                 "paths" => paths = Some((r.opt_s()?.map(PathBuf::from), PathBuf::from(r.s()?))),
+                "owner" => {
+                    owner = match (r.opt_n()?, r.opt_n()?) {
+                        (Some(u), Some(g)) => Some((Uid::from_raw(u), Gid::from_raw(g))),
+                        (None, None) => None,
+                        _ => return Err("an owner with a uid or a gid alone".into()),
+                    }
+                }
                 "listener" => listeners.push((r.n()?, r.s()?, r.opt_s()?.map(PathBuf::from))),
                 "notify" => notify = Some((r.n()?, r.s()?, PathBuf::from(r.s()?))),
                 "control" => control = Some((r.n()?, PathBuf::from(r.s()?), (r.n()?, r.n()?))),
@@ -329,6 +341,7 @@ impl Thawed {
             mask: mask.ok_or_else(|| missing("mask"))?,
             log,
             tmp,
+            owner,
             listeners,
             notify: notify.ok_or_else(|| missing("notify"))?,
             control,
@@ -405,7 +418,6 @@ pub(super) fn resume(cfg: &MasterConfig, text: OsString) -> Result<ExitCode> {
     let (signals, _) =
         sys::Signals::new(&super::HANDLED).map_err(|e| Error::io(ErrorKind::Io, "cannot set up signal handling", e))?;
     let systemd = Notifier::from_env().map_err(|e| Error::io(ErrorKind::Io, crate::handoff::NOTIFY_SOCKET, e))?;
-    let log_owner = cfg.user.as_deref().map(|u| lookup_user(u, cfg.group.as_deref())).transpose()?;
     let mut m = Runner::new(
         Io {
             exe: t.exe,
@@ -413,7 +425,7 @@ pub(super) fn resume(cfg: &MasterConfig, text: OsString) -> Result<ExitCode> {
             worker_env: Vec::new(),
             listeners,
             log_path: t.log,
-            log_owner,
+            log_owner: t.owner,
             orig_mask: t.mask,
             signals,
             notify,
